@@ -1,0 +1,229 @@
+"""The Leffa model: a VAE, a reference UNet and a generative UNet, all stock diffusers classes.
+
+``LeffaModel.state_dict()`` keys are exactly the released checkpoint keys (``vae.*``, ``unet_encoder.*``,
+``unet.*``), so released files load strictly and exported files are loadable by the released code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from leffa.attention import ReferencePassComplete, ReferenceState, install_processors
+from leffa.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
+from leffa.serialization import check_state_dict, read_state_dict
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA, then Apple MPS, then CPU; an unavailable device is a clear error."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Accept ``torch.float16`` etc. or the names ``fp32``/``fp16``/``bf16``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def detect_base(state: Mapping[str, torch.Tensor]) -> str:
+    """Which shipped base a released-format state dict belongs to (by its keys and widths)."""
+    conv_in = state.get("unet.conv_in.weight")
+    if conv_in is None:
+        raise ValueError("not a Leffa checkpoint: it has no 'unet.conv_in.weight' (expected vae.*, unet_encoder.*, unet.*)")
+    if conv_in.shape[0] == 32:
+        return "tiny"
+    return "sdxl-inpainting" if "unet.add_embedding.linear_1.weight" in state else "sd15-inpainting"
+
+
+def _build_unet(config: Mapping[str, Any], in_channels: int) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel.from_config({**config, "in_channels": in_channels})
+    # Built with the base's added-embedding layers (their weights are in the checkpoints) but run with no
+    # added conditioning, as the released model does.
+    unet.register_to_config(addition_embed_type=None)
+    return unet
+
+
+class LeffaModel(nn.Module):
+    """VAE + reference UNet (``unet_encoder``) + generative UNet (``unet``) + scheduler config."""
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet_encoder: UNet2DConditionModel,
+        unet: UNet2DConditionModel,
+        scheduler_config: Mapping[str, Any],
+        *,
+        base: str = "custom",
+        vae_force_upcast: bool = False,
+    ) -> None:
+        super().__init__()
+        self.vae = vae
+        self.unet_encoder = unet_encoder
+        self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
+        self.base = base
+        self.vae_force_upcast = vae_force_upcast
+        self.state = ReferenceState()
+        install_processors(unet_encoder, unet, self.state)
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(
+        cls,
+        unet: Mapping[str, Any],
+        vae: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        *,
+        base: str = "custom",
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype | None = None,
+    ) -> LeffaModel:
+        """Build a model from config dicts. ``device="meta"`` allocates nothing (load weights afterwards)."""
+        target = torch.device("meta") if device == "meta" else resolve_device(device)
+        with torch.device("meta" if target.type == "meta" else "cpu"):
+            model = cls(
+                AutoencoderKL.from_config(dict(vae)),
+                _build_unet(unet, REFERENCE_IN_CHANNELS),
+                _build_unet(unet, GENERATIVE_IN_CHANNELS),
+                scheduler,
+                base=base,
+                vae_force_upcast=bool(vae.get("force_upcast", False)),
+            )
+        if target.type != "meta":
+            model.place(target, dtype)
+        return model
+
+    @classmethod
+    def from_base(
+        cls, base: str | BaseConfigs, *, device: str | torch.device | None = "cpu", dtype=None
+    ) -> LeffaModel:
+        """Build from a shipped base config (``sd15-inpainting``, ``sdxl-inpainting``, ``tiny``)."""
+        configs = load_base_configs(base) if isinstance(base, str) else base
+        return cls.from_config(
+            configs.unet, configs.vae, configs.scheduler, base=configs.name, device=device, dtype=dtype
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        base: str | BaseConfigs = "auto",
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> LeffaModel:
+        """Load a released ``.pth`` (or our ``.safetensors``) strictly into a model built on the meta device.
+
+        ``base="auto"`` picks the base from the checkpoint's keys (see :func:`detect_base`).
+        """
+        state = read_state_dict(path)
+        model = cls.from_base(detect_base(state) if base == "auto" else base, device="meta")
+        model.load_state_dict(state, assign=True)
+        return model.place(resolve_device(device), dtype)
+
+    def place(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> LeffaModel:
+        """Move to ``device``/``dtype``; an fp16 VAE whose config asks for upcasting stays in fp32."""
+        dtype = resolve_dtype(dtype)
+        self.to(device=device, dtype=dtype)
+        if self.vae_force_upcast and dtype == torch.float16:
+            self.vae.to(torch.float32)
+        return self
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load released-format weights; a mismatch raises one error naming the first differences."""
+        if strict:
+            expected = {name: t.shape for name, t in self.state_dict().items()}
+            check_state_dict(expected, state_dict, hint=f"model base: {self.base}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def layers(self) -> list[str]:
+        """Self-attention layer names shared by both UNets, in execution order."""
+        return list(self.state.layers)
+
+    def make_scheduler(self) -> DDPMScheduler:
+        """A fresh DDPM scheduler from the base config (each pipeline call owns its own)."""
+        return DDPMScheduler.from_config(copy.deepcopy(self.scheduler_config))
+
+    # -------------------------------------------------------------------------------------- compute
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """VAE posterior sample of images in [-1, 1], scaled by the latent scaling factor."""
+        vae_dtype = self.vae.dtype
+        posterior = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist
+        return (posterior.sample(generator) * self.latent_scale).to(self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode scaled latents to images in [-1, 1] (float32)."""
+        vae_dtype = self.vae.dtype
+        return self.vae.decode(latents.to(vae_dtype) / self.latent_scale).sample.float()
+
+    def reference_features(self, reference_latents: torch.Tensor, timestep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the reference UNet up to its last used layer; return each layer's ``attn1`` input tokens."""
+        self.state.capture = {}
+        try:
+            self.unet_encoder(reference_latents.to(self.dtype), timestep, encoder_hidden_states=None)
+        except ReferencePassComplete:
+            pass
+        finally:
+            captured, self.state.capture = self.state.capture, None
+        return captured
+
+    def predict_noise(
+        self,
+        noisy_latents: torch.Tensor,
+        mask: torch.Tensor,
+        masked_latents: torch.Tensor,
+        densepose: torch.Tensor,
+        timestep: torch.Tensor,
+        features: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Generative UNet on the 12-channel input, attending to the given reference features."""
+        sample = torch.cat([noisy_latents, mask, masked_latents, densepose], dim=1).to(self.dtype)
+        self.state.features = dict(features)
+        try:
+            return self.unet(sample, timestep, encoder_hidden_states=None).sample
+        finally:
+            self.state.features = None

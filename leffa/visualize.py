@@ -1,0 +1,270 @@
+"""Pictures of attention and flow: heatmaps over the reference, flow colour wheels and labelled panels.
+
+Token positions follow ``leffa.flow`` (``align_corners=True``): on an ``H x W`` image the tokens of an
+``h x w`` map sit at pixels ``(j * (W - 1) / (w - 1), i * (H - 1) / (h - 1))``, so the first and last tokens
+are on the image corners. Image sizes are ``(height, width)``; points are ``(x, y)`` in pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+ArrayLike = np.ndarray | torch.Tensor
+
+# Baker et al. (Middlebury) colour wheel: number of steps from red to yellow, yellow to green, etc.
+# The uneven counts make perceptually similar hue changes per step.
+_WHEEL_SEGMENTS = (15, 6, 4, 11, 13, 6)
+
+# Float32 positions carry ~1e-5 pixel rounding noise; the automatic scale never goes below this, so a
+# still field is shown white instead of as amplified noise.
+_MIN_AUTO_MAGNITUDE = 1e-3
+
+
+def _to_numpy(array: ArrayLike) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(array, dtype=np.float64)
+
+
+def _check_size(size: tuple[int, int], name: str) -> tuple[int, int]:
+    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
+        raise ValueError(f"{name} must be a pair of positive ints (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _color_wheel() -> np.ndarray:
+    """The 55 wheel colours in ``[0, 1]``, going red, yellow, green, cyan, blue, magenta."""
+    red_yellow, yellow_green, green_cyan, cyan_blue, blue_magenta, magenta_red = _WHEEL_SEGMENTS
+    segments = []
+    for steps, start, end in (
+        (red_yellow, (1, 0, 0), (1, 1, 0)),
+        (yellow_green, (1, 1, 0), (0, 1, 0)),
+        (green_cyan, (0, 1, 0), (0, 1, 1)),
+        (cyan_blue, (0, 1, 1), (0, 0, 1)),
+        (blue_magenta, (0, 0, 1), (1, 0, 1)),
+        (magenta_red, (1, 0, 1), (1, 0, 0)),
+    ):
+        fraction = np.arange(steps)[:, None] / steps
+        segments.append((1 - fraction) * np.array(start) + fraction * np.array(end))
+    return np.concatenate(segments)
+
+
+def _displacement_to_color(u: np.ndarray, v: np.ndarray, max_magnitude: float) -> np.ndarray:
+    """Middlebury coding: hue from direction, saturation from ``|(u, v)| / max_magnitude``.
+
+    Displacements longer than ``max_magnitude`` are drawn darkened rather than clipped.
+    """
+    wheel = _color_wheel()
+    n_colors = len(wheel)
+    radius = np.hypot(u, v) / max_magnitude
+    position = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (n_colors - 1)
+    lower = np.floor(position).astype(int)
+    upper = (lower + 1) % n_colors
+    fraction = (position - lower)[..., None]
+    color = (1 - fraction) * wheel[lower] + fraction * wheel[upper]
+    inside = (radius <= 1)[..., None]
+    color = np.where(inside, 1 - radius[..., None] * (1 - color), color * 0.75)
+    return np.round(255 * np.clip(color, 0, 1)).astype(np.uint8)
+
+
+def flow_to_color(flow: ArrayLike, *, max_magnitude: float | None = None) -> np.ndarray:
+    """Colour-code how an absolute flow ``(h, w, 2)`` departs from the identity, as uint8 ``(h, w, 3)``.
+
+    The displacement is measured in pixels of the flow's own ``h x w`` grid (upsample the flow first to read
+    it in image pixels), so directions are true angles even when ``h != w``. White is no motion; right is
+    red, down yellow-green, left cyan, up blue-violet (image y points down). Saturation grows with
+    magnitude up to ``max_magnitude`` (default: the largest displacement in the field, at least 1e-3
+    pixel); larger ones are shown darkened.
+    """
+    positions = _to_numpy(flow)
+    if positions.ndim != 3 or positions.shape[-1] != 2:
+        raise ValueError(f"flow must have shape (h, w, 2) of normalised positions, got {positions.shape}")
+    if max_magnitude is not None and not max_magnitude > 0:
+        raise ValueError(f"max_magnitude must be > 0 (pixels), got {max_magnitude}")
+    height, width, _ = positions.shape
+    columns, rows = np.meshgrid(np.arange(width), np.arange(height))
+    u = (positions[..., 0] + 1) * (width - 1) / 2 - columns
+    v = (positions[..., 1] + 1) * (height - 1) / 2 - rows
+    if max_magnitude is None:
+        max_magnitude = max(float(np.hypot(u, v).max()), _MIN_AUTO_MAGNITUDE)
+    return _displacement_to_color(u, v, max_magnitude)
+
+
+def color_wheel_legend(size: int = 128) -> np.ndarray:
+    """A ``size x size`` uint8 disc with the colour of each displacement direction, on white."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"size must be an int >= 2 (pixels), got {size!r}")
+    centre = (size - 1) / 2
+    columns, rows = np.meshgrid(np.arange(size), np.arange(size))
+    u = (columns - centre) / centre
+    v = (rows - centre) / centre
+    legend = _displacement_to_color(u, v, 1.0)
+    legend[np.hypot(u, v) > 1] = 255
+    return legend
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The classic jet colormap: ``[0, 1] -> RGB in [0, 1]`` (dark blue, cyan, yellow, dark red)."""
+    scaled = 4 * np.clip(values, 0, 1)[..., None]
+    return np.clip(1.5 - np.abs(scaled - np.array([3.0, 2.0, 1.0])), 0, 1)
+
+
+def gray(values: np.ndarray) -> np.ndarray:
+    """Greyscale colormap: ``[0, 1] -> RGB in [0, 1]``."""
+    return np.repeat(np.clip(values, 0, 1)[..., None], 3, axis=-1)
+
+
+COLORMAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"jet": jet, "gray": gray}
+
+
+def _image_to_array(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(
+            f"{name} must be a PIL image or a uint8 array (H, W, 3), got {array.dtype} {array.shape}"
+        )
+    return array
+
+
+def upsample_attention(
+    attn_row: ArrayLike, key_size: tuple[int, int], out_size: tuple[int, int]
+) -> np.ndarray:
+    """One attention row reshaped to the key grid and resized bilinearly to ``out_size`` (float32)."""
+    h_k, w_k = _check_size(key_size, "key_size")
+    out_size = _check_size(out_size, "out_size")
+    row = torch.as_tensor(_to_numpy(attn_row))
+    if row.numel() != h_k * w_k or row.ndim not in (1, 2):
+        raise ValueError(
+            f"attn_row must hold h_k*w_k = {h_k * w_k} values for key_size {key_size}, "
+            f"got shape {tuple(row.shape)}"
+        )
+    grid = row.reshape(1, 1, h_k, w_k)
+    resized = F.interpolate(grid, size=out_size, mode="bilinear", align_corners=True)
+    return resized[0, 0].numpy().astype(np.float32)
+
+
+def overlay_heatmap(
+    heat: np.ndarray, image: Image.Image | np.ndarray, *, alpha: float = 0.5, colormap: str = "jet"
+) -> np.ndarray:
+    """Normalise ``heat`` (H, W) by its maximum, colourise it and blend it over the image; uint8."""
+    pixels = _image_to_array(image)
+    if heat.shape != pixels.shape[:2]:
+        raise ValueError(f"heat {heat.shape} must match the image size {pixels.shape[:2]}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
+    peak = float(heat.max())
+    normalised = heat / peak if peak > 0 else np.zeros_like(heat)
+    blended = (1 - alpha) * pixels / 255 + alpha * COLORMAPS[colormap](normalised)
+    return np.round(255 * blended).astype(np.uint8)
+
+
+def attention_heatmap(
+    attn_row: ArrayLike,
+    key_size: tuple[int, int],
+    image: Image.Image | np.ndarray,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> np.ndarray:
+    """Where one target token looks in the reference: its attention row overlaid on the reference image."""
+    pixels = _image_to_array(image)
+    heat = upsample_attention(attn_row, key_size, pixels.shape[:2])
+    return overlay_heatmap(heat, pixels, alpha=alpha, colormap=colormap)
+
+
+def _nearest_token(coordinate: float, n_tokens: int, n_pixels: int) -> int:
+    if n_tokens == 1 or n_pixels == 1:
+        return 0
+    return int(round(coordinate * (n_tokens - 1) / (n_pixels - 1)))
+
+
+def query_token_index(
+    point_xy: tuple[float, float], query_size: tuple[int, int], image_size: tuple[int, int]
+) -> int:
+    """Row-major index of the query token nearest to pixel ``(x, y)`` of an image of ``(height, width)``."""
+    h_q, w_q = _check_size(query_size, "query_size")
+    height, width = _check_size(image_size, "image_size")
+    x, y = point_xy
+    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+        raise ValueError(
+            f"point {point_xy} lies outside the image: x must be in [0, {width - 1}], y in [0, {height - 1}]"
+        )
+    return _nearest_token(y, h_q, height) * w_q + _nearest_token(x, w_q, width)
+
+
+def query_row(
+    attn: ArrayLike,
+    query_size: tuple[int, int],
+    point_xy: tuple[float, float],
+    image_size: tuple[int, int],
+) -> ArrayLike:
+    """The attention row ``(n_k,)`` of the query token under a clicked point of the output image."""
+    h_q, w_q = _check_size(query_size, "query_size")
+    if attn.ndim != 2 or attn.shape[0] != h_q * w_q:
+        raise ValueError(
+            f"attn must have shape (n_q, n_k) with n_q = {h_q * w_q} for query_size {query_size}, "
+            f"got {tuple(attn.shape)}"
+        )
+    return attn[query_token_index(point_xy, query_size, image_size)]
+
+
+def aggregate_rows(
+    rows: Sequence[ArrayLike], key_sizes: Sequence[tuple[int, int]], out_size: tuple[int, int]
+) -> np.ndarray:
+    """Average attention rows of different key grids (layers, timesteps) on one ``out_size`` map, float32.
+
+    Each row is first multiplied by its number of keys, so every layer is a density relative to uniform
+    attention (uniform = 1 everywhere) and coarse layers do not dominate just because they have fewer keys.
+    """
+    if not rows:
+        raise ValueError("rows is empty: pass at least one attention row to aggregate")
+    if len(rows) != len(key_sizes):
+        raise ValueError(f"got {len(rows)} rows but {len(key_sizes)} key sizes; pass one key size per row")
+    total = np.zeros(_check_size(out_size, "out_size"), dtype=np.float64)
+    for row, key_size in zip(rows, key_sizes, strict=True):
+        h_k, w_k = _check_size(key_size, "key_size")
+        total += h_k * w_k * upsample_attention(row, key_size, out_size)
+    return (total / len(rows)).astype(np.float32)
+
+
+def side_by_side(
+    images: Sequence[Image.Image | np.ndarray], labels: Sequence[str] | None = None, *, gap: int = 4
+) -> np.ndarray:
+    """Panels resized to a common height, left to right on white, each with its label above; uint8."""
+    if not images:
+        raise ValueError("images is empty: pass at least one image")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0 pixels, got {gap}")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels; pass one label per image")
+    arrays = [_image_to_array(image, f"images[{index}]") for index, image in enumerate(images)]
+    height = max(array.shape[0] for array in arrays)
+    panels = [
+        Image.fromarray(array).resize((max(1, round(array.shape[1] * height / array.shape[0])), height))
+        for array in arrays
+    ]
+    font = ImageFont.load_default()
+    label_height = 0
+    if labels is not None:
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_height = max(measure.textbbox((0, 0), label or " ", font=font)[3] for label in labels) + 6
+    width = sum(panel.width for panel in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height + label_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for index, panel in enumerate(panels):
+        canvas.paste(panel, (left, label_height))
+        if labels is not None:
+            text_width = draw.textbbox((0, 0), labels[index], font=font)[2]
+            draw.text((left + (panel.width - text_width) / 2, 3), labels[index], fill="black", font=font)
+        left += panel.width + gap
+    return np.asarray(canvas)

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny models built from config dicts (a few MB, CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised tiny Leffa model (seeded). Tests must not modify its weights."""
+    from leffa.model import LeffaModel
+
+    torch.manual_seed(0)
+    model = LeffaModel.from_base("tiny")
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def tiny_inputs():
+    """A 64×48 batch of one: src, ref, mask and densepose in the released normalisation."""
+    gen = torch.Generator().manual_seed(123)
+    src = torch.rand(1, 3, 64, 48, generator=gen) * 2 - 1
+    ref = torch.rand(1, 3, 64, 48, generator=gen) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 48)
+    mask[..., 16:48, 8:40] = 1
+    densepose = torch.rand(1, 3, 64, 48, generator=gen) * 2 - 1
+    return src, ref, mask, densepose
