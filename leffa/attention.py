@@ -55,6 +55,7 @@ class ReferenceState:
     stop_after: str | None = None
     observer: AttentionObserver | None = None
     timestep: int | None = None
+    latent_size: tuple[int, int] | None = None
     layers: list[str] = field(default_factory=list)
 
 

@@ -223,6 +223,7 @@ class LeffaModel(nn.Module):
         """Generative UNet on the 12-channel input, attending to the given reference features."""
         sample = torch.cat([noisy_latents, mask, masked_latents, densepose], dim=1).to(self.dtype)
         self.state.features = dict(features)
+        self.state.latent_size = (sample.shape[-2], sample.shape[-1])
         try:
             return self.unet(sample, timestep, encoder_hidden_states=None).sample
         finally:

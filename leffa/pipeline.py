@@ -121,7 +121,23 @@ class LeffaPipeline:
             raise TypeError(f"{name}: expected a tensor or PIL image(s), got {type(value).__name__}")
         return value
 
-    def _prepare_inputs(self, src, ref, mask, densepose, height, width, fmt):
+    def prepare_inputs(
+        self,
+        src_image: ImageInput,
+        ref_image: ImageInput,
+        mask: ImageInput,
+        densepose: ImageInput,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        densepose_format: DensePoseFormat | None = None,
+    ) -> list[torch.Tensor]:
+        """Validate and convert inputs to equal-batch CPU tensors (src, ref, mask, densepose).
+
+        PIL images are resized to ``width``×``height`` (default: the src image's size).
+        """
+        fmt = densepose_format or self.default_densepose_format
+        src, ref = src_image, ref_image
         size = (width, height) if height is not None and width is not None else None
         if size is None and isinstance(src, Image.Image):
             size = src.size
@@ -217,8 +233,9 @@ class LeffaPipeline:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         model = self.model
         device = model.device
-        fmt = densepose_format or self.default_densepose_format
-        src, ref, mask_t, dense = self._prepare_inputs(src_image, ref_image, mask, densepose, height, width, fmt)
+        src, ref, mask_t, dense = self.prepare_inputs(
+            src_image, ref_image, mask, densepose, height=height, width=width, densepose_format=densepose_format
+        )
         if generator is None:
             seed = resolve_seed(seed)
             generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,261 @@
+"""Recording attention over the reference keys, for the Leffa loss and the inspector.
+
+``with record_attention(model, layers=..., timesteps=...) as rec:`` attaches an :class:`AttentionRecorder`
+to the model's reference-attention processors (the same processors that inject the reference; see
+:mod:`leffa.attention`) and always detaches it on exit. Nothing is recorded outside the block, so plain
+inference keeps the fused SDPA path.
+
+For each selected layer the recorder computes ``A = softmax(Q K_refᵀ / (√d · τ))`` over the reference keys
+only, averaged over heads, in query chunks so no layer ever holds all heads' full maps at once. What is kept
+is bounded by the caller's choice:
+
+* ``flows=True``: ``F = A · C`` per layer (B, h, w, 2), exact; with gradients each chunk is checkpointed
+  (the maps are recomputed in the backward pass instead of stored): this is what the Leffa loss uses.
+* ``rows=[(x, y), ...]``: only the attention rows of chosen query points (normalised image coordinates).
+* ``maps=True``: the head-averaged maps, average-pooled to at most ``map_size`` on both the query and key
+  grids (``None`` keeps them whole; only sensible for small layers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from leffa.flow import reference_grid, select_layers_by_resolution
+from leffa.model import LeffaModel
+
+#: Elements of one chunk of attention logits (batch × heads × queries × keys); bounds peak memory.
+CHUNK_ELEMENTS = 2**24
+LayerSelection = str | Sequence[str] | Callable[[str], bool]
+
+
+def layer_level(name: str, num_levels: int) -> int:
+    """How many times a layer's token grid was halved from the latent (down i → i, mid → last, up j → last − j)."""
+    section, _, rest = name.partition(".")
+    if section == "mid_block":
+        return num_levels - 1
+    index = int(rest.split(".", 1)[0])
+    return index if section == "down_blocks" else num_levels - 1 - index
+
+
+def level_size(latent_size: tuple[int, int], level: int) -> tuple[int, int]:
+    """Token grid after ``level`` stride-2 downsamplings (each rounds up, as the UNet's convolutions do)."""
+    h, w = latent_size
+    for _ in range(level):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return h, w
+
+
+def layer_sizes(model: LeffaModel, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Token grid (h, w) of every self-attention layer for a given latent size, in execution order."""
+    levels = len(model.unet.config.block_out_channels)
+    return {name: level_size(latent_size, layer_level(name, levels)) for name in model.layers}
+
+
+def select_layers(
+    model: LeffaModel, image_size: tuple[int, int], theta_resolution: float
+) -> list[str]:
+    """Layers whose token-grid height is at least ``theta_resolution`` of the image height (paper's θ_res)."""
+    factor = model.vae_scale_factor
+    latent = (image_size[0] // factor, image_size[1] // factor)
+    return select_layers_by_resolution(layer_sizes(model, latent), image_size[0], theta_resolution)
+
+
+class LeffaRegisters(nn.Module):
+    """Optional learnable register keys (paper §3.2): extra keys that may absorb attention in the loss.
+
+    Their logits join the softmax of the recorded attention only, so a query need not put all its mass on
+    the reference; the flow uses the reference columns. Off by default; the model's parameters are untouched.
+    """
+
+    def __init__(self, model: LeffaModel, layers: Iterable[str], num_registers: int = 4) -> None:
+        super().__init__()
+        self.keys = nn.ParameterDict()
+        for name in layers:
+            attn = model.unet.get_submodule(name)
+            head_dim = attn.to_q.out_features // attn.heads
+            self.keys[name.replace(".", "_")] = nn.Parameter(torch.randn(attn.heads, num_registers, head_dim) * 0.02)
+
+    def for_layer(self, name: str) -> Tensor | None:
+        key = name.replace(".", "_")
+        return self.keys[key] if key in self.keys else None
+
+
+def _attention_chunk(q: Tensor, k: Tensor, scale: float, registers: Tensor | None) -> Tensor:
+    """Head-averaged softmax over the reference keys (plus registers) for a chunk of queries, fp32."""
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if registers is None:
+        return logits.softmax(dim=-1).mean(dim=1)
+    reg_logits = torch.matmul(q.float(), registers.float().transpose(-1, -2).unsqueeze(0)) * scale
+    probs = torch.cat([logits, reg_logits], dim=-1).softmax(dim=-1)
+    return probs[..., : k.shape[2]].mean(dim=1)
+
+
+def _chunk_size(q: Tensor, k: Tensor) -> int:
+    batch, heads, _, _ = q.shape
+    return max(1, CHUNK_ELEMENTS // (batch * heads * k.shape[2]))
+
+
+@dataclass
+class AttentionRecorder:
+    """Observer for :class:`~leffa.attention.ReferenceAttentionProcessor` (see module docstring).
+
+    Records are keyed by ``(timestep, layer)``; the timestep is the sampler's current one (``None`` during
+    training, where every sample has its own). ``keep_last`` keeps only the last samples of each batch (the
+    conditional half under classifier-free guidance).
+    """
+
+    model: LeffaModel
+    layers: list[str]
+    timesteps: set[int] | None = None
+    temperature: float = 1.0
+    flows: bool = False
+    maps: bool = False
+    rows: Sequence[tuple[float, float]] | None = None
+    map_size: tuple[int, int] | None = (32, 24)
+    keep_last: int | None = None
+    registers: LeffaRegisters | None = None
+    flow_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
+    map_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
+    row_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def wants(self, layer: str) -> bool:
+        if layer not in self._layer_set:
+            return False
+        return self.timesteps is None or self.model.state.timestep in self.timesteps
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.layers) - set(self.model.layers))
+        if unknown:
+            raise ValueError(f"unknown layers {unknown[:3]}; choose from model.layers")
+        wanted = set(self.layers)
+        self.layers = [name for name in self.model.layers if name in wanted]
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (self.flows or self.maps or self.rows):
+            raise ValueError("nothing to record: set flows=True, maps=True or rows=[(x, y), ...]")
+        self._layer_set = set(self.layers)
+
+    # ------------------------------------------------------------------------------------- observing
+    def observe(self, layer: str, query: Tensor, key: Tensor, scale: float) -> None:
+        if self.keep_last is not None:
+            query, key = query[-self.keep_last :], key[-self.keep_last :]
+        size = self._grid(layer, query.shape[2])
+        self.sizes[layer] = size
+        record_key = (self.model.state.timestep, layer)
+        scale = scale / self.temperature
+        registers = self.registers.for_layer(layer) if self.registers is not None else None
+        if self.flows:
+            self.flow_records[record_key] = self._flow(query, key, scale, registers, size)
+        if self.rows:
+            index = torch.tensor([self._token(point, size) for point in self.rows], device=query.device)
+            rows = _attention_chunk(query[:, :, index], key, scale, registers)
+            self.row_records[record_key] = rows.detach()
+        if self.maps:
+            self.map_records[record_key] = self._pooled_map(query, key, scale, registers, size).detach()
+
+    def _grid(self, layer: str, tokens: int) -> tuple[int, int]:
+        latent = self.model.state.latent_size
+        size = level_size(latent, layer_level(layer, len(self.model.unet.config.block_out_channels)))
+        if size[0] * size[1] != tokens:
+            raise RuntimeError(f"{layer}: {tokens} tokens do not fit the latent size {latent}")
+        return size
+
+    @staticmethod
+    def _token(point: tuple[float, float], size: tuple[int, int]) -> int:
+        x, y = point
+        if not (0 <= x <= 1 and 0 <= y <= 1):
+            raise ValueError(f"query point {point} must be in normalised image coordinates [0, 1]")
+        h, w = size
+        return round(y * (h - 1)) * w + round(x * (w - 1))
+
+    def _flow(self, q: Tensor, k: Tensor, scale: float, registers: Tensor | None, size) -> Tensor:
+        grid = reference_grid(*size, device=q.device, dtype=torch.float32)
+
+        def chunk_flow(q_chunk: Tensor, k_all: Tensor, reg: Tensor | None) -> Tensor:
+            return torch.matmul(_attention_chunk(q_chunk, k_all, scale, reg), grid)
+
+        step = _chunk_size(q, k)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+        parts = []
+        for start in range(0, q.shape[2], step):
+            chunk = q[:, :, start : start + step]
+            if needs_grad:
+                parts.append(checkpoint(chunk_flow, chunk, k, registers, use_reentrant=False))
+            else:
+                parts.append(chunk_flow(chunk, k, registers))
+        return torch.cat(parts, dim=1).reshape(q.shape[0], *size, 2)
+
+    def _pooled_map(self, q: Tensor, k: Tensor, scale: float, registers: Tensor | None, size) -> Tensor:
+        h, w = size
+        target = (min(h, self.map_size[0]), min(w, self.map_size[1])) if self.map_size else (h, w)
+        step = _chunk_size(q, k)
+        with torch.no_grad():
+            parts = []
+            for start in range(0, q.shape[2], step):
+                part = _attention_chunk(q[:, :, start : start + step], k, scale, registers)
+                keys = part.reshape(-1, 1, h, w)
+                pooled = F.adaptive_avg_pool2d(keys, target) * (h * w) / (target[0] * target[1])
+                parts.append(pooled.reshape(q.shape[0], -1, target[0] * target[1]))
+            full = torch.cat(parts, dim=1)
+            queries = full.transpose(1, 2).reshape(q.shape[0], -1, h, w)
+            pooled_q = F.adaptive_avg_pool2d(queries, target)
+        return pooled_q.reshape(q.shape[0], -1, target[0] * target[1]).transpose(1, 2).half()
+
+    # --------------------------------------------------------------------------------------- reading
+    def flows_at(self, timestep: int | None = None) -> dict[str, Tensor]:
+        """Flows of one timestep (``None`` in training), keyed by layer in execution order."""
+        return {layer: self.flow_records[(timestep, layer)] for layer in self.layers if (timestep, layer) in self.flow_records}
+
+    def map_size_of(self, layer: str) -> tuple[int, int]:
+        """Grid of a stored (pooled) map of ``layer`` (query grid = key grid)."""
+        h, w = self.sizes[layer]
+        return (min(h, self.map_size[0]), min(w, self.map_size[1])) if self.map_size else (h, w)
+
+    def clear(self) -> None:
+        self.flow_records.clear()
+        self.map_records.clear()
+        self.row_records.clear()
+
+
+def _resolve_layers(model: LeffaModel, layers: LayerSelection) -> list[str]:
+    if layers == "all":
+        return model.layers
+    if callable(layers):
+        return [name for name in model.layers if layers(name)]
+    if isinstance(layers, str):
+        raise ValueError(f"layers must be 'all', a list of names or a predicate, got {layers!r}")
+    return list(layers)
+
+
+@contextmanager
+def record_attention(
+    model: LeffaModel,
+    layers: LayerSelection = "all",
+    timesteps: Iterable[int] | None = None,
+    **options,
+) -> Iterator[AttentionRecorder]:
+    """Attach a recorder to ``model`` for the duration of the block (restored even on error).
+
+    ``layers``: ``"all"``, names, or a predicate (see :func:`select_layers` for the θ_res rule);
+    ``timesteps``: record only at these sampler timesteps (``None`` = all). Other options are
+    :class:`AttentionRecorder` fields (``flows``, ``maps``, ``rows``, ``temperature``, ``map_size``,
+    ``keep_last``, ``registers``).
+    """
+    recorder = AttentionRecorder(
+        model, _resolve_layers(model, layers), set(timesteps) if timesteps is not None else None, **options
+    )
+    previous = model.state.observer
+    model.state.observer = recorder
+    try:
+        yield recorder
+    finally:
+        model.state.observer = previous

@@ -1,0 +1,227 @@
+"""Attention recording through the reference-attention processors, and the trace API."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import leffa.recording as recording
+from leffa.flow import attention_to_flow, leffa_loss
+from leffa.model import LeffaModel
+from leffa.pipeline import LeffaPipeline
+from leffa.recording import LeffaRegisters, layer_sizes, record_attention, select_layers
+from leffa.trace import spread_timesteps, trace
+
+
+def _inputs(model, batch=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, 8, 6, generator=gen)
+    mask = torch.ones(batch, 1, 8, 6)
+    dense = torch.randn(batch, 3, 8, 6, generator=gen)
+    ref = torch.randn(batch, 4, 8, 6, generator=gen)
+    return latents, mask, latents.clone(), dense, ref
+
+
+def _naive_maps(model, hidden_by_layer, features, temperature):
+    """softmax(Q K_refᵀ / (√d τ)) averaged over heads, written out per head."""
+    maps = {}
+    for name, hidden in hidden_by_layer.items():
+        attn = model.unet.get_submodule(name)
+        q = hidden @ attn.to_q.weight.T
+        k = features[name] @ attn.to_k.weight.T
+        d = q.shape[-1] // attn.heads
+        acc = 0
+        for h in range(attn.heads):
+            sl = slice(h * d, (h + 1) * d)
+            logits = q[..., sl] @ k[..., sl].transpose(1, 2) / (math.sqrt(d) * temperature)
+            acc = acc + torch.softmax(logits, dim=-1)
+        maps[name] = acc / attn.heads
+    return maps
+
+
+def _capture_attn1_inputs(model):
+    seen, hooks = {}, []
+    for name in model.layers:
+        module = model.unet.get_submodule(name)
+        hooks.append(module.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0])))
+    return seen, hooks
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_recorded_maps_flows_rows_equal_explicit_attention(tiny_model, temperature):
+    latents, mask, masked, dense, ref = _inputs(tiny_model, batch=2)
+    t = torch.tensor(300)
+    seen, hooks = _capture_attn1_inputs(tiny_model)
+    points = [(0.0, 0.0), (1.0, 0.5), (0.4, 0.9)]
+    try:
+        with torch.no_grad(), record_attention(
+            tiny_model, flows=True, maps=True, rows=points, map_size=None, temperature=temperature
+        ) as rec:
+            features = tiny_model.reference_features(ref, t)
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    naive = _naive_maps(tiny_model, seen, features, temperature)
+    sizes = layer_sizes(tiny_model, (8, 6))
+    for name, expected in naive.items():
+        torch.testing.assert_close(rec.map_records[(None, name)].float(), expected, atol=1e-3, rtol=1e-3)
+        flow = attention_to_flow(expected, sizes[name], sizes[name])
+        torch.testing.assert_close(rec.flow_records[(None, name)], flow, atol=1e-5, rtol=1e-5)
+        h, w = sizes[name]
+        index = [round(y * (h - 1)) * w + round(x * (w - 1)) for x, y in points]
+        torch.testing.assert_close(rec.row_records[(None, name)], expected[:, index], atol=1e-5, rtol=1e-5)
+
+
+def test_pooled_maps_keep_row_mass_and_match_manual_pooling(tiny_model):
+    latents, mask, masked, dense, ref = _inputs(tiny_model)
+    t = torch.tensor(10)
+    with torch.no_grad():
+        features = tiny_model.reference_features(ref, t)
+        with record_attention(tiny_model, maps=True, map_size=None) as full:
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+        with record_attention(tiny_model, maps=True, map_size=(2, 3)) as pooled:
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"  # 8×6 tokens
+    small = pooled.map_records[(None, name)].float()
+    assert small.shape == (1, 6, 6) and pooled.map_size_of(name) == (2, 3)
+    torch.testing.assert_close(small.sum(-1), torch.ones(1, 6), atol=2e-3, rtol=0)
+    big = full.map_records[(None, name)].float().reshape(8, 6, 8, 6)
+    manual = big.reshape(2, 4, 3, 2, 2, 4, 3, 2).mean(dim=(1, 3)).sum(dim=(3, 5)).reshape(6, 6)
+    torch.testing.assert_close(small[0], manual, atol=2e-3, rtol=1e-2)
+
+
+def test_recording_restores_observer_on_error(tiny_model):
+    assert tiny_model.state.observer is None
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_attention(tiny_model, flows=True):
+            assert tiny_model.state.observer is not None
+            raise RuntimeError("boom")
+    assert tiny_model.state.observer is None
+
+
+def test_recording_does_not_change_sampler_output(tiny_model, tiny_inputs):
+    pipe = LeffaPipeline(tiny_model)
+    plain = pipe(*tiny_inputs, num_inference_steps=2, seed=1, output_type="pt").images
+    with record_attention(tiny_model, flows=True, maps=True, rows=[(0.5, 0.5)]) as rec:
+        recorded = pipe(*tiny_inputs, num_inference_steps=2, seed=1, output_type="pt").images
+    assert torch.equal(plain, recorded)
+    assert len(rec.flow_records) == 2 * len(tiny_model.layers)
+
+
+def test_timestep_and_layer_gating(tiny_model, tiny_inputs):
+    pipe = LeffaPipeline(tiny_model)
+    layer = tiny_model.layers[1]
+    with record_attention(tiny_model, [layer], timesteps=[601], flows=True) as rec:
+        out = pipe(*tiny_inputs, num_inference_steps=5, seed=1)
+    assert 601 in out.timesteps
+    assert list(rec.flow_records) == [(601, layer)]
+    assert rec.flows_at(601)[layer].shape == (2, 4, 3, 2)  # CFG batch: uncond + cond
+    with record_attention(tiny_model, lambda name: name.startswith("up_blocks"), flows=True) as rec:
+        assert all(name.startswith("up_blocks") for name in rec.layers) and len(rec.layers) == 4
+
+
+def test_bad_recording_options(tiny_model):
+    with pytest.raises(ValueError, match="unknown layers"):
+        with record_attention(tiny_model, ["nope"], flows=True):
+            pass
+    with pytest.raises(ValueError, match="nothing to record"):
+        with record_attention(tiny_model):
+            pass
+    with pytest.raises(ValueError, match="temperature"):
+        with record_attention(tiny_model, flows=True, temperature=0):
+            pass
+    with pytest.raises(ValueError, match="layers must be"):
+        with record_attention(tiny_model, "some", flows=True):
+            pass
+
+
+def test_layer_selection_by_resolution_counts():
+    sd15 = LeffaModel.from_base("sd15-inpainting", device="meta")
+    chosen = select_layers(sd15, (1024, 768), 1 / 32)
+    assert len(chosen) == 15 and not any(name.startswith("mid_block") for name in chosen)
+    assert len(select_layers(sd15, (1024, 768), 1 / 8)) == 5
+    sdxl = LeffaModel.from_base("sdxl-inpainting", device="meta")
+    assert len(select_layers(sdxl, (1024, 768), 1 / 32)) == 70
+    assert len(select_layers(sdxl, (1024, 768), 1 / 16)) == 10
+    sizes = layer_sizes(sd15, (128, 96))
+    assert sizes["mid_block.attentions.0.transformer_blocks.0.attn1"] == (16, 12)
+    assert sizes["up_blocks.3.attentions.2.transformer_blocks.0.attn1"] == (128, 96)
+
+
+def _training_loss(model, registers=None):
+    latents, mask, masked, dense, ref = _inputs(model, batch=2)
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    t = torch.tensor([100, 800])
+    with record_attention(model, model.layers[:2], flows=True, temperature=2.0, registers=registers) as rec:
+        features = model.reference_features(ref, t)
+        model.predict_noise(latents, mask, masked, dense, t, features)
+    return leffa_loss(rec.flows_at(None), images.flip(-1), images, None, t).total
+
+
+def test_leffa_loss_gradients_reach_both_unets():
+    torch.manual_seed(0)
+    model = LeffaModel.from_base("tiny")
+    _training_loss(model).backward()
+    first = model.layers[0]
+    assert model.unet.get_submodule(first).to_q.weight.grad.abs().sum() > 0
+    assert model.unet.get_submodule(first).to_k.weight.grad.abs().sum() > 0
+    assert model.unet_encoder.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_checkpointed_chunks_give_same_gradients(monkeypatch):
+    torch.manual_seed(0)
+    model = LeffaModel.from_base("tiny")
+    _training_loss(model).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(recording, "CHUNK_ELEMENTS", 64)  # many small checkpointed chunks
+    _training_loss(model).backward()
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5)
+
+
+def test_registers_are_optional_and_trainable():
+    torch.manual_seed(0)
+    model = LeffaModel.from_base("tiny")
+    before = set(dict(model.named_parameters()))
+    registers = LeffaRegisters(model, model.layers[:2], num_registers=3)
+    assert set(dict(model.named_parameters())) == before
+    _training_loss(model, registers).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in registers.parameters())
+
+
+def test_spread_timesteps():
+    assert spread_timesteps([9, 7, 5, 3, 1], 3) == [9, 5, 1]
+    assert spread_timesteps([9, 7], 5) == [9, 7]
+    with pytest.raises(ValueError):
+        spread_timesteps([1], 0)
+
+
+def test_trace_browses_recorded_maps_and_flows(tiny_model, tiny_inputs):
+    pipe = LeffaPipeline(tiny_model)
+    result = trace(pipe, *tiny_inputs, num_inference_steps=4, num_trace_steps=2, seed=3, output_type="pt")
+    plain = pipe(*tiny_inputs, num_inference_steps=4, seed=3, output_type="pt")
+    assert torch.equal(result.output.images, plain.images)
+    assert result.timesteps == [751, 1] and result.layers == tiny_model.layers
+    assert len(result.maps) == len(result.flows) == 2 * len(tiny_model.layers)
+    assert result.heatmap((10, 20)).shape == (64, 48, 3)
+    density = result.attention((10, 20), layer=tiny_model.layers[0], timestep=1)
+    assert density.shape == (64, 48) and density.mean() == pytest.approx(1.0, rel=0.05)
+    assert result.flow_color().shape == (64, 48, 3)
+    assert result.warped_reference(tiny_model.layers[0], 751).shape == (64, 48, 3)
+    with pytest.raises(ValueError, match="was not recorded"):
+        result.heatmap((1, 1), layer="nope")
+    with pytest.raises(ValueError, match="not recorded"):
+        result.flow(timestep=500)
+
+
+def test_trace_errors(tiny_model, tiny_inputs):
+    pipe = LeffaPipeline(tiny_model)
+    with pytest.raises(ValueError, match="not in the 4-step schedule"):
+        trace(pipe, *tiny_inputs, num_inference_steps=4, timesteps=[500])
+    batch = [torch.cat([x, x]) for x in tiny_inputs]
+    with pytest.raises(ValueError, match="one image at a time"):
+        trace(pipe, *batch, num_inference_steps=2)

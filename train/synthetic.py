@@ -1,0 +1,953 @@
+"""Procedural virtual try-on data whose ground-truth correspondence is known exactly.
+
+Why: the Leffa loss claims to make attention point at the right reference pixels, but real try-on data has no
+ground truth for that. Here every person image is rendered by sampling the garment image through a known
+map, so the true flow (person pixel -> garment pixel it shows) is exact and attention flows can be scored.
+
+Conventions
+- Images are uint8 RGB ``(H, W, 3)``; the garment image has the person's size, as in VITON-HD.
+- ``flow``: for every person pixel the garment position it shows, in ``grid_sample`` coordinates with
+  ``align_corners=True`` (x first; -1 is the centre of the first column/row, +1 of the last), zero where
+  ``flow_valid`` is False. The person's garment pixels are the bilinear samples of the garment image at
+  exactly these positions (zero padding), rounded to uint8, so ``grid_sample(garment, flow)`` reproduces them
+  up to half a grey level. The garment is not shaded, which keeps the correspondence exact.
+- The garment is a T-shirt: its body is mapped onto the torso by a thin-plate spline through matching
+  landmarks (collar, shoulders, armpits, waist, hem, chest; some jittered so the map bends), each sleeve by
+  a rotation and scaling about its shoulder point onto the upper arm. Forearms, hands and the head are drawn
+  in front of the garment and are therefore not ``flow_valid``.
+- ``parts`` holds DensePose part indices (0 background, 1..24); the person faces the camera, so the
+  person's right side is on the image's left. ``densepose`` renders them as grey ``round(I * 255 / 24)`` in
+  all three channels (a stand-in for the Parula render of the released VITON-HD model).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.data import Dataset
+
+Size = tuple[int, int]
+
+#: DensePose part indices used by the renderer (person's right = image left).
+DENSEPOSE_PARTS: dict[str, int] = {
+    "torso": 2,
+    "hand_right": 3,
+    "hand_left": 4,
+    "foot_left": 5,
+    "foot_right": 6,
+    "upper_leg_right": 9,
+    "upper_leg_left": 10,
+    "lower_leg_right": 13,
+    "lower_leg_left": 14,
+    "upper_arm_left": 15,
+    "upper_arm_right": 16,
+    "lower_arm_left": 19,
+    "lower_arm_right": 20,
+    "head_right": 23,
+    "head_left": 24,
+}
+#: Grey level that replaces the masked region in the agnostic image (as in VITON-HD's agnostic images).
+AGNOSTIC_GREY = 128
+PATTERNS: tuple[str, ...] = ("stripes", "checks", "dots", "glyphs", "blocks")
+SPLITS: tuple[str, ...] = ("train", "test")
+_SPLIT_SPAN = 2**31
+_GLYPHS = "ABCDEFGHJKLMNPRSTUVWXYZ2345789#&@%+*"
+_SKIN = ((255, 224, 196), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 40))
+_HAIR = ((20, 20, 20), (60, 40, 25), (110, 75, 40), (200, 170, 100), (150, 60, 30), (120, 120, 120))
+_PANTS = ((40, 60, 110), (30, 30, 35), (190, 170, 130), (90, 90, 95), (60, 80, 50), (120, 40, 40))
+#: Garment landmarks matched with the body by the thin-plate spline ("_l" = image left).
+LANDMARKS: tuple[str, ...] = (
+    "collar_l",
+    "collar_r",
+    "collar_centre",
+    "shoulder_l",
+    "shoulder_r",
+    "armpit_l",
+    "armpit_r",
+    "waist_l",
+    "waist_r",
+    "hem_l",
+    "hem_r",
+    "hem_centre",
+    "chest",
+)
+_SHOULDER = {-1: LANDMARKS.index("shoulder_l"), 1: LANDMARKS.index("shoulder_r")}
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One rendered try-on example; see the module docstring for the conventions."""
+
+    person: np.ndarray  # uint8 (H, W, 3): the target image, person wearing the garment
+    garment: np.ndarray  # uint8 (H, W, 3): the garment on white
+    mask: np.ndarray  # bool (H, W): agnostic (inpainting) mask, True = to be generated
+    densepose: np.ndarray  # uint8 (H, W, 3): grey render of ``parts``
+    flow: np.ndarray  # float32 (H, W, 2): garment position shown by each person pixel
+    flow_valid: np.ndarray  # bool (H, W): person pixels that show the garment
+    seed: int
+    cloth_mask: np.ndarray  # bool (H, W): garment silhouette in the garment image
+    agnostic: np.ndarray  # uint8 (H, W, 3): person with the mask region grey
+    parts: np.ndarray  # uint8 (H, W): DensePose part index per pixel
+    pattern: str  # texture family of the garment, one of PATTERNS
+
+
+@dataclass(frozen=True)
+class _Garment:
+    """Garment image and the geometry the person renderer maps onto the body."""
+
+    image: np.ndarray
+    silhouette: np.ndarray  # bool
+    labels: np.ndarray  # uint8: 0 outside, 1 body, 2 image-left sleeve, 3 image-right sleeve
+    landmarks: np.ndarray  # (13, 2) body landmarks in the order of LANDMARKS
+    sleeve_angle: float  # radians from vertical
+    sleeve_end: float  # width of the sleeve opening
+    armhole: float
+    slope: float
+    length: float
+    half_width: float
+    hem_half_width: float
+    neck_half_width: float
+    neck_depth: float
+    pattern: str
+
+
+def check_size(size: Size) -> Size:
+    """Return ``size`` as ``(height, width)`` ints, or raise a ValueError saying what a valid size is."""
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+    )
+    if not ok or size[0] < 32 or size[1] < 32 or size[0] % 8 or size[1] % 8:
+        raise ValueError(
+            f"size must be (height, width) with both ints, multiples of 8 and at least 32, got {size!r}; "
+            "e.g. (128, 96)"
+        )
+    return int(size[0]), int(size[1])
+
+
+def _check_seed(seed: int, name: str = "seed") -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def sample_seed(split: str, index: int, base_seed: int = 0) -> int:
+    """Seed of sample ``index`` of ``split``; the train and test ranges of every base seed are disjoint."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    index = _check_seed(index, "index")
+    if index >= _SPLIT_SPAN:
+        raise ValueError(f"index must be below {_SPLIT_SPAN}, got {index}")
+    return _check_seed(base_seed, "base_seed") * 2 * _SPLIT_SPAN + SPLITS.index(split) * _SPLIT_SPAN + index
+
+
+# ---------------------------------------------------------------------------------------------- colours
+
+
+def _colour(rng: np.random.Generator, s: tuple[float, float], v: tuple[float, float]) -> np.ndarray:
+    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*s), rng.uniform(*v))
+    return np.array(rgb) * 255.0
+
+
+def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` garment colours, each at least 120 (sum of channel differences) from the previous ones."""
+    colours: list[np.ndarray] = []
+    while len(colours) < n:
+        c = _colour(rng, (0.2, 1.0), (0.25, 1.0))
+        if all(np.abs(c - o).sum() >= 120 for o in colours):
+            colours.append(c)
+    return np.stack(colours).astype(np.float32)
+
+
+def _jitter(rng: np.random.Generator, base: tuple[int, int, int], amount: float = 10.0) -> np.ndarray:
+    return np.clip(np.array(base, dtype=np.float64) + rng.uniform(-amount, amount, 3), 0, 255)
+
+
+# ---------------------------------------------------------------------------------------------- garment
+
+
+def _rotated(xx: np.ndarray, yy: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    return xx * np.cos(theta) + yy * np.sin(theta), -xx * np.sin(theta) + yy * np.cos(theta)
+
+
+def _stripes(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, b: float) -> np.ndarray:
+    theta = np.deg2rad(rng.choice([0, 30, 45, 60, 90, 120, 135, 150]) + rng.uniform(-5, 5))
+    t = _rotated(xx, yy, theta)[0] / (rng.uniform(0.035, 0.1) * b) + rng.uniform()
+    colours = _palette(rng, int(rng.integers(2, 4)))
+    if len(colours) == 2:
+        return colours[(t % 1.0 < rng.uniform(0.3, 0.7)).astype(np.intp)]
+    return colours[np.floor(t).astype(np.intp) % len(colours)]
+
+
+def _checks(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, b: float) -> np.ndarray:
+    u, v = _rotated(xx, yy, np.deg2rad(rng.choice([0, 45]) + rng.uniform(-5, 5)))
+    period = rng.uniform(0.05, 0.12) * b
+    a = np.floor(u / period + rng.uniform()).astype(np.intp) % 2
+    c = np.floor(v / (period * rng.uniform(0.8, 1.25)) + rng.uniform()).astype(np.intp) % 2
+    if rng.uniform() < 0.5:
+        return _palette(rng, 2)[a ^ c]
+    return _palette(rng, 3)[a + c]  # gingham: base, single and double crossings
+
+
+def _dots(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, b: float) -> np.ndarray:
+    u, v = _rotated(xx, yy, np.deg2rad(rng.uniform(-20, 20)))
+    spacing = rng.uniform(0.06, 0.11) * b
+    radius = spacing * rng.uniform(0.18, 0.32)
+    row = np.floor(v / spacing)
+    u = u / spacing + 0.5 * (row % 2) * (rng.uniform() < 0.5)
+    du = (u - np.round(u)) * spacing
+    dv = (v / spacing - row - 0.5) * spacing
+    return _palette(rng, 2)[(du**2 + dv**2 <= radius**2).astype(np.intp)]
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _glyph_mask(h: int, w: int, items: list[tuple[float, float, str, int]]) -> np.ndarray:
+    """Bool mask of characters ``(x, y, text, font size)`` centred at ``(x, y)``."""
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    for x, y, text, size in items:
+        draw.text((x, y), text, fill=255, font=_font(size), anchor="mm")
+    return np.asarray(canvas) >= 128
+
+
+def _glyphs(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, b: float) -> np.ndarray:
+    h, w = xx.shape
+    spacing = rng.uniform(0.09, 0.15) * b
+    size = max(6, int(round(spacing * rng.uniform(0.6, 0.85))))
+    motif = [str(c) for c in rng.choice(list(_GLYPHS), int(rng.integers(1, 4)))]
+    items = []
+    for r, y in enumerate(np.arange(rng.uniform(0, spacing), h + spacing, spacing)):
+        for c, x in enumerate(
+            np.arange(rng.uniform(0, spacing) - 0.5 * spacing * (r % 2), w + spacing, spacing)
+        ):
+            items.append((float(x), float(y), motif[(r + c) % len(motif)], size))
+    return _palette(rng, 2)[_glyph_mask(h, w, items).astype(np.intp)]
+
+
+def _blocks(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, b: float) -> np.ndarray:
+    theta = np.deg2rad(rng.choice([0, 90, 30, 150]))
+    t = _rotated(xx, yy, theta)[1]
+    n = int(rng.integers(2, 5))
+    lo, span = t.min(), np.ptp(t)
+    cuts = np.sort(rng.uniform(lo + 0.3 * span, lo + 0.7 * span, n - 1))  # inside the garment, not the margin
+    colours = _palette(rng, n + 1)
+    image = colours[np.searchsorted(cuts, t)]
+    seam = np.min(np.abs(t[..., None] - cuts), axis=-1) < rng.uniform(0.006, 0.02) * b
+    image[seam] = colours[n]
+    return image
+
+
+#: Each pattern fills the whole canvas with a float RGB texture; the silhouette cuts the garment out of it.
+_PATTERN_FUNCTIONS = {
+    "stripes": _stripes,
+    "checks": _checks,
+    "dots": _dots,
+    "glyphs": _glyphs,
+    "blocks": _blocks,
+}
+
+
+def _chest_print(
+    rng: np.random.Generator, texture: np.ndarray, centre: tuple[float, float], b: float
+) -> None:
+    """Print 1-3 large characters, optionally on a badge, on the chest (in place)."""
+    h, w = texture.shape[:2]
+    colours = _palette(rng, 2)
+    size = max(8, int(round(rng.uniform(0.09, 0.15) * b)))
+    text = "".join(rng.choice(list(_GLYPHS), int(rng.integers(1, 4))))
+    if rng.uniform() < 0.5:
+        yy, xx = np.mgrid[0:h, 0:w]
+        radius = size * (0.45 + 0.3 * len(text))
+        badge = ((xx - centre[0]) / radius) ** 2 + ((yy - centre[1]) / (0.8 * size)) ** 2 <= 1.0
+        texture[badge] = colours[1]
+    texture[_glyph_mask(h, w, [(centre[0], centre[1], text, size)])] = colours[0]
+
+
+def _polygon_mask(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
+    """Bool mask of a polygon given in pixel-centre coordinates (sub-pixel vertices)."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(np.asarray(points) * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def _sleeve_axes(angle: float, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors along a sleeve/arm (down and outward) and across it (towards the body)."""
+    along = np.array([side * np.sin(angle), np.cos(angle)])
+    across = np.array([-side * np.cos(angle), np.sin(angle)])
+    return along, across
+
+
+def _make_garment(rng: np.random.Generator, h: int, w: int, b: float) -> _Garment:
+    cx = (w - 1) / 2 + rng.uniform(-0.015, 0.015) * b
+    top = rng.uniform(0.14, 0.19) * b
+    half = rng.uniform(0.17, 0.21) * b
+    slope = rng.uniform(0.02, 0.04) * b
+    neck_half = half * rng.uniform(0.32, 0.42)
+    neck_depth = rng.uniform(0.04, 0.09) * b
+    armhole = rng.uniform(0.10, 0.13) * b
+    length = rng.uniform(0.50, 0.60) * b
+    hem_half = half * rng.uniform(0.92, 1.04)
+    angle = np.deg2rad(rng.uniform(35, 50))
+    sleeve_length = rng.uniform(0.09, 0.13) * b  # along the outer edge
+    sleeve_end = armhole * rng.uniform(0.7, 0.85)
+
+    arc = np.linspace(0.0, np.pi, 9)
+    neckline = np.stack([cx - neck_half * np.cos(arc), top + neck_depth * np.sin(arc)], axis=1)
+    shoulder = {s: np.array([cx + s * half, top + slope]) for s in (-1, 1)}
+    armpit = {s: shoulder[s] + [0.0, armhole] for s in (-1, 1)}
+    hem = {s: np.array([cx + s * hem_half, top + length]) for s in (-1, 1)}
+    body = np.vstack([neckline, shoulder[1], armpit[1], hem[1], hem[-1], armpit[-1], shoulder[-1]])
+
+    labels = np.zeros((h, w), np.uint8)
+    labels[_polygon_mask((h, w), body)] = 1
+    for s, value in ((-1, 2), (1, 3)):
+        along, across = _sleeve_axes(angle, s)
+        end_top = shoulder[s] + sleeve_length * along
+        quad = np.stack([shoulder[s], end_top, end_top + sleeve_end * across, armpit[s]])
+        labels[_polygon_mask((h, w), quad) & (labels == 0)] = value
+    silhouette = labels > 0
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    pattern = str(rng.choice(PATTERNS))
+    texture = _PATTERN_FUNCTIONS[pattern](rng, xx, yy, b)
+    if rng.uniform() < 0.5:
+        _chest_print(rng, texture, (cx, top + length * rng.uniform(0.25, 0.45)), b)
+    image = np.where(silhouette[..., None], np.clip(np.rint(texture), 0, 255), 255).astype(np.uint8)
+
+    landmarks = np.stack(
+        [
+            [cx - neck_half, top],
+            [cx + neck_half, top],
+            [cx, top + neck_depth],
+            shoulder[-1],
+            shoulder[1],
+            armpit[-1],
+            armpit[1],
+            (armpit[-1] + hem[-1]) / 2,
+            (armpit[1] + hem[1]) / 2,
+            hem[-1],
+            hem[1],
+            [cx, top + length],
+            [cx, top + 0.35 * length],
+        ]
+    )
+    return _Garment(
+        image=image,
+        silhouette=silhouette,
+        labels=labels,
+        landmarks=landmarks,
+        sleeve_angle=angle,
+        sleeve_end=sleeve_end,
+        armhole=armhole,
+        slope=slope,
+        length=length,
+        half_width=half,
+        hem_half_width=hem_half,
+        neck_half_width=neck_half,
+        neck_depth=neck_depth,
+        pattern=pattern,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- mapping
+
+
+def _tps_kernel(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``U(r) = r^2 log r^2`` between every point (m, 2) and centre (n, 2), as an (m, n) matrix."""
+    r2 = (points[:, None, 0] - centres[None, :, 0]) ** 2 + (points[:, None, 1] - centres[None, :, 1]) ** 2
+    return r2 * np.log(np.maximum(r2, 1e-300))
+
+
+def fit_thin_plate_spline(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Coefficients ``(n + 3, 2)`` of the 2-D thin-plate spline mapping ``src`` points exactly to ``dst``."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 3:
+        raise ValueError(f"src and dst must both be (n, 2) with n >= 3, got {src.shape} and {dst.shape}")
+    n = len(src)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _tps_kernel(src, src)
+    system[:n, n] = system[n, :n] = 1.0
+    system[:n, n + 1 :] = src
+    system[n + 1 :, :n] = src.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = dst
+    return np.linalg.solve(system, rhs)
+
+
+def apply_thin_plate_spline(src: np.ndarray, coef: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map ``points`` (m, 2) through the spline fitted on control points ``src`` (n, 2)."""
+    src, coef, points = (np.asarray(a, np.float64) for a in (src, coef, points))
+    n = len(src)
+    if coef.shape != (n + 3, 2) or points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(
+            f"expected coef ({n + 3}, 2) from fit_thin_plate_spline on the same src and points (m, 2), "
+            f"got coef {coef.shape} and points {points.shape}"
+        )
+    return _tps_kernel(points, src) @ coef[:n] + coef[n] + points @ coef[n + 1 :]
+
+
+def _to_flow(g: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Garment pixel coordinates (..., 2) -> float32 grid_sample coordinates (align_corners=True)."""
+    return (g * (2.0 / np.array([w - 1, h - 1])) - 1.0).astype(np.float32)
+
+
+def _from_flow(flow: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 grid_sample coordinates -> pixel coordinates, computed as grid_sample does."""
+    gx = (flow[..., 0] + np.float32(1)) / np.float32(2) * np.float32(w - 1)
+    gy = (flow[..., 1] + np.float32(1)) / np.float32(2) * np.float32(h - 1)
+    return gx, gy
+
+
+def _sample_bilinear(image: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Bilinear sample of ``image`` (H, W, C) at pixel coordinates, zero outside (grid_sample semantics).
+
+    A zero border (1 before, 2 after) makes every neighbour addressable; coordinates beyond it only ever
+    meet zeros, so clipping them there changes nothing.
+    """
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((1, 2), (1, 2), (0, 0)))
+    gx, gy = np.clip(gx, -1, w), np.clip(gy, -1, h)
+    x0, y0 = np.floor(gx), np.floor(gy)
+    fx, fy = (gx - x0)[..., None], (gy - y0)[..., None]
+    xi, yi = x0.astype(np.intp) + 1, y0.astype(np.intp) + 1
+    top = padded[yi, xi] * (1 - fx) + padded[yi, xi + 1] * fx
+    bottom = padded[yi + 1, xi] * (1 - fx) + padded[yi + 1, xi + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _nearest(labels: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    h, w = labels.shape
+    xi, yi = np.rint(gx).astype(np.intp), np.rint(gy).astype(np.intp)
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    return np.where(inside, labels[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], 0)
+
+
+# ---------------------------------------------------------------------------------------------- person
+
+
+def _ellipse(xx: np.ndarray, yy: np.ndarray, centre: np.ndarray, rx: float, ry: float) -> np.ndarray:
+    return ((xx - centre[0]) / rx) ** 2 + ((yy - centre[1]) / ry) ** 2 <= 1.0
+
+
+def _capsule(
+    xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float
+) -> np.ndarray:
+    """Segment ``p0 -> p1`` thickened to radius ``r0`` at ``p0`` and ``r1`` at ``p1``, round ends."""
+    d = p1 - p0
+    t = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / max(float(d @ d), 1e-9), 0.0, 1.0)
+    return (xx - p0[0] - t * d[0]) ** 2 + (yy - p0[1] - t * d[1]) ** 2 <= (r0 + (r1 - r0) * t) ** 2
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), _disk(radius)).astype(bool)
+
+
+@dataclass
+class _Canvas:
+    """The person image being drawn (float RGB), its DensePose part map and the pixel-centre grids."""
+
+    xx: np.ndarray
+    yy: np.ndarray
+    image: np.ndarray
+    parts: np.ndarray
+    b: float  # body scale in pixels (see make_sample)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.xx.shape
+
+
+@dataclass(frozen=True)
+class _Body:
+    """Pose and proportions of the person, in pixels."""
+
+    cx_hip: float
+    cx_shoulder: float
+    shoulder_y: float
+    torso: float  # shoulder line to hip line
+    half: float  # half shoulder width
+    hip_half: float
+    waist_half: float
+    neck_half: float
+    head_centre: np.ndarray
+    head_rx: float
+    head_ry: float
+    skin: np.ndarray
+    hair: np.ndarray
+    pants: np.ndarray
+
+    @property
+    def hip_y(self) -> float:
+        return self.shoulder_y + self.torso
+
+    def centre_x(self, y: float) -> float:
+        """Body midline at height ``y`` (the torso may lean)."""
+        return self.cx_shoulder + (self.cx_hip - self.cx_shoulder) * (y - self.shoulder_y) / self.torso
+
+
+def _make_body(rng: np.random.Generator, w: int, b: float) -> _Body:
+    cx_hip = (w - 1) / 2 + rng.uniform(-0.05, 0.05) * b
+    cx_shoulder = cx_hip + rng.uniform(-0.03, 0.03) * b
+    shoulder_y = rng.uniform(0.23, 0.29) * b
+    half = rng.uniform(0.16, 0.20) * b
+    hip_half = half * rng.uniform(0.8, 0.92)
+    head_rx = half * rng.uniform(0.42, 0.5)
+    head_ry = head_rx * rng.uniform(1.2, 1.35)
+    neck_height = rng.uniform(0.035, 0.05) * b
+    return _Body(
+        cx_hip=cx_hip,
+        cx_shoulder=cx_shoulder,
+        shoulder_y=shoulder_y,
+        torso=rng.uniform(0.36, 0.42) * b,
+        half=half,
+        hip_half=hip_half,
+        waist_half=hip_half * rng.uniform(0.88, 0.98),
+        neck_half=half * rng.uniform(0.25, 0.32),
+        head_centre=np.array(
+            [cx_shoulder + rng.uniform(-0.01, 0.01) * b, shoulder_y - neck_height - 0.8 * head_ry]
+        ),
+        head_rx=head_rx,
+        head_ry=head_ry,
+        skin=_jitter(rng, _SKIN[rng.integers(len(_SKIN))]),
+        hair=_jitter(rng, _HAIR[rng.integers(len(_HAIR))]),
+        pants=_jitter(rng, _PANTS[rng.integers(len(_PANTS))], 20),
+    )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """How the garment sits on the body: scales and the person-side positions of the garment landmarks."""
+
+    kx: float
+    ky: float
+    collar_y: float
+    collar_half: float
+    armpit_y: float
+    waist_y: float
+    targets: np.ndarray  # (13, 2), same order as _Garment.landmarks
+
+
+def _fit_garment(rng: np.random.Generator, garment: _Garment, body: _Body, b: float) -> _Fit:
+    """Place the garment landmarks on the body; jittered waist, hem and chest points make the map bend."""
+    kx = body.half * rng.uniform(1.02, 1.1) / garment.half_width
+    hem_y = body.shoulder_y + body.torso * rng.uniform(0.9, 1.08)
+    ky = (hem_y - body.shoulder_y) / (garment.length - garment.slope)
+    collar_y = body.shoulder_y - garment.slope * ky
+    collar_half = garment.neck_half_width * kx * rng.uniform(0.95, 1.1)
+    armpit_y = body.shoulder_y + garment.armhole * ky
+    waist_y = (armpit_y + hem_y) / 2
+    waist_half = (garment.half_width + garment.hem_half_width) / 2 * kx
+    chest_y = collar_y + 0.35 * garment.length * ky
+    targets = [[body.cx_shoulder + s * collar_half, collar_y] for s in (-1, 1)]
+    targets.append([body.cx_shoulder, collar_y + garment.neck_depth * ky * rng.uniform(0.85, 1.15)])
+    targets += [[body.cx_shoulder + s * garment.half_width * kx, body.shoulder_y] for s in (-1, 1)]
+    for y, half, spread in (
+        (armpit_y, garment.half_width * kx, (0.96, 1.0)),
+        (waist_y, waist_half, (0.9, 1.05)),
+    ):
+        targets += [[body.centre_x(y) + s * half * rng.uniform(*spread), y] for s in (-1, 1)]
+    targets += [
+        [
+            body.cx_hip + s * garment.hem_half_width * kx * rng.uniform(0.95, 1.05),
+            hem_y + rng.uniform(-0.015, 0.015) * b,
+        ]
+        for s in (-1, 1)
+    ]
+    targets.append([body.cx_hip + rng.uniform(-0.01, 0.01) * b, hem_y + rng.uniform(-0.01, 0.02) * b])
+    targets.append(
+        [body.centre_x(chest_y) + rng.uniform(-0.02, 0.02) * b, chest_y + rng.uniform(-0.02, 0.02) * b]
+    )
+    return _Fit(kx, ky, collar_y, collar_half, armpit_y, waist_y, np.array(targets))
+
+
+def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    first = _colour(rng, (0.0, 0.35), (0.55, 1.0))
+    if rng.uniform() < 0.4:
+        return np.broadcast_to(first, xx.shape + (3,)).copy()
+    second = _colour(rng, (0.0, 0.35), (0.55, 1.0))
+    t = _rotated(xx, yy, rng.uniform(0, 2 * np.pi))[0]
+    t = ((t - t.min()) / max(float(np.ptp(t)), 1e-9))[..., None]
+    return first * (1 - t) + second * t
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One garment piece as seen on the person: where it shows and the garment position each pixel shows."""
+
+    shows: np.ndarray
+    flow: np.ndarray
+
+
+def _garment_layer(garment: _Garment, g: np.ndarray, label: int, gate: np.ndarray) -> _Layer:
+    """Show the garment piece ``label`` through the person->garment pixel map ``g`` (H, W, 2).
+
+    The piece's labels are dilated by one pixel so that neighbouring pieces overlap at their seam
+    instead of leaving a gap.
+    """
+    h, w = garment.silhouette.shape
+    flow = _to_flow(g, h, w)
+    gx, gy = _from_flow(flow, h, w)
+    alpha = _sample_bilinear(garment.silhouette[..., None].astype(np.float32), gx, gy)[..., 0]
+    piece = _dilate(garment.labels == label, 1)
+    return _Layer(gate & (alpha >= 0.5) & _nearest(piece, gx, gy).astype(bool), flow)
+
+
+def _body_layer(canvas: _Canvas, garment: _Garment, fit: _Fit) -> _Layer:
+    """Garment body through the thin-plate spline, limited to near the landmarks (the spline's far field
+    could fold back onto the garment)."""
+    b = canvas.b
+    hull = cv2.convexHull(np.round(fit.targets * 16).astype(np.int32))[:, 0] / 16.0
+    gate = _dilate(_polygon_mask(canvas.shape, hull), 0.04 * b)
+    pixels = np.stack([canvas.xx[gate], canvas.yy[gate]], axis=1)
+    coef = fit_thin_plate_spline(fit.targets / b, garment.landmarks / b)
+    g = np.zeros(canvas.shape + (2,))
+    g[gate] = apply_thin_plate_spline(fit.targets / b, coef, pixels / b) * b
+    return _garment_layer(garment, g, 1, gate)
+
+
+_SIDE = {-1: "right", 1: "left"}  # image left is the person's right
+
+
+def _draw_legs(rng: np.random.Generator, canvas: _Canvas, body: _Body) -> None:
+    xx, yy = canvas.xx, canvas.yy
+    pants_top = body.shoulder_y + 0.8 * body.torso
+    pants = _polygon_mask(
+        canvas.shape,
+        [
+            [body.cx_hip - body.waist_half, pants_top],
+            [body.cx_hip + body.waist_half, pants_top],
+            [body.cx_hip + body.hip_half, body.hip_y],
+            [body.cx_hip - body.hip_half, body.hip_y],
+        ],
+    )
+    radius = 0.5 * body.hip_half
+    upper, lower = body.torso * rng.uniform(1.0, 1.15), body.torso * rng.uniform(0.95, 1.05)
+    for s in (-1, 1):
+        spread = np.deg2rad(rng.uniform(0, 6))
+        hip = np.array([body.cx_hip + s * 0.5 * body.hip_half, body.hip_y])
+        knee = hip + upper * np.array([s * np.sin(spread), np.cos(spread)])
+        ankle = knee + lower * np.array([s * np.sin(spread) * 0.5, 1.0])
+        thigh = _capsule(xx, yy, hip, knee, radius, 0.8 * radius)
+        shin = _capsule(xx, yy, knee, ankle, 0.8 * radius, 0.6 * radius)
+        foot = _ellipse(xx, yy, ankle + [s * 0.3 * radius, 0.5 * radius], 1.1 * radius, 0.6 * radius)
+        pants |= thigh | shin
+        canvas.parts[thigh] = DENSEPOSE_PARTS[f"upper_leg_{_SIDE[s]}"]
+        canvas.parts[shin & ~thigh] = DENSEPOSE_PARTS[f"lower_leg_{_SIDE[s]}"]
+        canvas.parts[foot] = DENSEPOSE_PARTS[f"foot_{_SIDE[s]}"]
+        canvas.image[foot] = body.pants * 0.35
+    canvas.image[pants] = body.pants
+    canvas.parts[pants & (yy < body.hip_y + 0.2 * body.torso)] = DENSEPOSE_PARTS["torso"]
+
+
+def _draw_torso(canvas: _Canvas, body: _Body, fit: _Fit) -> np.ndarray:
+    """Skin of neck and torso (under the garment); returns its region."""
+    b, cx = canvas.b, body.cx_shoulder
+    pants_top = body.shoulder_y + 0.8 * body.torso + 0.02 * b
+    right_side = [
+        [cx + body.neck_half, fit.collar_y],
+        [cx + fit.collar_half, fit.collar_y + 0.01 * b],
+        [cx + 0.95 * body.half, body.shoulder_y + 0.02 * b],
+        [body.centre_x(fit.armpit_y) + 0.97 * body.half, fit.armpit_y],
+        [body.centre_x(fit.waist_y) + body.waist_half, fit.waist_y],
+        [body.cx_hip + body.hip_half, pants_top],
+    ]
+    left_side = [[2 * body.centre_x(y) - x, y] for x, y in reversed(right_side)]
+    region = _polygon_mask(canvas.shape, right_side + left_side)
+    region |= (
+        (np.abs(canvas.xx - cx) <= body.neck_half)
+        & (canvas.yy >= body.head_centre[1])
+        & (canvas.yy <= body.shoulder_y)
+    )
+    canvas.image[region] = body.skin
+    canvas.parts[region] = DENSEPOSE_PARTS["torso"]
+    return region
+
+
+@dataclass(frozen=True)
+class _Arms:
+    upper: np.ndarray  # upper arms (drawn under the garment)
+    front: np.ndarray  # forearms and hands (drawn over it)
+    hands: np.ndarray
+    sleeves: list[_Layer]
+
+
+def _draw_arms(rng: np.random.Generator, canvas: _Canvas, body: _Body, garment: _Garment, fit: _Fit) -> _Arms:
+    """Draw both upper arms and map each sleeve onto its arm by a rotation and scaling about the shoulder.
+
+    Forearms and hands are only returned (and labelled as parts): they are painted over the garment later.
+    """
+    xx, yy = canvas.xx, canvas.yy
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    upper_arms, front, hands = (np.zeros(canvas.shape, bool) for _ in range(3))
+    sleeves: list[_Layer] = []
+    stretch = rng.uniform(0.9, 1.15)
+    for s, label in ((-1, 2), (1, 3)):
+        angle = np.deg2rad(rng.uniform(10, 40))
+        along, across = _sleeve_axes(angle, s)
+        g_along, g_across = _sleeve_axes(garment.sleeve_angle, s)
+        shoulder = fit.targets[_SHOULDER[s]]
+        offset = pixels - shoulder
+        g = (
+            garment.landmarks[_SHOULDER[s]]
+            + np.outer(offset @ along / (fit.kx * stretch), g_along)
+            + np.outer(offset @ across / fit.kx, g_across)
+        ).reshape(canvas.shape + (2,))
+        sleeves.append(_garment_layer(garment, g, label, np.ones(canvas.shape, bool)))
+
+        thickness = garment.sleeve_end * fit.kx * rng.uniform(0.75, 0.85)
+        joint = shoulder + 0.5 * garment.sleeve_end * fit.kx * across + 0.5 * thickness * along
+        length = body.torso * rng.uniform(0.68, 0.78)
+        elbow = joint + length * along
+        bent = angle + np.deg2rad(rng.uniform(-45, 20))
+        wrist = elbow + length * rng.uniform(0.85, 0.95) * np.array([s * np.sin(bent), np.cos(bent)])
+        upper = _capsule(xx, yy, joint, elbow, thickness / 2, 0.42 * thickness)
+        forearm = _capsule(xx, yy, elbow, wrist, 0.42 * thickness, 0.35 * thickness)
+        direction = (wrist - elbow) / np.linalg.norm(wrist - elbow)
+        hand = _ellipse(xx, yy, wrist + 0.35 * thickness * direction, 0.45 * thickness, 0.5 * thickness)
+        canvas.image[upper] = body.skin
+        canvas.parts[upper] = DENSEPOSE_PARTS[f"upper_arm_{_SIDE[s]}"]
+        canvas.parts[forearm] = DENSEPOSE_PARTS[f"lower_arm_{_SIDE[s]}"]
+        canvas.parts[hand] = DENSEPOSE_PARTS[f"hand_{_SIDE[s]}"]
+        upper_arms |= upper
+        front |= forearm | hand
+        hands |= hand
+    return _Arms(upper_arms, front, hands, sleeves)
+
+
+def _draw_head(rng: np.random.Generator, canvas: _Canvas, body: _Body) -> np.ndarray:
+    """Face and hair cap (in front of everything); returns the head region."""
+    xx, yy, c = canvas.xx, canvas.yy, body.head_centre
+    face = _ellipse(xx, yy, c, body.head_rx, body.head_ry)
+    cap = _ellipse(xx, yy, c - [0, 0.05 * body.head_ry], 1.1 * body.head_rx, 1.05 * body.head_ry)
+    cap &= yy < c[1] - rng.uniform(0.2, 0.45) * body.head_ry
+    head = face | cap
+    canvas.image[face] = body.skin
+    canvas.image[cap] = body.hair
+    canvas.parts[head] = np.where(
+        xx[head] < c[0], DENSEPOSE_PARTS["head_right"], DENSEPOSE_PARTS["head_left"]
+    )
+    return head
+
+
+def _render(rng: np.random.Generator, garment: _Garment, h: int, w: int, b: float) -> dict[str, np.ndarray]:
+    """Draw a person wearing ``garment``, back to front; returns person, flow, flow_valid, parts and mask."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    canvas = _Canvas(xx, yy, _background(rng, xx, yy), np.zeros((h, w), np.uint8), b)
+    body = _make_body(rng, w, b)
+    fit = _fit_garment(rng, garment, body, b)
+    if rng.uniform() < 0.4:
+        long_hair = _ellipse(
+            xx, yy, body.head_centre + [0, 0.6 * body.head_ry], 1.25 * body.head_rx, 1.5 * body.head_ry
+        )
+        canvas.image[long_hair] = body.hair
+    _draw_legs(rng, canvas, body)
+    torso = _draw_torso(canvas, body, fit)
+    arms = _draw_arms(rng, canvas, body, garment, fit)
+
+    flow = np.zeros((h, w, 2), np.float32)
+    shows = np.zeros((h, w), bool)
+    for layer in [_body_layer(canvas, garment, fit), *arms.sleeves]:
+        flow[layer.shows] = layer.flow[layer.shows]
+        shows |= layer.shows
+    gx, gy = _from_flow(flow, h, w)
+    canvas.image[shows] = _sample_bilinear(garment.image.astype(np.float32), gx, gy)[shows]
+    canvas.image[arms.front] = body.skin
+    head = _draw_head(rng, canvas, body)
+
+    flow_valid = shows & ~(arms.front | head)
+    flow[~flow_valid] = 0.0
+    region = torso | arms.upper | arms.front | shows
+    mask = _dilate(region, 0.03 * b) & ~(head | arms.hands) | flow_valid
+    return {
+        "person": np.clip(np.rint(canvas.image), 0, 255).astype(np.uint8),
+        "flow": flow,
+        "flow_valid": flow_valid,
+        "parts": canvas.parts,
+        "mask": mask,
+    }
+
+
+def render_densepose(parts: np.ndarray) -> np.ndarray:
+    """Grey 3-channel render ``round(I * 255 / 24)`` of a DensePose part-index map (H, W).
+
+    The one place that turns part indices into the model's densepose image, so a colormap (the released
+    VITON-HD model saw Parula) can be swapped in here.
+    """
+    parts = np.asarray(parts)
+    if parts.ndim != 2 or parts.min(initial=0) < 0 or parts.max(initial=0) > 24:
+        raise ValueError(f"parts must be an (H, W) map of indices 0..24, got shape {parts.shape}")
+    grey = np.rint(parts.astype(np.float64) * 255.0 / 24.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def make_sample(seed: int, size: Size = (128, 96)) -> SyntheticSample:
+    """Render the sample of ``seed``: same seed and size -> identical arrays."""
+    seed = _check_seed(seed)
+    h, w = check_size(size)
+    b = min(h, w * 4.0 / 3.0)  # body scale: the height of a 4:3 portrait frame that fits
+    rng = np.random.default_rng(seed)
+    garment = _make_garment(rng, h, w, b)
+    drawn = _render(rng, garment, h, w, b)
+    agnostic = drawn["person"].copy()
+    agnostic[drawn["mask"]] = AGNOSTIC_GREY
+    return SyntheticSample(
+        person=drawn["person"],
+        garment=garment.image,
+        mask=drawn["mask"],
+        densepose=render_densepose(drawn["parts"]),
+        flow=drawn["flow"],
+        flow_valid=drawn["flow_valid"],
+        seed=seed,
+        cloth_mask=garment.silhouette,
+        agnostic=agnostic,
+        parts=drawn["parts"],
+        pattern=garment.pattern,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- torch / files
+
+
+def _to_signed_unit(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1], the released normalisation."""
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+class SyntheticTryOnDataset(Dataset):
+    """Samples rendered on the fly; index ``i`` of a split always gives the same sample.
+
+    Items: ``image`` (person) and ``reference`` (garment) (3, H, W) in [-1, 1]; ``mask`` and ``flow_valid``
+    (1, H, W) float {0, 1}; ``densepose`` (3, H, W) in [-1, 1]; ``flow`` (H, W, 2) float32; ``seed`` int.
+    """
+
+    def __init__(
+        self, split: str = "train", size: Size = (128, 96), length: int = 1000, seed: int = 0
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if (
+            not isinstance(length, (int, np.integer))
+            or isinstance(length, bool)
+            or not 0 < length <= _SPLIT_SPAN
+        ):
+            raise ValueError(f"length must be an int in 1..{_SPLIT_SPAN}, got {length!r}")
+        self.split, self.size, self.length, self.seed = (
+            split,
+            check_size(size),
+            int(length),
+            _check_seed(seed),
+        )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        sample = make_sample(sample_seed(self.split, index % self.length, self.seed), self.size)
+        return {
+            "image": _to_signed_unit(sample.person),
+            "reference": _to_signed_unit(sample.garment),
+            "mask": torch.from_numpy(sample.mask).float()[None],
+            "densepose": _to_signed_unit(sample.densepose),
+            "flow": torch.from_numpy(sample.flow),
+            "flow_valid": torch.from_numpy(sample.flow_valid).float()[None],
+            "seed": sample.seed,
+        }
+
+
+def _save_jpeg(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, quality=95, subsampling=0)
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255).save(
+        path, **({"quality": 95} if path.suffix == ".jpg" else {})
+    )
+
+
+_LAYOUT_DIRS = ("image", "cloth", "cloth-mask", "agnostic-mask", "agnostic-v3.2", "image-densepose", "flow")
+
+
+def write_vitonhd_layout(
+    root: str | Path, n_train: int, n_test: int, size: Size = (128, 96), seed: int = 0
+) -> Path:
+    """Write a VITON-HD style folder of synthetic samples and return its root.
+
+    Per split: ``image/``, ``cloth/``, ``agnostic-v3.2/``, ``image-densepose/`` and ``cloth-mask/`` as
+    ``NNNNN_00.jpg`` (quality 95 without chroma subsampling, so fine textures survive),
+    ``agnostic-mask/NNNNN_00_mask.png`` and ``flow/NNNNN_00.npy`` (float32 (H, W, 3): x, y, valid);
+    ``train_pairs.txt`` / ``test_pairs.txt`` hold paired lines. Names run on across splits (test starts at
+    ``n_train``) so no name appears in both.
+    """
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    size, seed, root = check_size(size), _check_seed(seed), Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"layout root {root} exists and is not a folder; pick another path")
+    offset = 0
+    for split, count in (("train", int(n_train)), ("test", int(n_test))):
+        folders = {name: root / split / name for name in _LAYOUT_DIRS}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for index in range(count):
+            sample = make_sample(sample_seed(split, index, seed), size)
+            stem = f"{offset + index:05d}_00"
+            _save_jpeg(sample.person, folders["image"] / f"{stem}.jpg")
+            _save_jpeg(sample.garment, folders["cloth"] / f"{stem}.jpg")
+            _save_jpeg(sample.agnostic, folders["agnostic-v3.2"] / f"{stem}.jpg")
+            _save_jpeg(sample.densepose, folders["image-densepose"] / f"{stem}.jpg")
+            _save_mask(sample.cloth_mask, folders["cloth-mask"] / f"{stem}.jpg")
+            _save_mask(sample.mask, folders["agnostic-mask"] / f"{stem}_mask.png")
+            flow = np.concatenate([sample.flow, sample.flow_valid[..., None].astype(np.float32)], axis=-1)
+            np.save(folders["flow"] / f"{stem}.npy", flow)
+            lines.append(f"{stem}.jpg {stem}.jpg\n")
+        (root / f"{split}_pairs.txt").write_text("".join(lines))
+        offset += count
+    return root
+
+
+def make_examples(
+    out_dir: str | Path, n: int = 4, size: Size = (256, 192), seed: int = 0
+) -> list[dict[str, Path]]:
+    """Write ``n`` held-out (test-split) examples for the app demo as PNGs; return their paths per example.
+
+    Files: ``person_KK.png``, ``garment_KK.png``, ``mask_KK.png`` (0/255) and ``densepose_KK.png``.
+    """
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    size, seed, out_dir = check_size(size), _check_seed(seed), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in range(int(n)):
+        sample = make_sample(sample_seed("test", k, seed), size)
+        images = {
+            "person": sample.person,
+            "garment": sample.garment,
+            "mask": sample.mask.astype(np.uint8) * 255,
+            "densepose": sample.densepose,
+        }
+        paths = {name: out_dir / f"{name}_{k:02d}.png" for name in images}
+        for name, image in images.items():
+            Image.fromarray(image).save(paths[name])
+        written.append(paths)
+    return written
