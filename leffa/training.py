@@ -1,0 +1,134 @@
+"""One training forward pass: the diffusion loss plus, optionally, the Leffa loss (paper §3).
+
+Kept in the library (not in ``train/``) because it is the model's training objective; the trainer script only
+adds data loading, optimisation, checkpointing and logging around :func:`training_losses`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from leffa.flow import LeffaLossConfig, leffa_loss
+from leffa.model import LeffaModel
+from leffa.recording import LeffaRegisters, record_attention, select_layers
+
+
+@dataclass
+class TrainingLosses:
+    """``loss`` is what to back-propagate; the rest is for logging (detached)."""
+
+    loss: Tensor
+    diffusion: Tensor
+    leffa: Tensor | None = None
+    leffa_per_layer: dict[str, Tensor] = field(default_factory=dict)
+
+    def log_values(self) -> dict[str, float]:
+        values = {"loss/total": float(self.loss.detach()), "loss/diffusion": float(self.diffusion)}
+        if self.leffa is not None:
+            values["loss/leffa"] = float(self.leffa)
+            values.update({f"leffa/{name}": float(v) for name, v in self.leffa_per_layer.items()})
+        return values
+
+
+def expand_conv_in(weight: Tensor, bias: Tensor, in_channels: int) -> tuple[Tensor, Tensor]:
+    """New ``conv_in`` weights for a different input width: zeros, with the first min(old, new) channels
+    copied from the base and the bias copied (how the released models were initialised)."""
+    out = torch.zeros(weight.shape[0], in_channels, *weight.shape[2:], dtype=weight.dtype)
+    keep = min(in_channels, weight.shape[1])
+    out[:, :keep] = weight[:, :keep]
+    return out, bias.clone()
+
+
+def init_state_from_base(
+    unet: Mapping[str, Tensor], vae: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Released-format state dict initialised from a base inpainting UNet (9 input channels) and VAE.
+
+    Both UNets start from the base UNet; their ``conv_in`` is expanded/cut to 12 and 4 channels.
+    """
+    state = {f"vae.{name}": t for name, t in vae.items()}
+    for prefix, channels in (("unet_encoder.", 4), ("unet.", 12)):
+        for name, tensor in unet.items():
+            state[prefix + name] = tensor
+        weight, bias = expand_conv_in(unet["conv_in.weight"], unet["conv_in.bias"], channels)
+        state[prefix + "conv_in.weight"], state[prefix + "conv_in.bias"] = weight, bias
+    return state
+
+
+def _target(scheduler: DDPMScheduler, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon or v_prediction)")
+
+
+def training_losses(
+    model: LeffaModel,
+    batch: Mapping[str, Tensor],
+    scheduler: DDPMScheduler,
+    *,
+    generator: torch.Generator | None = None,
+    leffa: LeffaLossConfig | None = None,
+    reference_dropout: float = 0.1,
+    registers: LeffaRegisters | None = None,
+) -> TrainingLosses:
+    """Diffusion loss (+ ``leffa.weight`` × Leffa loss when ``leffa`` is given) for one batch.
+
+    ``batch`` holds ``image`` (target person), ``reference``, ``mask`` and ``densepose`` in the released
+    normalisation. A sample's reference is replaced by an all-zero latent with probability
+    ``reference_dropout`` (the unconditional branch used by classifier-free guidance at inference); such
+    samples get no Leffa loss. The VAE is frozen (encoded without gradients).
+    """
+    if not 0 <= reference_dropout <= 1:
+        raise ValueError(f"reference_dropout must be in [0, 1], got {reference_dropout}")
+    missing = [key for key in ("image", "reference", "mask", "densepose") if key not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; expected image, reference, mask and densepose")
+    device = model.device
+    image, reference, mask, densepose = (batch[k].to(device) for k in ("image", "reference", "mask", "densepose"))
+    size = image.shape[0]
+    factor = model.vae_scale_factor
+    latent_hw = (image.shape[-2] // factor, image.shape[-1] // factor)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+
+    with torch.no_grad():
+        latents = model.encode_image(image, generator)
+        masked_latents = model.encode_image(image * (mask < 0.5), generator)
+        ref_latents = model.encode_image(reference, generator)
+    keep = torch.rand(size, generator=generator, device=draw_device) >= reference_dropout
+    ref_latents = ref_latents * keep.to(device, ref_latents.dtype).view(-1, 1, 1, 1)
+    noise = torch.randn(latents.shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=draw_device
+    ).to(device)
+    noisy = scheduler.add_noise(latents.float(), noise, timesteps)
+    mask_latent = F.interpolate(mask, size=latent_hw, mode="nearest")
+    dense_latent = F.interpolate(densepose, size=latent_hw, mode="nearest")
+
+    features = model.reference_features(ref_latents, timesteps)
+    if leffa is None:
+        prediction = model.predict_noise(noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
+    else:
+        layers = select_layers(model, tuple(image.shape[-2:]), leffa.theta_resolution)
+        with record_attention(model, layers, flows=True, temperature=leffa.temperature, registers=registers) as rec:
+            prediction = model.predict_noise(noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
+    diffusion = F.mse_loss(prediction.float(), _target(scheduler, latents.float(), noise, timesteps))
+    if leffa is None:
+        return TrainingLosses(loss=diffusion, diffusion=diffusion.detach())
+    # Samples without a reference are gated out by giving them a timestep past every threshold.
+    gated = torch.where(keep.to(device), timesteps, torch.full_like(timesteps, scheduler.config.num_train_timesteps))
+    result = leffa_loss(rec.flows_at(None), reference, image, mask, gated, theta_timestep=leffa.theta_timestep)
+    return TrainingLosses(
+        loss=diffusion + leffa.weight * result.total,
+        diffusion=diffusion.detach(),
+        leffa=result.total.detach(),
+        leffa_per_layer={name: value.detach() for name, value in result.per_layer.items()},
+    )
