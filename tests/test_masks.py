@@ -1,0 +1,367 @@
+"""Agnostic masks on a synthetic parse map + keypoints, and user-supplied masks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from preprocess import masks
+from preprocess.masks import CATEGORIES, VARIANTS, agnostic_mask, binarize_mask, grow
+from preprocess.parsing import LABEL
+
+KEYPOINTS = {
+    0: (192, 85),
+    1: (192, 140),
+    2: (135, 160),
+    3: (105, 235),
+    4: (92, 305),
+    5: (249, 160),
+    6: (279, 235),
+    7: (292, 305),
+    8: (160, 300),
+    9: (160, 390),
+    10: (160, 480),
+    11: (224, 300),
+    12: (224, 390),
+    13: (224, 480),
+    14: (182, 75),
+    15: (202, 75),
+    16: (165, 80),
+    17: (219, 80),
+}
+
+
+def _keypoints(**overrides: tuple[float, float]) -> np.ndarray:
+    points = np.zeros((18, 2), np.float32)
+    for index, point in KEYPOINTS.items():
+        points[index] = point
+    names = {"right_wrist": 4, "left_wrist": 7, "right_shoulder": 2, "right_elbow": 3}
+    for name, point in overrides.items():
+        points[names[name]] = point
+    return points
+
+
+def _person(lower: str = "pants") -> np.ndarray:
+    """A front-facing person: hair, face, neck, shirt, arms with hands, pants or dress, legs, shoes, bag."""
+    parse = np.zeros((512, 384), np.uint8)
+    cv2.ellipse(parse, (192, 70), (42, 45), 0, 0, 360, LABEL["hair"], -1)
+    cv2.ellipse(parse, (192, 85), (33, 42), 0, 0, 360, LABEL["face"], -1)
+    parse[120:152, 176:209] = LABEL["neck"]
+    for label, points in (
+        (LABEL["right_arm"], [(135, 160), (105, 235), (92, 305)]),
+        (LABEL["left_arm"], [(249, 160), (279, 235), (292, 305)]),
+    ):
+        cv2.polylines(parse, [np.array(points, np.int32)], False, label, 28)
+        hand_x = points[2][0] + (points[2][0] - points[1][0]) // 2
+        cv2.circle(parse, (hand_x, 350), 14, label, -1)
+    parse[148:300, 122:263] = LABEL["upper_clothes"]
+    if lower == "pants":
+        parse[300:455, 128:257] = LABEL["pants"]
+        parse[455:490, 140:180] = LABEL["right_leg"]
+        parse[455:490, 204:244] = LABEL["left_leg"]
+    else:
+        parse[148:400, 122:263] = LABEL["dress"]
+        parse[400:490, 140:180] = LABEL["right_leg"]
+        parse[400:490, 204:244] = LABEL["left_leg"]
+    parse[490:512, 132:182] = LABEL["right_shoe"]
+    parse[490:512, 202:252] = LABEL["left_shoe"]
+    parse[360:420, 320:370] = LABEL["bag"]
+    return parse
+
+
+def _inside(parse: np.ndarray, label: str, margin: int = 3) -> np.ndarray:
+    """Pixels of `label` at least `margin` px away from its border (the mask may take a thin rim)."""
+    region = (parse == LABEL[label]).astype(np.uint8)
+    return cv2.erode(region, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+
+
+def _hands(parse: np.ndarray) -> np.ndarray:
+    hands = np.zeros_like(parse, dtype=bool)
+    hands[338:362] = True
+    return hands & _inside(parse, "right_arm") | hands & _inside(parse, "left_arm")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_upper_body_covers_shirt_and_arms_and_keeps_the_rest(variant):
+    parse = _person()
+    mask = agnostic_mask(parse, _keypoints(), "upper_body", variant)
+    assert mask.shape == (512, 384) and mask.dtype == np.bool_
+    assert mask[_inside(parse, "upper_clothes")].all()
+    upper_arms = (parse == LABEL["right_arm"]) | (parse == LABEL["left_arm"])
+    upper_arms[250:] = False
+    assert mask[upper_arms].all()
+    for kept in ("face", "pants", "right_shoe", "left_shoe", "bag", "right_leg"):
+        assert not mask[_inside(parse, kept)].any(), kept
+    assert not mask[_hands(parse)].any()
+    assert not mask[:, :30].any() and not mask[:, -30:].any()
+
+
+def test_viton_hd_masks_the_neck_label():
+    parse = _person()
+    mask = agnostic_mask(parse, _keypoints(), "upper_body", "viton_hd")
+    assert mask[parse == LABEL["neck"]].all()
+
+
+def test_dress_code_cuts_the_neck_at_the_shoulder_line():
+    parse = _person()
+    mask = agnostic_mask(parse, _keypoints(), "upper_body", "dress_code")
+    # Shoulders at y = 160: head pixels from y = 140 down join the garment, those above stay.
+    neck = parse == LABEL["neck"]
+    below, above = neck.copy(), neck.copy()
+    below[:141] = False
+    above[136:] = False
+    assert mask[below].all()
+    assert not mask[above & _inside(parse, "neck", 1)].any()
+    assert not mask[_inside(parse, "face")].any()
+
+
+def test_hair_below_the_shoulder_line_is_regenerated_only_by_dress_code():
+    parse = _person()
+    parse[150:200, 30:45] = LABEL["hair"]  # a strand over the shoulder, away from the garment
+    dress_code = agnostic_mask(parse, _keypoints(), "upper_body", "dress_code")
+    viton_hd = agnostic_mask(parse, _keypoints(), "upper_body", "viton_hd")
+    assert dress_code[150:200, 30:45].all()
+    assert not viton_hd[150:200, 30:45].any()
+
+
+def test_dress_code_without_a_shoulder_keeps_the_whole_head():
+    parse = _person()
+    mask = agnostic_mask(parse, _keypoints(right_shoulder=(0, 0)), "upper_body", "dress_code")
+    neck = _inside(parse, "neck", 1)
+    neck[146:] = False  # the garment's dilation reaches the bottom rows
+    assert not mask[neck].any()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lower_body_covers_pants_and_legs_and_keeps_shirt_and_arms(variant):
+    parse = _person()
+    mask = agnostic_mask(parse, _keypoints(), "lower_body", variant)
+    assert mask[_inside(parse, "pants")].all()
+    assert mask[_inside(parse, "right_leg")].all() and mask[_inside(parse, "left_leg")].all()
+    for kept in ("upper_clothes", "right_arm", "left_arm", "face", "neck", "right_shoe", "left_shoe", "bag"):
+        assert not mask[_inside(parse, kept)].any(), kept
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dresses_cover_the_dress(variant):
+    parse = _person(lower="dress")
+    mask = agnostic_mask(parse, _keypoints(), "dresses", variant)
+    assert mask[_inside(parse, "dress")].all()
+    for kept in ("face", "right_shoe", "left_shoe", "bag"):
+        assert not mask[_inside(parse, kept)].any(), kept
+    assert not mask[_hands(parse)].any()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_missing_wrist_keeps_that_forearm(variant):
+    parse = _person()
+    forearm = _inside(parse, "right_arm")
+    forearm[:290] = False
+    forearm[330:] = False
+    with_wrist = agnostic_mask(parse, _keypoints(), "upper_body", variant)
+    without = agnostic_mask(parse, _keypoints(right_wrist=(0, 0)), "upper_body", variant)
+    assert with_wrist[forearm].all()
+    assert not without[forearm].any()
+    assert not without[:40, :40].any()
+    assert without[_inside(parse, "upper_clothes")].all()
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_category_and_variant_is_deterministic_and_sane(category, variant):
+    parse = _person(lower="dress" if category == "dresses" else "pants")
+    mask = agnostic_mask(parse, _keypoints(), category, variant)
+    assert mask.shape == (512, 384) and mask.dtype == np.bool_
+    assert 5_000 < mask.sum() < 0.6 * mask.size
+    np.testing.assert_array_equal(mask, agnostic_mask(parse.copy(), _keypoints(), category, variant))
+    assert not mask[_inside(parse, "face")].any() and not mask[_inside(parse, "right_shoe")].any()
+
+
+def test_viton_hd_keeps_only_the_largest_region():
+    parse = _person()
+    parse[20:40, 330:370] = LABEL["upper_clothes"]  # a stray blob far from the person
+    hd = agnostic_mask(parse, _keypoints(), "upper_body", "viton_hd")
+    dc = agnostic_mask(parse, _keypoints(), "upper_body", "dress_code")
+    assert not hd[20:40, 330:370].any() and dc[20:40, 330:370].all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_enclosed_fixed_regions_are_filled_unless_protected(variant):
+    parse = _person()
+    parse[200:215, 185:200] = LABEL["bag"]  # held in front of the shirt
+    parse[250:253, 150:153] = LABEL["background"]  # a parser gap
+    released = agnostic_mask(parse, _keypoints(), "upper_body", variant)
+    protected = agnostic_mask(parse, _keypoints(), "upper_body", variant, protect_fixed=True)
+    assert released[200:215, 185:200].all() and released[250:253, 150:153].all()
+    assert not protected[202:213, 187:198].any() and protected[250:253, 150:153].all()
+    assert (protected <= released).all()
+
+
+# Fixed outputs for the synthetic person: (pixel count, sha256 prefix of the packed bits).
+REGRESSION = {
+    ("viton_hd", "upper_body"): (58350, "405c08985224f532"),
+    ("viton_hd", "lower_body"): (34735, "42360584117e1fc7"),
+    ("viton_hd", "dresses"): (78454, "91a739760e054f80"),
+    ("dress_code", "upper_body"): (54868, "af2afe648e0f663a"),
+    ("dress_code", "lower_body"): (34735, "42360584117e1fc7"),
+    ("dress_code", "dresses"): (86320, "bc18e49f8bcecc9e"),
+}
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_regression_values(category, variant):
+    parse = _person(lower="dress" if category == "dresses" else "pants")
+    mask = agnostic_mask(parse, _keypoints(), category, variant)
+    digest = hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:16]
+    assert (int(mask.sum()), digest) == REGRESSION[(variant, category)]
+
+
+def _naive_capsule(width: float, start, end, cap_start: bool, cap_end: bool) -> np.ndarray:
+    """Pixels within width/2 of a segment (flat ends unless capped), by brute force over pixel centres."""
+    ys, xs = np.mgrid[0:512, 0:384].astype(np.float64)
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    direction = end - start
+    t = ((xs - start[0]) * direction[0] + (ys - start[1]) * direction[1]) / direction.dot(direction)
+    px, py = start[0] + t * direction[0], start[1] + t * direction[1]
+    region = (t >= 0) & (t <= 1) & (np.hypot(xs - px, ys - py) <= width / 2)
+    for capped, point in ((cap_start, start), (cap_end, end)):
+        if capped:
+            region |= np.hypot(xs - point[0], ys - point[1]) <= width / 2
+    return region
+
+
+def test_viton_hd_arm_geometry_matches_a_brute_force_drawing():
+    points = _keypoints()
+    arms = masks._draw_arms(points, "viton_hd")
+    naive = np.zeros((512, 384), bool)
+    for shoulder, elbow, wrist in ((2, 3, 4), (5, 6, 7)):
+        extended = points[elbow] + 1.2 * (points[wrist] - points[elbow])
+        naive |= _naive_capsule(60, points[shoulder], points[elbow], True, True)
+        naive |= _naive_capsule(60, points[elbow], extended, True, False)
+    disagreement = arms ^ naive
+    boundary = cv2.dilate(naive.astype(np.uint8), np.ones((3, 3))) != cv2.erode(
+        naive.astype(np.uint8), np.ones((3, 3))
+    )
+    assert not (disagreement & ~boundary).any()
+    assert disagreement.sum() < 0.03 * naive.sum()
+
+
+def test_dress_code_neck_line_matches_a_per_column_rule():
+    points = _keypoints(right_shoulder=(135, 150))
+    below = masks._below_shoulder_line(points)
+    slope = (160 - 150) / (249 - 135)
+    for x in (0, 100, 200, 383):
+        cut = int(np.floor(150 + slope * (x - 135) - 20))
+        assert below[max(cut, 0) :, x].all() and not below[: max(cut, 0), x].any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"parse": np.zeros((512, 384), np.int32)}, r"\(512, 384\) uint8"),
+        ({"parse": np.zeros((1024, 768), np.uint8)}, r"\(512, 384\) uint8"),
+        ({"parse": np.full((512, 384), 19, np.uint8)}, "labels must be 0..18"),
+        ({"keypoints": np.zeros((17, 2))}, r"\(18, 2\)"),
+        ({"keypoints": np.full((18, 2), np.nan)}, r"\(18, 2\)"),
+        ({"category": "shoes"}, "upper_body, lower_body, dresses"),
+        ({"variant": "hd"}, "viton_hd, dress_code"),
+        ({"dilate": 2.5}, "whole number"),
+    ],
+)
+def test_invalid_inputs_are_rejected(kwargs, message):
+    arguments = {
+        "parse": _person(),
+        "keypoints": _keypoints(),
+        "category": "upper_body",
+        "variant": "viton_hd",
+    }
+    dilate = kwargs.pop("dilate", 0)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        agnostic_mask(**arguments, dilate=dilate)
+
+
+def test_dilate_option_grows_and_shrinks_the_mask():
+    parse, points = _person(), _keypoints()
+    base = agnostic_mask(parse, points, "upper_body", "viton_hd")
+    bigger = agnostic_mask(parse, points, "upper_body", "viton_hd", dilate=5)
+    smaller = agnostic_mask(parse, points, "upper_body", "viton_hd", dilate=-5)
+    assert (bigger >= base).all() and (smaller <= base).all()
+    assert bigger.sum() > base.sum() > smaller.sum()
+    np.testing.assert_array_equal(bigger, ndimage.distance_transform_edt(~base) <= 5)
+
+
+def test_grow_matches_euclidean_distance():
+    mask = np.zeros((60, 50), bool)
+    mask[20:35, 10:30] = True
+    mask[45, 40] = True
+    for radius in (1, 4, 7):
+        outside = ndimage.distance_transform_edt(~mask)
+        np.testing.assert_array_equal(grow(mask, radius), outside <= radius)
+        inside = ndimage.distance_transform_edt(np.pad(mask, 1, mode="edge"))[1:-1, 1:-1]
+        np.testing.assert_array_equal(grow(mask, -radius), inside > radius)
+    assert grow(mask, 0) is mask
+
+
+def test_binarize_resizes_nearest_and_thresholds_at_half():
+    grey = np.random.default_rng(0).integers(0, 256, (100, 75), dtype=np.uint8)
+    result = binarize_mask(Image.fromarray(grey), (384, 512))
+    expected = np.asarray(Image.fromarray(grey).resize((384, 512), Image.Resampling.NEAREST)) >= 128
+    assert result.shape == (512, 384) and result.dtype == np.bool_
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_binarize_accepts_arrays_of_every_kind():
+    block = np.zeros((64, 48), np.float32)
+    block[16:48, 12:36] = 0.75
+    expected = np.zeros((128, 96), bool)
+    expected[32:96, 24:72] = True
+    for user_mask in (
+        block,
+        block > 0,
+        (block * 255).astype(np.uint8),
+        np.dstack([block] * 3),
+        block[:, :, None],
+    ):
+        np.testing.assert_array_equal(binarize_mask(user_mask, (96, 128)), expected)
+    assert not binarize_mask(np.full((64, 48), 0.49), (96, 128)).any()
+    assert binarize_mask(np.full((64, 48), 0.5), (96, 128)).all()
+
+
+def test_binarize_treats_transparent_strokes_as_unmasked():
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, but only opaque in the stroke
+    rgba[10:20, 10:50, 3] = 255
+    result = binarize_mask(Image.fromarray(rgba), (64, 64))
+    expected = np.zeros((64, 64), bool)
+    expected[10:20, 10:50] = True
+    np.testing.assert_array_equal(result, expected)
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 0] = 255  # pure red: luma 0.299, below the threshold
+    assert not binarize_mask(Image.fromarray(colour), (64, 64)).any()
+
+
+def test_binarize_dilation_and_errors():
+    square = np.zeros((50, 50), bool)
+    square[20:30, 20:30] = True
+    assert (
+        binarize_mask(square, (50, 50), dilate=2).sum()
+        > 100
+        > binarize_mask(square, (50, 50), dilate=-2).sum()
+    )
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binarize_mask(np.full((8, 8), 255.0), (8, 8))
+    with pytest.raises(ValueError, match="bool, uint8 or float"):
+        binarize_mask(np.zeros((8, 8), np.uint16), (8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        binarize_mask(np.zeros((8, 8, 2), np.uint8), (8, 8))
+    with pytest.raises(ValueError, match="PIL image or numpy array"):
+        binarize_mask([[0, 1]], (8, 8))
+    with pytest.raises(ValueError, match="positive"):
+        binarize_mask(square, (0, 8))
