@@ -41,6 +41,9 @@ TASKS: dict[str, tuple[str, ...]] = {
     "virtual_tryon_dc": ("virtual_tryon_dc", *_PREPROCESS),
     "pose_transfer": ("pose_transfer", *_DENSEPOSE),
     "preprocess": _PREPROCESS,
+    "parsing": ("parsing_atr", "parsing_lip"),
+    "openpose": ("openpose",),
+    "densepose": _DENSEPOSE,
     "examples": ("examples_person1", "examples_person2", "examples_garment"),
 }
 

@@ -146,7 +146,7 @@ def test_download_that_leaves_files_missing_is_reported(tmp_path, monkeypatch):
 
 def test_unknown_task_lists_the_tasks(tmp_path):
     with pytest.raises(
-        ValueError, match="virtual_tryon, virtual_tryon_dc, pose_transfer, preprocess, examples"
+        ValueError, match="virtual_tryon, virtual_tryon_dc, pose_transfer, preprocess, parsing, openpose, densepose, examples"
     ):
         ensure_files("tryon", tmp_path)
 

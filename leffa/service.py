@@ -1,0 +1,300 @@
+"""Photo in, image out: the preprocessing → generation chain behind the app and the command line.
+
+:class:`ModelStore` loads every model lazily, once, and only when a task needs it. :class:`TryOn` and
+:class:`PoseTransfer` split the work into ``prepare`` (letterbox, parse, keypoints, mask, DensePose; any of
+the mask or DensePose can be supplied by the user instead) and ``generate`` (sampling, optional attention
+trace, crop back to the photo's framing), so a user can edit the mask in between.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from leffa.checkpoints import ensure_files
+from leffa.model import LeffaModel, resolve_device, resolve_dtype
+from leffa.pipeline import LeffaPipeline, StepCallback
+from leffa.trace import Trace, trace
+from leffa.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
+from preprocess.garment import prepare_garment
+from preprocess.images import ImageSource, load_image, open_image
+from preprocess.masks import CATEGORIES, agnostic_mask, binarize_mask
+
+#: Try-on model types: (weights task, checkpoint name, mask variant, DensePose render name).
+TRYON_MODELS: dict[str, tuple[str, str, str, str]] = {
+    "viton_hd": ("virtual_tryon", "virtual_tryon", "viton_hd", "segmentation"),
+    "dress_code": ("virtual_tryon_dc", "virtual_tryon_dc", "dress_code", "dresscode"),
+}
+POSE_MODEL = "pose_transfer"
+#: Reports loading progress to the caller (e.g. the app's progress bar).
+StatusCallback = Callable[[str], None]
+
+
+class ModelStore:
+    """Lazily loaded models shared by the services; each is loaded at most once.
+
+    ``leffa_models`` pre-seeds Leffa models by key (``viton_hd``, ``dress_code``, ``pose_transfer``), e.g.
+    the built-in demo model; other keys load the released weights from ``ckpt_dir`` (downloaded there on
+    first use when ``download`` is true).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path | None = None,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = None,
+        download: bool = False,
+        leffa_models: dict[str, LeffaModel] | None = None,
+        sizes: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.download = download
+        self.sizes = dict(sizes or {})
+        self._pipelines = {key: LeffaPipeline(model) for key, model in (leffa_models or {}).items()}
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
+        with self._lock:
+            if key not in self._models:
+                if status is not None:
+                    status(f"loading {key} on {self.device}")
+                self._models[key] = build()
+            return self._models[key]
+
+    def size(self, key: str) -> tuple[int, int]:
+        """Model resolution (width, height) for a Leffa model key."""
+        return self.sizes.get(key, DEFAULT_SIZE)
+
+    def pipeline(self, key: str, status: StatusCallback | None = None) -> LeffaPipeline:
+        if key in self._pipelines:
+            return self._pipelines[key]
+        task, name = (POSE_MODEL, POSE_MODEL) if key == POSE_MODEL else TRYON_MODELS[key][:2]
+
+        def build() -> LeffaPipeline:
+            path = ensure_files(task, self.ckpt_dir, download=self.download)[name]
+            return LeffaPipeline(LeffaModel.from_pretrained(path, device=self.device, dtype=self.dtype))
+
+        pipe = self._get(f"leffa:{key}", build, status)
+        self._pipelines[key] = pipe
+        return pipe
+
+    def parser(self, status: StatusCallback | None = None):
+        from preprocess.parsing import HumanParser
+
+        def build():
+            files = ensure_files("parsing", self.ckpt_dir, download=self.download)
+            device = "cuda" if self.device.type == "cuda" else "cpu"
+            return HumanParser(files["parsing_atr"], files["parsing_lip"], device=device)
+
+        return self._get("human parsing", build, status)
+
+    def openpose(self, status: StatusCallback | None = None):
+        from preprocess.openpose import OpenPoseDetector
+
+        def build():
+            files = ensure_files("openpose", self.ckpt_dir, download=self.download)
+            return OpenPoseDetector(files["openpose"], device=str(self.device))
+
+        return self._get("openpose", build, status)
+
+    def densepose(self, status: StatusCallback | None = None):
+        from preprocess.densepose import DensePoseModel
+
+        def build():
+            files = ensure_files("densepose", self.ckpt_dir, download=self.download)
+            return DensePoseModel.from_checkpoint(files["densepose_weights"], device=self.device)
+
+        return self._get("densepose", build, status)
+
+    def describe(self) -> str:
+        """Which models are loaded, and where (for the app's status note)."""
+        names = sorted(set(self._models) | {f"leffa:{key}" for key in self._pipelines})
+        loaded = ", ".join(names) if names else "none yet (models load on first use)"
+        return f"device {self.device}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
+
+
+@dataclass
+class Prepared:
+    """Model-size inputs of one generation plus what the user may want to see or edit."""
+
+    person: Image.Image
+    reference: Image.Image
+    mask: Image.Image
+    densepose: Image.Image
+    box: Letterbox
+    model_key: str
+    parse: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+    previews: dict[str, Image.Image] = field(default_factory=dict)
+
+    def with_mask(self, mask: ImageSource) -> Prepared:
+        """The same inputs with a user-edited mask (any size/mode, binarised at 0.5)."""
+        array = binarize_mask(_as_mask_input(mask), self.person.size)
+        edited = Image.fromarray(array.astype(np.uint8) * 255)
+        return Prepared(**{**self.__dict__, "mask": edited, "previews": {**self.previews, "mask": edited}})
+
+
+@dataclass
+class Generation:
+    """A result cropped back to the photo's framing, the raw model-size image, and how to reproduce it."""
+
+    image: Image.Image
+    raw: Image.Image
+    seed: int
+    prepared: Prepared
+    trace: Trace | None = None
+
+
+def _as_mask_input(mask: ImageSource) -> Image.Image | np.ndarray:
+    if isinstance(mask, (str, Path)):
+        return open_image(mask, min_side=1)
+    return mask
+
+
+def _resize_to(image: Image.Image, size: tuple[int, int], resample=Image.Resampling.NEAREST) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
+
+
+class _Generator:
+    """Shared sampling step of both services."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    def generate(
+        self,
+        prepared: Prepared,
+        *,
+        steps: int = 30,
+        guidance: float = 2.5,
+        seed: int | None = -1,
+        ref_acceleration: bool = False,
+        repaint: bool = False,
+        inspect: bool = False,
+        callback: StepCallback | None = None,
+        status: StatusCallback | None = None,
+    ) -> Generation:
+        """Sample an image; ``inspect`` also records attention and flows for the inspector."""
+        pipe = self.store.pipeline(prepared.model_key, status)
+        arguments = dict(
+            num_inference_steps=steps, guidance_scale=guidance, seed=seed, ref_acceleration=ref_acceleration,
+            repaint=repaint, callback=callback, output_type="pil",
+        )
+        inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
+        recorded = None
+        if inspect:
+            recorded = trace(pipe, *inputs, **arguments)
+            output = recorded.output
+        else:
+            output = pipe(*inputs, **arguments)
+        raw = output[0]
+        return Generation(crop_back(raw, prepared.box), raw, output.seed, prepared, recorded)
+
+
+class TryOn(_Generator):
+    """Virtual try-on: person photo + garment photo → the person wearing the garment."""
+
+    def prepare(
+        self,
+        person: ImageSource,
+        garment: ImageSource,
+        *,
+        model_type: str = "viton_hd",
+        category: str = "upper_body",
+        mask: ImageSource | None = None,
+        densepose: ImageSource | None = None,
+        prepare_garment_png: bool = False,
+        mask_dilate: int = 0,
+        status: StatusCallback | None = None,
+    ) -> Prepared:
+        """Letterbox both photos to the model size and make the mask and DensePose (unless supplied)."""
+        if model_type not in TRYON_MODELS:
+            raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(TRYON_MODELS)}")
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown garment category {category!r}; choose one of {', '.join(CATEGORIES)}")
+        _, _, variant, render = TRYON_MODELS[model_type]
+        size = self.store.size(model_type)
+        person_image, box = letterbox(load_image(person), size)
+        garment_source = open_image(garment)
+        if prepare_garment_png:
+            garment_source = prepare_garment(garment_source, size)
+        garment_image, _ = letterbox(load_image(garment_source), size)
+        previews: dict[str, Image.Image] = {}
+        parse = keypoints = None
+        if mask is None:
+            parse, keypoints, previews = self._parse_and_pose(person_image, status)
+            region = agnostic_mask(parse, keypoints, category, variant, dilate=mask_dilate)
+            mask_image = _resize_to(Image.fromarray(region.astype(np.uint8) * 255), size)
+        else:
+            mask_image = Image.fromarray(binarize_mask(_as_mask_input(mask), size, dilate=mask_dilate).astype(np.uint8) * 255)
+        if densepose is None:
+            dense_image = self._densepose(person_image, render, status)
+        else:
+            dense_image = _resize_to(load_image(densepose, min_side=1), size)
+        previews.update(mask=mask_image, densepose=dense_image)
+        return Prepared(person_image, garment_image, mask_image, dense_image, box, model_type, parse, keypoints, previews)
+
+    def _parse_and_pose(self, person: Image.Image, status: StatusCallback | None):
+        from preprocess.openpose import draw_keypoints
+
+        parse = self.store.parser(status)(person)
+        pose = self.store.openpose(status)(person)
+        previews = {"parse": parse.preview(), "keypoints": draw_keypoints(person, pose.keypoints)}
+        return parse.labels, pose.keypoints, previews
+
+    def _densepose(self, person: Image.Image, render: str, status: StatusCallback | None) -> Image.Image:
+        from preprocess.densepose import render_dresscode, render_segmentation
+
+        result = self.store.densepose(status).predict(person).require_person()
+        renderer = render_segmentation if render == "segmentation" else render_dresscode
+        return Image.fromarray(renderer(result))
+
+    def __call__(self, person: ImageSource, garment: ImageSource, **options) -> Generation:
+        """``prepare`` then ``generate`` in one call (options are split between the two)."""
+        prepare_keys = {"model_type", "category", "mask", "densepose", "prepare_garment_png", "mask_dilate", "status"}
+        prepared = self.prepare(person, garment, **{k: v for k, v in options.items() if k in prepare_keys})
+        status = options.get("status")
+        rest = {k: v for k, v in options.items() if k not in prepare_keys}
+        return self.generate(prepared, status=status, **rest)
+
+
+class PoseTransfer(_Generator):
+    """Pose transfer: person photo (appearance) + target-pose photo → the person in the target pose."""
+
+    def prepare(
+        self,
+        person: ImageSource,
+        target_pose: ImageSource,
+        *,
+        densepose: ImageSource | None = None,
+        status: StatusCallback | None = None,
+    ) -> Prepared:
+        """Letterbox both photos; DensePose IUV of the target pose's top-scoring person (unless supplied)."""
+        from preprocess.densepose import render_iuv
+
+        size = self.store.size(POSE_MODEL)
+        reference, _ = letterbox(load_image(person), size)
+        target, box = letterbox(load_image(target_pose), size)
+        if densepose is None:
+            result = self.store.densepose(status).predict(target).require_person()
+            dense_image = Image.fromarray(render_iuv(result))
+        else:
+            dense_image = _resize_to(load_image(densepose, min_side=1), size)
+        mask = Image.new("L", size, 255)
+        return Prepared(target, reference, mask, dense_image, box, POSE_MODEL, previews={"densepose": dense_image})
+
+    def __call__(self, person: ImageSource, target_pose: ImageSource, **options) -> Generation:
+        prepare_keys = {"densepose", "status"}
+        prepared = self.prepare(person, target_pose, **{k: v for k, v in options.items() if k in prepare_keys})
+        rest = {k: v for k, v in options.items() if k not in prepare_keys}
+        return self.generate(prepared, status=options.get("status"), **rest)
