@@ -247,3 +247,26 @@ def test_bad_inputs_are_clear_errors(pipe, tiny_inputs, change, error, pattern):
 def test_bad_arguments_are_clear_errors(pipe, tiny_inputs, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         _run(pipe, tiny_inputs, **kwargs)
+
+
+def test_sizes_that_are_multiples_of_8_but_not_64_work(tiny_model):
+    from leffa.recording import record_attention
+
+    gen = torch.Generator().manual_seed(0)
+    src = torch.rand(1, 3, 72, 40, generator=gen) * 2 - 1
+    mask = torch.ones(1, 1, 72, 40)
+    with record_attention(tiny_model, flows=True) as rec:
+        out = LeffaPipeline(tiny_model)(src, src, mask, src, num_inference_steps=1, seed=0, output_type="pt")
+    assert out.images.shape == (1, 3, 72, 40)
+    assert {tuple(f.shape[1:3]) for f in rec.flows_at(out.timesteps[0]).values()} == {(9, 5), (5, 3)}
+
+
+def test_fp16_keeps_vae_in_fp32_when_its_config_asks():
+    from leffa.configs import load_base_configs
+    from leffa.model import LeffaModel
+
+    configs = load_base_configs("tiny")
+    upcast = LeffaModel.from_config(configs.unet, {**configs.vae, "force_upcast": True}, configs.scheduler, dtype="fp16")
+    assert upcast.unet.dtype == torch.float16 and upcast.vae.dtype == torch.float32
+    plain = LeffaModel.from_config(configs.unet, configs.vae, configs.scheduler, dtype="fp16")
+    assert plain.vae.dtype == torch.float16

@@ -1,0 +1,102 @@
+"""Time and peak memory of one training forward+backward with and without the Leffa loss (random weights).
+
+Usage: ``python bench/bench_leffa_loss.py --config mid --height 512 --width 384 --batch 2``
+
+Each variant runs in its own subprocess so its peak memory (max RSS on CPU, max allocated on CUDA) is its
+own. ``mid`` is the SD1.5 UNet structure at a quarter of its widths (all 16 transformer layers, same token
+counts as SD1.5 at the same resolution); ``sd15`` is the full model. For reference the table also gives the
+memory that materialising every selected layer's full head-averaged map at once would take (the recorder
+never does: it reduces each query chunk to flow immediately and recomputes it in the backward pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from leffa.configs import load_base_configs
+from leffa.flow import LeffaLossConfig
+from leffa.model import LeffaModel
+from leffa.recording import layer_sizes, select_layers
+from leffa.training import training_losses
+
+
+def build(config: str, device: str) -> LeffaModel:
+    base = load_base_configs("sd15-inpainting")
+    unet = dict(base.unet)
+    if config == "mid":
+        unet["block_out_channels"] = [64, 128, 256, 256]
+    elif config != "sd15":
+        raise ValueError(f"unknown config {config!r}; use mid or sd15")
+    return LeffaModel.from_config(unet, base.vae, base.scheduler, base="sd15-inpainting", device=device)
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = build(args.config, args.device)
+    model.vae.requires_grad_(False)
+    scheduler = model.make_scheduler()
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.rand(args.batch, 3, args.height, args.width, generator=gen) * 2 - 1,
+        "reference": torch.rand(args.batch, 3, args.height, args.width, generator=gen) * 2 - 1,
+        "mask": torch.ones(args.batch, 1, args.height, args.width),
+        "densepose": torch.rand(args.batch, 3, args.height, args.width, generator=gen) * 2 - 1,
+    }
+    # Every sample below θ_timestep so the loss really runs.
+    leffa = LeffaLossConfig(theta_timestep=1000) if args.variant == "leffa" else None
+    times = []
+    for _ in range(args.repeats + 1):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        losses = training_losses(model, batch, scheduler, generator=gen, leffa=leffa, reference_dropout=0.0)
+        losses.loss.backward()
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": args.variant, "seconds": min(times[1:]), "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="mid", choices=["mid", "sd15"])
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", choices=["none", "leffa"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    rows = []
+    for variant in ("none", "leffa"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    model = build(args.config, "meta")
+    sizes = layer_sizes(model, (args.height // 8, args.width // 8))
+    selected = select_layers(model, (args.height, args.width), LeffaLossConfig().theta_resolution)
+    full_maps = sum(args.batch * (sizes[n][0] * sizes[n][1]) ** 2 * 4 for n in selected) / 2**20
+    print(f"config {args.config} {args.height}x{args.width} batch {args.batch} on {args.device}, "
+          f"{torch.get_num_threads()} threads; {len(selected)} Leffa layers")
+    print("| variant | fwd+bwd s | peak MiB |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['seconds']:.2f} | {row['peak_mib']:.0f} |")
+    print(f"| (all {len(selected)} head-averaged maps materialised at once would need) | | {full_maps:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
