@@ -1,0 +1,33 @@
+"""DensePose R50-FPN (s1x) inference on plain torch/torchvision, loading detectron2's released checkpoint."""
+
+from .chart import PersonChart
+from .checkpoint import (
+    CheckpointMismatchError,
+    UnsafePickleError,
+    read_detectron2_checkpoint,
+    write_detectron2_checkpoint,
+)
+from .model import CHECKPOINT_FILE, HF_REPO_ID, DensePoseModel
+from .network import DensePoseRCNN
+from .render import parula_lut, render_dresscode, render_iuv, render_segmentation
+from .result import DensePoseResult, NoPersonFoundError
+from .settings import DensePoseSettings
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "HF_REPO_ID",
+    "CheckpointMismatchError",
+    "DensePoseModel",
+    "DensePoseRCNN",
+    "DensePoseResult",
+    "DensePoseSettings",
+    "NoPersonFoundError",
+    "PersonChart",
+    "UnsafePickleError",
+    "parula_lut",
+    "read_detectron2_checkpoint",
+    "render_dresscode",
+    "render_iuv",
+    "render_segmentation",
+    "write_detectron2_checkpoint",
+]
