@@ -27,6 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from leffa.transforms import densepose_to_tensor, image_to_tensor, mask_to_tensor
+
 Size = tuple[int, int]
 MaskFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """``mask_fn(parse, keypoints, category) -> mask``: computes an agnostic mask when none is stored.
@@ -172,33 +174,24 @@ def _open(path: Path, layout: str) -> Image.Image:
     return Image.open(_require(path, layout))
 
 
-def _resize(image: Image.Image, size: Size, resample: Image.Resampling) -> Image.Image:
+def _wh(size: Size) -> tuple[int, int]:
     height, width = size
-    return image if image.size == (width, height) else image.resize((width, height), resample)
-
-
-def _rgb_tensor(image: Image.Image) -> Tensor:
-    """(3, H, W) float in [-1, 1] from an RGB image."""
-    array = np.asarray(image, dtype=np.float32)
-    return torch.from_numpy(array / 255.0 * 2.0 - 1.0).permute(2, 0, 1).contiguous()
+    return width, height
 
 
 def load_image(path: Path, size: Size, layout: str) -> Tensor:
-    """An RGB photo as (3, H, W) in [-1, 1], LANCZOS-resized."""
-    return _rgb_tensor(_resize(_open(path, layout).convert("RGB"), size, Image.Resampling.LANCZOS))
+    """An RGB photo as (3, H, W) in [-1, 1], LANCZOS-resized (the inference conversion)."""
+    return image_to_tensor(_open(path, layout), _wh(size))[0]
 
 
 def load_densepose_image(path: Path, size: Size, layout: str) -> Tensor:
     """A densepose render (or a grey I map, repeated 3x) treated as an image, nearest-resized."""
-    return _rgb_tensor(_resize(_open(path, layout).convert("RGB"), size, Image.Resampling.NEAREST))
+    return densepose_to_tensor(_open(path, layout), _wh(size), "rgb")[0]
 
 
 def load_iuv(path: Path, size: Size, layout: str) -> Tensor:
     """A DensePose IUV PNG, channels [U, V, I]: U, V / 255 and I / 24, then x2-1; nearest-resized."""
-    array = np.asarray(_resize(_open(path, layout).convert("RGB"), size, Image.Resampling.NEAREST))
-    iuv = torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1)
-    scale = torch.tensor([255.0, 255.0, 24.0]).view(3, 1, 1)
-    return (iuv / scale * 2.0 - 1.0).contiguous()
+    return densepose_to_tensor(_open(path, layout), _wh(size), "iuv")[0]
 
 
 def binarise_mask(array: np.ndarray, size: Size) -> Tensor:
@@ -206,12 +199,7 @@ def binarise_mask(array: np.ndarray, size: Size) -> Tensor:
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"a mask must be a 2-D (h, w) array, got shape {array.shape}")
-    if array.dtype == np.uint8:
-        values = array.astype(np.float32) / 255.0
-    else:
-        values = array.astype(np.float32)
-    image = _resize(Image.fromarray(values), size, Image.Resampling.NEAREST)
-    return torch.from_numpy((np.asarray(image) >= 0.5).astype(np.float32))[None]
+    return mask_to_tensor(array, _wh(size))[0]
 
 
 def load_mask(path: Path, size: Size, layout: str) -> Tensor:
