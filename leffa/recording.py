@@ -109,7 +109,8 @@ class AttentionRecorder:
 
     Records are keyed by ``(timestep, layer)``; the timestep is the sampler's current one (``None`` during
     training, where every sample has its own). ``keep_last`` keeps only the last samples of each batch (the
-    conditional half under classifier-free guidance).
+    conditional half under classifier-free guidance); ``batch_rows`` (indices) records only those samples
+    (training skips the work for samples the Leffa loss ignores).
     """
 
     model: LeffaModel
@@ -121,6 +122,7 @@ class AttentionRecorder:
     rows: Sequence[tuple[float, float]] | None = None
     map_size: tuple[int, int] | None = (32, 24)
     keep_last: int | None = None
+    batch_rows: Tensor | None = None
     registers: LeffaRegisters | None = None
     flow_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
     map_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
@@ -148,6 +150,8 @@ class AttentionRecorder:
     def observe(self, layer: str, query: Tensor, key: Tensor, scale: float) -> None:
         if self.keep_last is not None:
             query, key = query[-self.keep_last :], key[-self.keep_last :]
+        if self.batch_rows is not None:
+            query, key = query[self.batch_rows], key[self.batch_rows]
         size = self._grid(layer, query.shape[2])
         self.sizes[layer] = size
         record_key = (self.model.state.timestep, layer)
@@ -248,7 +252,7 @@ def record_attention(
     ``layers``: ``"all"``, names, or a predicate (see :func:`select_layers` for the θ_res rule);
     ``timesteps``: record only at these sampler timesteps (``None`` = all). Other options are
     :class:`AttentionRecorder` fields (``flows``, ``maps``, ``rows``, ``temperature``, ``map_size``,
-    ``keep_last``, ``registers``).
+    ``keep_last``, ``batch_rows``, ``registers``).
     """
     recorder = AttentionRecorder(
         model, _resolve_layers(model, layers), set(timesteps) if timesteps is not None else None, **options

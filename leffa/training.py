@@ -114,21 +114,33 @@ def training_losses(
     dense_latent = F.interpolate(densepose, size=latent_hw, mode="nearest")
 
     features = model.reference_features(ref_latents, timesteps)
-    if leffa is None:
-        prediction = model.predict_noise(noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
+    inputs = (noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
+    # Only samples with a reference and t < θ_timestep get a Leffa loss: record attention for those alone.
+    active = (
+        torch.nonzero(keep.to(device) & (timesteps < leffa.theta_timestep)).squeeze(1) if leffa is not None else None
+    )
+    if active is None or active.numel() == 0:
+        prediction = model.predict_noise(*inputs)
     else:
         layers = select_layers(model, tuple(image.shape[-2:]), leffa.theta_resolution)
-        with record_attention(model, layers, flows=True, temperature=leffa.temperature, registers=registers) as rec:
-            prediction = model.predict_noise(noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
+        with record_attention(
+            model, layers, flows=True, temperature=leffa.temperature, registers=registers, batch_rows=active
+        ) as rec:
+            prediction = model.predict_noise(*inputs)
     diffusion = F.mse_loss(prediction.float(), _target(scheduler, latents.float(), noise, timesteps))
     if leffa is None:
         return TrainingLosses(loss=diffusion, diffusion=diffusion.detach())
-    # Samples without a reference are gated out by giving them a timestep past every threshold.
-    gated = torch.where(keep.to(device), timesteps, torch.full_like(timesteps, scheduler.config.num_train_timesteps))
-    result = leffa_loss(rec.flows_at(None), reference, image, mask, gated, theta_timestep=leffa.theta_timestep)
+    if active.numel() == 0:
+        zero = diffusion.new_zeros(())
+        return TrainingLosses(loss=diffusion, diffusion=diffusion.detach(), leffa=zero)
+    result = leffa_loss(
+        rec.flows_at(None), reference[active], image[active], mask[active], timesteps[active],
+        theta_timestep=leffa.theta_timestep,
+    )
+    share = active.numel() / size  # the loss is a mean over the whole batch, ignored samples counting 0
     return TrainingLosses(
-        loss=diffusion + leffa.weight * result.total,
+        loss=diffusion + leffa.weight * share * result.total,
         diffusion=diffusion.detach(),
-        leffa=result.total.detach(),
-        leffa_per_layer={name: value.detach() for name, value in result.per_layer.items()},
+        leffa=(share * result.total).detach(),
+        leffa_per_layer={name: (share * value).detach() for name, value in result.per_layer.items()},
     )

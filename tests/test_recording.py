@@ -225,3 +225,16 @@ def test_trace_errors(tiny_model, tiny_inputs):
     batch = [torch.cat([x, x]) for x in tiny_inputs]
     with pytest.raises(ValueError, match="one image at a time"):
         trace(pipe, *batch, num_inference_steps=2)
+
+
+def test_batch_rows_record_only_those_samples(tiny_model):
+    latents, mask, masked, dense, ref = _inputs(tiny_model, batch=3)
+    t = torch.tensor([10, 20, 30])
+    with torch.no_grad():
+        features = tiny_model.reference_features(ref, t)
+        with record_attention(tiny_model, flows=True) as full:
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+        with record_attention(tiny_model, flows=True, batch_rows=torch.tensor([2, 0])) as part:
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+    for name, flow in full.flows_at(None).items():
+        torch.testing.assert_close(part.flows_at(None)[name], flow[[2, 0]])

@@ -67,7 +67,7 @@ def test_leffa_term_is_zero_above_theta_timestep(model):
         leffa=LeffaLossConfig(theta_timestep=0), reference_dropout=0.0,
     )
     assert float(losses.leffa) == 0.0
-    assert float(losses.loss) == pytest.approx(float(losses.diffusion))
+    assert float(losses.loss.detach()) == pytest.approx(float(losses.diffusion))
 
 
 def test_dropped_references_get_no_leffa_loss(model):
@@ -82,7 +82,7 @@ def test_same_generator_same_loss(model):
     def run():
         return training_losses(model, _batch(), model.make_scheduler(), generator=torch.Generator().manual_seed(4))
 
-    assert float(run().loss) == float(run().loss)
+    assert float(run().loss.detach()) == float(run().loss.detach())
 
 
 def test_bad_training_inputs(model):
@@ -110,3 +110,25 @@ def test_init_from_base_loads_strictly():
     model.load_state_dict(state, assign=True)
     assert model.unet.conv_in.weight.shape[1] == 12 and model.unet_encoder.conv_in.weight.shape[1] == 4
     assert torch.equal(model.unet.down_blocks[0].resnets[0].conv1.weight, unet.down_blocks[0].resnets[0].conv1.weight)
+
+
+def test_leffa_loss_counts_only_active_samples_over_the_whole_batch(model, monkeypatch):
+    """With half the batch above θ_timestep, the loss is the active samples' loss × (active / batch)."""
+    import leffa.training as training
+
+    calls = []
+    original = training.leffa_loss
+
+    def spy(flows, reference, target, mask, timesteps, **kwargs):
+        result = original(flows, reference, target, mask, timesteps, **kwargs)
+        calls.append((reference.shape[0], float(result.total)))
+        return result
+
+    monkeypatch.setattr(training, "leffa_loss", spy)
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: torch.tensor([100, 900]))
+    losses = training_losses(
+        model, _batch(), model.make_scheduler(), generator=torch.Generator().manual_seed(1),
+        leffa=LeffaLossConfig(theta_timestep=500), reference_dropout=0.0,
+    )
+    assert calls and calls[0][0] == 1
+    assert float(losses.leffa) == pytest.approx(calls[0][1] / 2)
