@@ -9,8 +9,9 @@ For each selected layer the recorder computes ``A = softmax(Q K_refᵀ / (√d �
 only, averaged over heads, in query chunks so no layer ever holds all heads' full maps at once. What is kept
 is bounded by the caller's choice:
 
-* ``flows=True``: ``F = A · C`` per layer (B, h, w, 2), exact; with gradients each chunk is checkpointed
-  (the maps are recomputed in the backward pass instead of stored): this is what the Leffa loss uses.
+* ``flows=True``: ``F = A · C`` per layer (B, h, w, 2), exact. Since ``A_h · C`` is attention with the
+  grid coordinates as values, each head's flow is one fused ``scaled_dot_product_attention`` call and no map
+  is ever materialised, in the forward or the backward pass: this is what the Leffa loss uses.
 * ``rows=[(x, y), ...]``: only the attention rows of chosen query points (normalised image coordinates).
 * ``maps=True``: the head-averaged maps, average-pooled to at most ``map_size`` on both the query and key
   grids (``None`` keeps them whole; only sensible for small layers).
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from leffa.flow import reference_grid, select_layers_by_resolution
 from leffa.model import LeffaModel
@@ -103,6 +103,28 @@ def _chunk_size(q: Tensor, k: Tensor) -> int:
     return max(1, CHUNK_ELEMENTS // (batch * heads * k.shape[2]))
 
 
+def attention_flow(
+    query: Tensor, key: Tensor, scale: float, size: tuple[int, int], registers: Tensor | None = None
+) -> Tensor:
+    """Head-averaged flow ``mean_h softmax(q_h k_hᵀ · scale) · C`` as (B, h, w, 2), in float32.
+
+    Computed as attention whose values are the reference grid (zero-padded to the head width; register
+    keys get zero values), so the fused kernels apply and gradients need no stored maps.
+    """
+    batch, heads, _, dim = query.shape
+    grid = reference_grid(*size, device=query.device, dtype=torch.float32)
+    if grid.shape[0] != key.shape[2]:
+        raise ValueError(f"{key.shape[2]} reference tokens do not fit a {size} grid")
+    value = F.pad(grid, (0, max(dim, 2) - 2)).expand(batch, heads, -1, -1)
+    key = key.float()
+    if registers is not None:
+        extra = registers.float().unsqueeze(0).expand(batch, -1, -1, -1)
+        key = torch.cat([key, extra], dim=2)
+        value = torch.cat([value, value.new_zeros(batch, heads, extra.shape[2], value.shape[-1])], dim=2)
+    out = F.scaled_dot_product_attention(query.float(), key, value, scale=scale)
+    return out[..., :2].mean(dim=1).reshape(batch, *size, 2)
+
+
 @dataclass
 class AttentionRecorder:
     """Observer for :class:`~leffa.attention.ReferenceAttentionProcessor` (see module docstring).
@@ -158,7 +180,7 @@ class AttentionRecorder:
         scale = scale / self.temperature
         registers = self.registers.for_layer(layer) if self.registers is not None else None
         if self.flows:
-            self.flow_records[record_key] = self._flow(query, key, scale, registers, size)
+            self.flow_records[record_key] = attention_flow(query, key, scale, size, registers)
         if self.rows:
             index = torch.tensor([self._token(point, size) for point in self.rows], device=query.device)
             rows = _attention_chunk(query[:, :, index], key, scale, registers)
@@ -180,23 +202,6 @@ class AttentionRecorder:
             raise ValueError(f"query point {point} must be in normalised image coordinates [0, 1]")
         h, w = size
         return round(y * (h - 1)) * w + round(x * (w - 1))
-
-    def _flow(self, q: Tensor, k: Tensor, scale: float, registers: Tensor | None, size) -> Tensor:
-        grid = reference_grid(*size, device=q.device, dtype=torch.float32)
-
-        def chunk_flow(q_chunk: Tensor, k_all: Tensor, reg: Tensor | None) -> Tensor:
-            return torch.matmul(_attention_chunk(q_chunk, k_all, scale, reg), grid)
-
-        step = _chunk_size(q, k)
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-        parts = []
-        for start in range(0, q.shape[2], step):
-            chunk = q[:, :, start : start + step]
-            if needs_grad:
-                parts.append(checkpoint(chunk_flow, chunk, k, registers, use_reentrant=False))
-            else:
-                parts.append(chunk_flow(chunk, k, registers))
-        return torch.cat(parts, dim=1).reshape(q.shape[0], *size, 2)
 
     def _pooled_map(self, q: Tensor, k: Tensor, scale: float, registers: Tensor | None, size) -> Tensor:
         h, w = size

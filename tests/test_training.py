@@ -121,7 +121,7 @@ def test_leffa_loss_counts_only_active_samples_over_the_whole_batch(model, monke
 
     def spy(flows, reference, target, mask, timesteps, **kwargs):
         result = original(flows, reference, target, mask, timesteps, **kwargs)
-        calls.append((reference.shape[0], float(result.total)))
+        calls.append((reference.shape[0], float(result.total.detach())))
         return result
 
     monkeypatch.setattr(training, "leffa_loss", spy)
