@@ -46,6 +46,18 @@ class AttentionObserver(Protocol):
         """``query`` (B, heads, n_q, d) from the target tokens, ``key`` (B, heads, n_k, d) from the reference."""
 
 
+@dataclass(frozen=True)
+class ReferenceInputs:
+    """What one generative forward pass attends to, passed as ``cross_attention_kwargs={"reference": ...}``.
+
+    Passing it through the UNet call (rather than only through shared state) means gradient checkpointing
+    recomputes blocks with the same features and observer in the backward pass.
+    """
+
+    features: dict[str, torch.Tensor]
+    observer: AttentionObserver | None = None
+
+
 @dataclass
 class ReferenceState:
     """State shared by the processors of one model: captured features and the optional observer."""
@@ -103,7 +115,9 @@ def _project_heads(attn: Attention, x: torch.Tensor, proj: torch.nn.Linear, norm
 class PassthroughProcessor:
     """Cross-attention as released: the ``attn2`` module returns its input unchanged."""
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def __call__(
+        self, attn: Attention, hidden_states: torch.Tensor, *args, reference: ReferenceInputs | None = None, **kwargs
+    ) -> torch.Tensor:
         return hidden_states
 
 
@@ -134,9 +148,12 @@ class ReferenceAttentionProcessor:
         self.name = name
         self.state = state
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def __call__(
+        self, attn: Attention, hidden_states: torch.Tensor, *args, reference: ReferenceInputs | None = None, **kwargs
+    ) -> torch.Tensor:
         _check_plain(attn, hidden_states, self.name)
-        features = self.state.features
+        features = reference.features if reference is not None else self.state.features
+        observer = reference.observer if reference is not None else self.state.observer
         if features is None or self.name not in features:
             raise RuntimeError(
                 f"no reference features for layer {self.name}; run the generative UNet through "
@@ -153,7 +170,6 @@ class ReferenceAttentionProcessor:
         key_ref = _project_heads(attn, reference, attn.to_k, attn.norm_k)
         value = _split_heads(attn.to_v(torch.cat([hidden_states, reference], dim=1)), attn.heads)
         key = torch.cat([key_own, key_ref], dim=2)
-        observer = self.state.observer
         if observer is not None and observer.wants(self.name):
             observer.observe(self.name, query, key_ref, attn.scale)
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)

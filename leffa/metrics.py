@@ -367,6 +367,7 @@ def evaluate_folders(
     gt_dir: str | Path,
     *,
     paired: bool = True,
+    set_metrics: bool = True,
     lpips_models: Mapping[str, LPIPS] | None = None,
     feature_extractor: FeatureExtractor | None = None,
     fid_reference_dir: str | Path | None = None,
@@ -380,20 +381,23 @@ def evaluate_folders(
 
     Paired metrics (PSNR, SSIM, ``lpips_<backbone>``) compare each prediction with the ground-truth image
     of the same stem (every prediction needs one) and are averaged; they are skipped when ``paired`` is
-    False (unpaired try-on has no ground truth). FID and KID compare the set of predictions with every
-    image in ``fid_reference_dir`` (default ``gt_dir``; pose transfer uses the training set). Defaults:
+    False (unpaired try-on has no ground truth). FID and KID (skipped when ``set_metrics`` is False) compare
+    the set of predictions with every image in ``fid_reference_dir`` (default ``gt_dir``; pose transfer uses
+    the training set). Defaults:
     pretrained LPIPS SqueezeNet and AlexNet, and :class:`InceptionFeatureExtractor`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     predictions = list_images(pred_dir)
     reference = list_images(fid_reference_dir if fid_reference_dir is not None else gt_dir)
-    extractor = (
-        feature_extractor if feature_extractor is not None else InceptionFeatureExtractor(device=device)
-    )
     results: dict = {"num_images": len(predictions), "num_reference_images": len(reference)}
     if paired:
         results.update(_paired_metrics(predictions, list_images(gt_dir), lpips_models, batch_size, device))
+    if not set_metrics:
+        return results
+    extractor = (
+        feature_extractor if feature_extractor is not None else InceptionFeatureExtractor(device=device)
+    )
     pred_features = extract_features(list(predictions.values()), extractor, batch_size, device)
     ref_features = extract_features(list(reference.values()), extractor, batch_size, device)
     results["fid"] = fid_from_features(pred_features, ref_features)

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from leffa.attention import ReferencePassComplete, ReferenceState, install_processors
+from leffa.attention import ReferenceInputs, ReferencePassComplete, ReferenceState, install_processors
 from leffa.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
 from leffa.serialization import check_state_dict, read_state_dict
 
@@ -222,9 +222,8 @@ class LeffaModel(nn.Module):
     ) -> torch.Tensor:
         """Generative UNet on the 12-channel input, attending to the given reference features."""
         sample = torch.cat([noisy_latents, mask, masked_latents, densepose], dim=1).to(self.dtype)
-        self.state.features = dict(features)
         self.state.latent_size = (sample.shape[-2], sample.shape[-1])
-        try:
-            return self.unet(sample, timestep, encoder_hidden_states=None).sample
-        finally:
-            self.state.features = None
+        reference = ReferenceInputs(dict(features), self.state.observer)
+        return self.unet(
+            sample, timestep, encoder_hidden_states=None, cross_attention_kwargs={"reference": reference}
+        ).sample

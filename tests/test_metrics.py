@@ -389,3 +389,19 @@ def test_write_report_json_and_markdown(tmp_path):
         "| mode | paired |",
     ):
         assert row in markdown
+
+
+def test_set_metrics_can_be_skipped(tmp_path):
+    from PIL import Image
+
+    from leffa.metrics import evaluate_folders
+
+    for folder in ("pred", "gt"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (16, 16), (10, 20, 30)).save(tmp_path / folder / "a.png")
+
+    def fail(images):
+        raise AssertionError("no features should be extracted")
+
+    results = evaluate_folders(tmp_path / "pred", tmp_path / "gt", set_metrics=False, lpips_models={}, feature_extractor=fail)
+    assert "fid" not in results and "kid" not in results and results["ssim"] == pytest.approx(1.0)

@@ -1,0 +1,732 @@
+"""Leffa trainer: the same script on CPU, one GPU, several GPUs or nodes (accelerate), plus checkpoint export.
+
+    accelerate launch train/train.py --config train/configs/vitonhd-512.yaml [--override key=value ...]
+    python train/train.py --config train/configs/synthetic-tiny.yaml --resume latest
+    python train/train.py export --checkpoint runs/x/checkpoints/step-00001000 --output model.safetensors
+
+The objective is :func:`leffa.training.training_losses`; this script adds data loading, AdamW, the LR
+schedule, gradient accumulation, mixed precision, EMA, resumable checkpoints, logging and export.
+Randomness is reproducible: the data order is a seeded permutation per epoch, and every micro-batch draws
+its noise, timesteps and reference dropout from a generator seeded by (seed, process, micro-batch index),
+so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: import `leffa` and `train` from the repository root, not from this folder (whose
+    # train.py would otherwise shadow the `train` package).
+    _REPO = Path(__file__).resolve().parents[1]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO / "train"]
+    sys.path.insert(0, str(_REPO))
+
+import argparse
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_wandb_available, set_seed
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from leffa.configs import BaseConfigs, load_base_configs
+from leffa.flow import LeffaLossConfig
+from leffa.model import DTYPES, LeffaModel
+from leffa.pipeline import LeffaPipeline
+from leffa.recording import LeffaRegisters, select_layers
+from leffa.serialization import read_state_dict, save_state_dict
+from leffa.training import TrainingLosses, init_state_from_base, training_losses
+from leffa.transforms import tensor_to_uint8
+from train.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_to_dict,
+    flat_config,
+    load_config,
+)
+from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
+from train.synthetic import SyntheticTryOnDataset
+
+logger = get_logger(__name__)
+
+BATCH_KEYS = ("image", "reference", "mask", "densepose")
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "training_state.json"
+WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+BASE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def model_configs(config: ModelConfig) -> BaseConfigs:
+    """The base's configs with the config file's overrides merged in (named ``custom`` when overridden)."""
+    base = load_base_configs(config.base)
+    overridden = bool(config.unet_config or config.vae_config or config.scheduler_config)
+    return BaseConfigs(
+        unet={**base.unet, **config.unet_config},
+        vae={**base.vae, **config.vae_config},
+        scheduler={**base.scheduler, **config.scheduler_config},
+        name="custom" if overridden else base.name,
+    )
+
+
+def read_base_model(directory: str | Path) -> dict[str, Tensor]:
+    """Released-format initial weights from a diffusers inpainting model (``unet/`` and ``vae/`` folders)."""
+    directory = Path(directory)
+    parts = {}
+    for part in ("unet", "vae"):
+        candidates = [directory / part / name for name in BASE_WEIGHT_FILES]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"base model {directory} has no {part} weights; expected one of "
+                f"{', '.join(str(c) for c in candidates)} (diffusers layout, e.g. a download of an "
+                "inpainting model such as stable-diffusion-inpainting)"
+            )
+        parts[part] = read_state_dict(found)
+    return init_state_from_base(parts["unet"], parts["vae"])
+
+
+def load_vae_weights(model: LeffaModel, path: str | Path) -> None:
+    """Replace the VAE weights with an ``AutoencoderKL`` state dict (keys with or without ``vae.``)."""
+    state = {name.removeprefix("vae."): t for name, t in read_state_dict(path).items()}
+    expected = set(model.vae.state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(
+            f"VAE weights {path} do not match the model's VAE config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}; check model.vae_config / model.base"
+        )
+    model.vae.load_state_dict({k: v.to(model.vae.dtype) for k, v in state.items()})
+
+
+def build_model(config: ModelConfig) -> LeffaModel:
+    """A CPU fp32 model initialised as the config says (seed the RNG first for ``init: random``)."""
+    configs = model_configs(config)
+    if config.init == "random":
+        model = LeffaModel.from_base(configs, device="cpu")
+    else:
+        if config.init == "base":
+            state = read_base_model(config.init_path)
+        else:
+            state = read_state_dict(config.init_path)
+        model = LeffaModel.from_base(configs, device="meta")
+        model.load_state_dict(state, assign=True)
+        model.place("cpu")
+    if config.vae_path is not None:
+        load_vae_weights(model, config.vae_path)
+    return model
+
+
+def configure_trainable(model: LeffaModel, config: TrainConfig) -> None:
+    """Freeze the VAE; train both UNets unless the reference UNet is frozen; optional checkpointing."""
+    model.vae.requires_grad_(False)
+    model.unet.requires_grad_(True)
+    model.unet_encoder.requires_grad_(not config.train.freeze_reference_unet)
+    if config.train.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.unet_encoder.enable_gradient_checkpointing()
+
+
+class LeffaTrainingModule(nn.Module):
+    """What accelerate wraps (DDP, DeepSpeed): the model plus optional registers; ``forward`` is the loss.
+
+    DDP only synchronises gradients of work done inside ``forward``, so the loss must be computed there.
+    """
+
+    def __init__(
+        self,
+        model: LeffaModel,
+        leffa: LeffaLossConfig | None,
+        reference_dropout: float,
+        registers: LeffaRegisters | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.registers = registers
+        self.leffa = leffa
+        self.reference_dropout = reference_dropout
+        self.noise_scheduler = model.make_scheduler()
+
+    def train(self, mode: bool = True) -> LeffaTrainingModule:
+        super().train(mode)
+        self.model.vae.eval()
+        return self
+
+    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> TrainingLosses:
+        return training_losses(
+            self.model,
+            batch,
+            self.noise_scheduler,
+            generator=generator,
+            leffa=self.leffa,
+            reference_dropout=self.reference_dropout,
+            registers=self.registers,
+        )
+
+
+class EMA:
+    """Exponential moving average of named parameters, in fp32 on their device.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the average is not
+    dominated by the initial weights early in training.
+    """
+
+    def __init__(self, parameters: Mapping[str, nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {name: p.detach().float().clone() for name, p in parameters.items()}
+
+    @torch.no_grad()
+    def update(self, parameters: Mapping[str, nn.Parameter]) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, param in parameters.items():
+            self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
+
+    def load(self, shadow: Mapping[str, Tensor], updates: int) -> None:
+        if set(shadow) != set(self.shadow):
+            raise ValueError(
+                "EMA weights in the checkpoint do not match the trainable parameters of this config"
+            )
+        for name, tensor in shadow.items():
+            self.shadow[name].copy_(tensor)
+        self.updates = updates
+
+    @contextmanager
+    def applied(self, parameters: Mapping[str, nn.Parameter]) -> Iterator[None]:
+        """Temporarily put the averaged weights into ``parameters`` (e.g. for sample images)."""
+        backup = {name: p.detach().clone() for name, p in parameters.items()}
+        with torch.no_grad():
+            for name, param in parameters.items():
+                param.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in parameters.items():
+                    param.copy_(backup[name])
+
+
+def trainable_parameters(model: LeffaModel) -> dict[str, nn.Parameter]:
+    """Released-format names of the parameters that are trained (and averaged by EMA)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: bool = True) -> Dataset:
+    """The configured dataset (paired mode) for ``split``; augmentation only on request and when set."""
+    size = tuple(config.size)
+    augmentation = None
+    if augment and config.augmentation.active:
+        augmentation = Augmentation(**asdict(config.augmentation), seed=seed)
+    if config.type == "vitonhd":
+        return VitonHDDataset(config.root, split, "paired", size, augmentation)
+    if config.type == "dresscode":
+        return DressCodeDataset(config.root, config.category, split, "paired", size, augmentation)
+    if config.type == "deepfashion":
+        return DeepFashionPoseDataset(config.root, split, size, augmentation)
+    return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0)
+
+
+def derived_seed(*values: int) -> int:
+    """A well-mixed 64-bit seed from several integers (neighbouring inputs give unrelated seeds)."""
+    state = np.random.SeedSequence(list(values)).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of a seeded permutation per epoch, whole batches only, resumable mid-epoch.
+
+    Epoch ``e`` uses ``randperm(len, seed=(seed, e))``; process ``r`` of ``n`` takes every ``n``-th index
+    from ``r``, cut to a multiple of ``batch_size`` so all processes run the same number of batches.
+    """
+
+    def __init__(
+        self, length: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        per_process = length // world_size
+        self.batches_per_epoch = per_process // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {length} items: fewer than train.batch_size ({batch_size}) x processes "
+                f"({world_size}); use a larger dataset or a smaller batch"
+            )
+        self.length, self.seed, self.batch_size = length, seed, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=generator)[self.rank :: self.world_size]
+        order = order[: self.batches_per_epoch * self.batch_size]
+        return iter(order[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def batch_stream(loader: DataLoader, sampler: EpochSampler, first_batch: int) -> Iterator[dict]:
+    """Endless batches starting at this process's ``first_batch``-th batch since the start of training."""
+    epoch, offset = divmod(first_batch, sampler.batches_per_epoch)
+    while True:
+        sampler.set_position(epoch, offset)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def stack_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
+    """The first ``count`` items of ``dataset`` as one batch of the model inputs."""
+    if len(dataset) < count:
+        raise ValueError(
+            f"logging.sample_count is {count} but the sample dataset has only {len(dataset)} items"
+        )
+    items = [dataset[index] for index in range(count)]
+    return {key: torch.stack([item[key] for item in items]) for key in BATCH_KEYS}
+
+
+def sample_grid(batch: Mapping[str, Tensor], generated: np.ndarray) -> np.ndarray:
+    """One row per sample: reference | masked person | densepose | generated | target (uint8 HWC)."""
+    masked = batch["image"] * (1 - batch["mask"])
+    columns = [tensor_to_uint8(t) for t in (batch["reference"], masked, batch["densepose"])]
+    columns += [generated, tensor_to_uint8(batch["image"])]
+    return np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns, strict=True)], axis=0)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+    return int(match.group(1)) if match and (path / STATE_FILE).is_file() else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``<run_dir>/checkpoints``, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = (
+        [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None] if root.is_dir() else []
+    )
+    return sorted(found, key=checkpoint_step)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the latest complete checkpoint of a run directory."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(
+            f"{path} is neither a training checkpoint (no {STATE_FILE}) nor a run directory with "
+            "checkpoints/step-* in it"
+        )
+    return found[-1]
+
+
+def read_checkpoint_weights(checkpoint: str | Path, *, ema: bool = False) -> dict[str, Tensor]:
+    """Released-format weights of a training checkpoint (with the EMA weights laid over them on request)."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {WEIGHTS_FILE}; pass a checkpoint written by train/train.py"
+        )
+    weights = {}
+    for name, tensor in load_file(str(path)).items():
+        name = name.removeprefix("module.")  # DDP-wrapped module state
+        if name.startswith("model."):
+            weights[name.removeprefix("model.")] = tensor
+    if not weights:
+        raise ValueError(f"{path} holds no model.* weights; it was not written by train/train.py")
+    if ema:
+        ema_path = checkpoint / EMA_FILE
+        if not ema_path.is_file():
+            raise FileNotFoundError(
+                f"{checkpoint} has no EMA weights ({EMA_FILE}); train with train.ema.enabled: true"
+            )
+        weights.update(load_file(str(ema_path)))
+    return weights
+
+
+def export_checkpoint(
+    checkpoint: str | Path, output: str | Path, *, ema: bool = False, dtype: torch.dtype | None = None
+) -> Path:
+    """Write a checkpoint's weights in the released key format (``.safetensors`` or ``.pth`` by suffix).
+
+    The file loads with ``LeffaModel.from_pretrained(output)`` (shipped bases) and in the released code.
+    """
+    return save_state_dict(read_checkpoint_weights(find_checkpoint(checkpoint), ema=ema), output, dtype)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    log_with = config.logging.log_with
+    if log_with == "tensorboard" and not is_tensorboard_available():
+        raise ImportError("logging.log_with is tensorboard but it is not installed: pip install tensorboard")
+    if log_with == "wandb" and not is_wandb_available():
+        raise ImportError(
+            "logging.log_with is wandb but it is not installed: pip install wandb (or use tensorboard)"
+        )
+    output = Path(config.output_dir)
+    return Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        log_with=None if log_with == "none" else log_with,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+        step_scheduler_with_optimizer=False,
+        # Parts of both UNets never get gradients (attn2, the reference UNet's output layers).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; :meth:`fit` trains to ``train.max_steps``."""
+
+    def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.accelerator = accelerator or make_accelerator(config)
+        self.output_dir = Path(config.output_dir)
+        set_seed(config.seed)
+        model = build_model(config.model)
+        configure_trainable(model, config)
+        leffa = config.leffa.loss_config() if config.leffa.enabled else None
+        registers = None
+        if leffa is not None and config.leffa.registers:
+            layers = select_layers(model, tuple(config.data.size), leffa.theta_resolution)
+            registers = LeffaRegisters(model, layers, config.leffa.registers)
+        module = LeffaTrainingModule(model, leffa, config.train.reference_dropout, registers)
+        module.to(self.accelerator.device)
+        self.ema = (
+            EMA(trainable_parameters(model), config.train.ema.decay) if config.train.ema.enabled else None
+        )
+
+        optim = config.optim
+        optimizer = torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad],
+            lr=optim.learning_rate,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+            eps=optim.epsilon,
+        )
+        schedule = "constant_with_warmup" if optim.lr_schedule == "constant" else optim.lr_schedule
+        lr_scheduler = get_scheduler(
+            schedule,
+            optimizer,
+            num_warmup_steps=optim.warmup_steps,
+            num_training_steps=config.train.max_steps,
+        )
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            plugin = self.accelerator.state.deepspeed_plugin
+            if plugin.is_auto("train_micro_batch_size_per_gpu"):
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+        self.module, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            module, optimizer, lr_scheduler
+        )
+
+        self.dataset = build_dataset(config.data, "train", seed=config.seed)
+        self.sampler = EpochSampler(
+            len(self.dataset),
+            seed=config.seed,
+            batch_size=config.train.batch_size,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=config.train.batch_size,
+            sampler=self.sampler,
+            num_workers=config.data.num_workers,
+            drop_last=True,
+            pin_memory=self.accelerator.device.type == "cuda",
+        )
+        self.step = 0
+        self.micro_step = 0
+        self._batches: Iterator[dict] | None = None
+        self._sample_batch: dict[str, Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------ access
+    @property
+    def model(self) -> LeffaModel:
+        """The (unwrapped) model being trained."""
+        return self.accelerator.unwrap_model(self.module).model
+
+    def _generator(self) -> torch.Generator:
+        seed = derived_seed(self.config.seed, self.accelerator.process_index, self.micro_step)
+        return torch.Generator(device=self.accelerator.device).manual_seed(seed)
+
+    def _next_batch(self) -> dict[str, Tensor]:
+        if self._batches is None:
+            self._batches = batch_stream(self.loader, self.sampler, self.micro_step)
+        batch = next(self._batches)
+        return {key: batch[key].to(self.accelerator.device, non_blocking=True) for key in BATCH_KEYS}
+
+    # -------------------------------------------------------------------------------------- steps
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean losses
+        of this process and the learning rate used."""
+        accelerator, optim = self.accelerator, self.config.optim
+        self.module.train()
+        totals: dict[str, float] = {}
+        learning_rate = self.lr_scheduler.get_last_lr()[0]
+        micro_batches = self.config.train.gradient_accumulation_steps
+        for _ in range(micro_batches):
+            batch = self._next_batch()
+            with accelerator.accumulate(self.module):
+                losses = self.module(batch, self._generator())
+                accelerator.backward(losses.loss)
+                if accelerator.sync_gradients:
+                    if optim.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(self.module.parameters(), optim.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            self.micro_step += 1
+            for key, value in losses.log_values().items():
+                totals[key] = totals.get(key, 0.0) + value / micro_batches
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(trainable_parameters(self.model))
+        return {**totals, "lr": learning_rate}
+
+    def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], device=self.accelerator.device, dtype=torch.float64)
+        reduced = self.accelerator.reduce(tensor, reduction="mean")
+        return dict(zip(keys, reduced.tolist(), strict=True))
+
+    def fit(self) -> Path:
+        """Train to ``train.max_steps``, checkpointing and logging on the way; returns the exported model."""
+        config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(
+                yaml.safe_dump(config_to_dict(config), sort_keys=False)
+            )
+        if config.logging.log_with != "none":
+            accelerator.init_trackers(config.logging.project, config=flat_config(config))
+        progress = tqdm(
+            total=config.train.max_steps,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not (accelerator.is_local_main_process and config.logging.progress_bar),
+        )
+        checkpoint = None
+        while self.step < config.train.max_steps:
+            values = self.train_step()
+            progress.update(1)
+            progress.set_postfix(loss=f"{values['loss/total']:.4f}", lr=f"{values['lr']:.2e}")
+            last = self.step == config.train.max_steps
+            if self.step % config.logging.log_every == 0 or last:
+                accelerator.log(self._mean_over_processes(values), step=self.step)
+            if config.logging.sample_every and (self.step % config.logging.sample_every == 0 or last):
+                self.log_samples()
+            if self.step % config.checkpoint.every == 0 or last:
+                checkpoint = self.save_checkpoint()
+        progress.close()
+        checkpoint = checkpoint or find_checkpoint(self.output_dir)
+        exported = self.output_dir / WEIGHTS_FILE
+        if accelerator.is_main_process:
+            export_checkpoint(checkpoint, exported)
+            if self.ema is not None:
+                export_checkpoint(checkpoint, self.output_dir / "model-ema.safetensors", ema=True)
+            logger.info(f"exported {exported}")
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return exported
+
+    # ------------------------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def log_samples(self) -> Path | None:
+        """Generate the fixed sample batch (main process), save a PNG grid and log it to the trackers."""
+        accelerator, logging_config = self.accelerator, self.config.logging
+        path = None
+        if accelerator.is_main_process:
+            if self._sample_batch is None:
+                dataset = build_dataset(self.config.data, logging_config.sample_split, augment=False)
+                self._sample_batch = stack_items(dataset, logging_config.sample_count)
+            batch = self._sample_batch
+            model = self.model
+            swapped = self.ema.applied(trainable_parameters(model)) if self.ema is not None else nullcontext()
+            with swapped, accelerator.autocast():
+                generated = LeffaPipeline(model, uncond_cache_bytes=0)(
+                    batch["image"],
+                    batch["reference"],
+                    batch["mask"],
+                    batch["densepose"],
+                    num_inference_steps=logging_config.sample_steps,
+                    guidance_scale=logging_config.sample_guidance,
+                    generator=torch.Generator().manual_seed(self.config.seed),
+                    output_type="np",
+                ).images
+            grid = sample_grid(batch, generated)
+            path = self.output_dir / "samples" / f"step-{self.step:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(path)
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.log_images({"samples": grid[None]}, step=self.step, dataformats="NHWC")
+                elif tracker.name == "wandb":
+                    tracker.log_images({"samples": [grid]}, step=self.step)
+        accelerator.wait_for_everyone()
+        return path
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Save a resumable checkpoint; keeps the newest ``checkpoint.keep``."""
+        accelerator = self.accelerator
+        directory = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        accelerator.save_state(str(directory))
+        deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+        weights = accelerator.get_state_dict(self.module) if deepspeed else None
+        if accelerator.is_main_process:
+            if weights is not None:  # DeepSpeed saves its own format; export reads this file
+                save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS_FILE))
+            if self.ema is not None:
+                save_file(self.ema.shadow, str(directory / EMA_FILE))
+            state = {
+                "step": self.step,
+                "samples_seen": self.micro_step * self.config.train.batch_size * accelerator.num_processes,
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+            }
+            (directory / STATE_FILE).write_text(
+                json.dumps(state, indent=2) + "\n"
+            )  # written last: marks complete
+            keep = self.config.checkpoint.keep
+            if keep is not None:
+                for old in list_checkpoints(self.output_dir)[:-keep]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return directory
+
+    def resume(self, checkpoint: str | Path) -> Path | None:
+        """Continue from a checkpoint directory, or ``"latest"`` of this run (none yet: start afresh)."""
+        if str(checkpoint) == "latest":
+            found = list_checkpoints(self.output_dir)
+            if not found:
+                logger.info(f"no checkpoint under {self.output_dir / 'checkpoints'}; starting from scratch")
+                return None
+            directory = found[-1]
+        else:
+            directory = find_checkpoint(checkpoint)
+        self.accelerator.load_state(str(directory))
+        # Restored micro-step counter of `accelerator.accumulate`: restart it so every optimizer step
+        # again spans exactly gradient_accumulation_steps micro-batches even if that setting changed.
+        self.accelerator.step = 0
+        state = json.loads((directory / STATE_FILE).read_text())
+        per_micro_step = self.config.train.batch_size * self.accelerator.num_processes
+        if state["samples_seen"] % per_micro_step:
+            logger.warning(
+                "batch size or process count changed since the checkpoint; data order is approximate"
+            )
+        self.step = state["step"]
+        self.micro_step = state["samples_seen"] // per_micro_step
+        self._batches = None
+        if self.ema is not None:
+            ema_path = directory / EMA_FILE
+            if ema_path.is_file():
+                shadow = load_file(str(ema_path), device=str(self.accelerator.device))
+                self.ema.load(shadow, state["ema_updates"])
+            else:
+                logger.warning(f"{directory} has no EMA weights; the EMA restarts from the current weights")
+                self.ema = EMA(trainable_parameters(self.model), self.config.train.ema.decay)
+        logger.info(f"resumed from {directory} at step {self.step}")
+        return directory
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train/train.py",
+        description="Train a Leffa model (subcommand 'export' writes a checkpoint in the released format).",
+    )
+    parser.add_argument("--config", required=True, help="YAML training config (see train/configs/)")
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace config values, e.g. optim.learning_rate=1e-4 train.max_steps=100",
+    )
+    parser.add_argument("--resume", help="'latest' (of this run's output_dir) or a checkpoint directory")
+    return parser
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train/train.py export",
+        description="Export a training checkpoint as a released-format .safetensors or .pth file.",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory, or a run directory (latest)"
+    )
+    parser.add_argument("--output", required=True, help="output file: .safetensors or .pth")
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="store float16 tensors")
+    precision.add_argument("--bf16", action="store_true", help="store bfloat16 tensors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if argv[:1] == ["export"]:
+        parser = build_export_parser()
+        args = parser.parse_args(argv[1:])
+        dtype = DTYPES["fp16"] if args.fp16 else DTYPES["bf16"] if args.bf16 else None
+        try:
+            path = export_checkpoint(args.checkpoint, args.output, ema=args.ema, dtype=dtype)
+        except (FileNotFoundError, ValueError) as error:
+            parser.exit(2, f"error: {error}\n")
+        logging.getLogger(__name__).info(f"wrote {path}")
+        return 0
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.override)
+    except (FileNotFoundError, ConfigError) as error:
+        parser.exit(2, f"error: {error}\n")
+    trainer = Trainer(config)
+    if args.resume:
+        trainer.resume(args.resume)
+    trainer.fit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
