@@ -19,15 +19,11 @@ from leffa.configs import load_base_configs
 from leffa.model import LeffaModel
 from leffa.pipeline import LeffaPipeline
 from train.config import ConfigError, ModelConfig, config_from_dict, load_config
-from train.train import (
-    EMA,
-    EpochSampler,
-    Trainer,
-    build_model,
-    find_checkpoint,
-    main,
-    read_checkpoint_weights,
-)
+from train.checkpoints import find_checkpoint, read_checkpoint_weights
+from train.data_order import EpochSampler
+from train.ema import EMA
+from train.model_setup import build_model
+from train.train import Trainer, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "train" / "configs"

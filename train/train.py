@@ -26,10 +26,9 @@ if __package__ in (None, ""):
 import argparse
 import json
 import logging
-import re
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -42,110 +41,41 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from leffa.configs import BaseConfigs, load_base_configs
 from leffa.flow import LeffaLossConfig
 from leffa.model import DTYPES, LeffaModel
 from leffa.pipeline import LeffaPipeline
 from leffa.recording import LeffaRegisters, select_layers
-from leffa.serialization import read_state_dict, save_state_dict
-from leffa.training import TrainingLosses, init_state_from_base, training_losses
+from leffa.training import TrainingLosses, training_losses
 from leffa.transforms import tensor_to_uint8
 from train.config import (
     ConfigError,
     DataConfig,
-    ModelConfig,
     TrainConfig,
     config_to_dict,
     flat_config,
     load_config,
 )
+from train.checkpoints import (
+    CHECKPOINT_PREFIX,
+    EMA_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    export_checkpoint,
+    find_checkpoint,
+    list_checkpoints,
+)
+from train.data_order import EpochSampler, batch_stream, derived_seed
 from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
+from train.ema import EMA
+from train.model_setup import build_model, configure_trainable, trainable_parameters
 from train.synthetic import SyntheticTryOnDataset
 
 logger = get_logger(__name__)
 
 BATCH_KEYS = ("image", "reference", "mask", "densepose")
-CHECKPOINT_PREFIX = "step-"
-STATE_FILE = "training_state.json"
-WEIGHTS_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-BASE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-
-# ------------------------------------------------------------------------------------------ model
-
-
-def model_configs(config: ModelConfig) -> BaseConfigs:
-    """The base's configs with the config file's overrides merged in (named ``custom`` when overridden)."""
-    base = load_base_configs(config.base)
-    overridden = bool(config.unet_config or config.vae_config or config.scheduler_config)
-    return BaseConfigs(
-        unet={**base.unet, **config.unet_config},
-        vae={**base.vae, **config.vae_config},
-        scheduler={**base.scheduler, **config.scheduler_config},
-        name="custom" if overridden else base.name,
-    )
-
-
-def read_base_model(directory: str | Path) -> dict[str, Tensor]:
-    """Released-format initial weights from a diffusers inpainting model (``unet/`` and ``vae/`` folders)."""
-    directory = Path(directory)
-    parts = {}
-    for part in ("unet", "vae"):
-        candidates = [directory / part / name for name in BASE_WEIGHT_FILES]
-        found = next((path for path in candidates if path.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(
-                f"base model {directory} has no {part} weights; expected one of "
-                f"{', '.join(str(c) for c in candidates)} (diffusers layout, e.g. a download of an "
-                "inpainting model such as stable-diffusion-inpainting)"
-            )
-        parts[part] = read_state_dict(found)
-    return init_state_from_base(parts["unet"], parts["vae"])
-
-
-def load_vae_weights(model: LeffaModel, path: str | Path) -> None:
-    """Replace the VAE weights with an ``AutoencoderKL`` state dict (keys with or without ``vae.``)."""
-    state = {name.removeprefix("vae."): t for name, t in read_state_dict(path).items()}
-    expected = set(model.vae.state_dict())
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(
-            f"VAE weights {path} do not match the model's VAE config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}; check model.vae_config / model.base"
-        )
-    model.vae.load_state_dict({k: v.to(model.vae.dtype) for k, v in state.items()})
-
-
-def build_model(config: ModelConfig) -> LeffaModel:
-    """A CPU fp32 model initialised as the config says (seed the RNG first for ``init: random``)."""
-    configs = model_configs(config)
-    if config.init == "random":
-        model = LeffaModel.from_base(configs, device="cpu")
-    else:
-        if config.init == "base":
-            state = read_base_model(config.init_path)
-        else:
-            state = read_state_dict(config.init_path)
-        model = LeffaModel.from_base(configs, device="meta")
-        model.load_state_dict(state, assign=True)
-        model.place("cpu")
-    if config.vae_path is not None:
-        load_vae_weights(model, config.vae_path)
-    return model
-
-
-def configure_trainable(model: LeffaModel, config: TrainConfig) -> None:
-    """Freeze the VAE; train both UNets unless the reference UNet is frozen; optional checkpointing."""
-    model.vae.requires_grad_(False)
-    model.unet.requires_grad_(True)
-    model.unet_encoder.requires_grad_(not config.train.freeze_reference_unet)
-    if config.train.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        model.unet_encoder.enable_gradient_checkpointing()
 
 
 class LeffaTrainingModule(nn.Module):
@@ -185,54 +115,6 @@ class LeffaTrainingModule(nn.Module):
         )
 
 
-class EMA:
-    """Exponential moving average of named parameters, in fp32 on their device.
-
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the average is not
-    dominated by the initial weights early in training.
-    """
-
-    def __init__(self, parameters: Mapping[str, nn.Parameter], decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self.shadow = {name: p.detach().float().clone() for name, p in parameters.items()}
-
-    @torch.no_grad()
-    def update(self, parameters: Mapping[str, nn.Parameter]) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, param in parameters.items():
-            self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
-
-    def load(self, shadow: Mapping[str, Tensor], updates: int) -> None:
-        if set(shadow) != set(self.shadow):
-            raise ValueError(
-                "EMA weights in the checkpoint do not match the trainable parameters of this config"
-            )
-        for name, tensor in shadow.items():
-            self.shadow[name].copy_(tensor)
-        self.updates = updates
-
-    @contextmanager
-    def applied(self, parameters: Mapping[str, nn.Parameter]) -> Iterator[None]:
-        """Temporarily put the averaged weights into ``parameters`` (e.g. for sample images)."""
-        backup = {name: p.detach().clone() for name, p in parameters.items()}
-        with torch.no_grad():
-            for name, param in parameters.items():
-                param.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, param in parameters.items():
-                    param.copy_(backup[name])
-
-
-def trainable_parameters(model: LeffaModel) -> dict[str, nn.Parameter]:
-    """Released-format names of the parameters that are trained (and averaged by EMA)."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
 # ------------------------------------------------------------------------------------------- data
 
 
@@ -251,58 +133,6 @@ def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: boo
     return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0)
 
 
-def derived_seed(*values: int) -> int:
-    """A well-mixed 64-bit seed from several integers (neighbouring inputs give unrelated seeds)."""
-    state = np.random.SeedSequence(list(values)).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 32 | int(state[1])
-
-
-class EpochSampler(Sampler[int]):
-    """This process's share of a seeded permutation per epoch, whole batches only, resumable mid-epoch.
-
-    Epoch ``e`` uses ``randperm(len, seed=(seed, e))``; process ``r`` of ``n`` takes every ``n``-th index
-    from ``r``, cut to a multiple of ``batch_size`` so all processes run the same number of batches.
-    """
-
-    def __init__(
-        self, length: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1
-    ) -> None:
-        per_process = length // world_size
-        self.batches_per_epoch = per_process // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"the dataset has {length} items: fewer than train.batch_size ({batch_size}) x processes "
-                f"({world_size}); use a larger dataset or a smaller batch"
-            )
-        self.length, self.seed, self.batch_size = length, seed, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        order = torch.randperm(self.length, generator=generator)[self.rank :: self.world_size]
-        order = order[: self.batches_per_epoch * self.batch_size]
-        return iter(order[self.start_batch * self.batch_size :].tolist())
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-def batch_stream(loader: DataLoader, sampler: EpochSampler, first_batch: int) -> Iterator[dict]:
-    """Endless batches starting at this process's ``first_batch``-th batch since the start of training."""
-    epoch, offset = divmod(first_batch, sampler.batches_per_epoch)
-    while True:
-        sampler.set_position(epoch, offset)
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
-        yield from loader
-        epoch, offset = epoch + 1, 0
-
-
 def stack_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
     """The first ``count`` items of ``dataset`` as one batch of the model inputs."""
     if len(dataset) < count:
@@ -319,72 +149,6 @@ def sample_grid(batch: Mapping[str, Tensor], generated: np.ndarray) -> np.ndarra
     columns = [tensor_to_uint8(t) for t in (batch["reference"], masked, batch["densepose"])]
     columns += [generated, tensor_to_uint8(batch["image"])]
     return np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns, strict=True)], axis=0)
-
-
-# ------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_step(path: Path) -> int | None:
-    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-    return int(match.group(1)) if match and (path / STATE_FILE).is_file() else None
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``<run_dir>/checkpoints``, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    found = (
-        [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None] if root.is_dir() else []
-    )
-    return sorted(found, key=checkpoint_step)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or the latest complete checkpoint of a run directory."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    found = list_checkpoints(path)
-    if not found:
-        raise FileNotFoundError(
-            f"{path} is neither a training checkpoint (no {STATE_FILE}) nor a run directory with "
-            "checkpoints/step-* in it"
-        )
-    return found[-1]
-
-
-def read_checkpoint_weights(checkpoint: str | Path, *, ema: bool = False) -> dict[str, Tensor]:
-    """Released-format weights of a training checkpoint (with the EMA weights laid over them on request)."""
-    checkpoint = Path(checkpoint)
-    path = checkpoint / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{checkpoint} has no {WEIGHTS_FILE}; pass a checkpoint written by train/train.py"
-        )
-    weights = {}
-    for name, tensor in load_file(str(path)).items():
-        name = name.removeprefix("module.")  # DDP-wrapped module state
-        if name.startswith("model."):
-            weights[name.removeprefix("model.")] = tensor
-    if not weights:
-        raise ValueError(f"{path} holds no model.* weights; it was not written by train/train.py")
-    if ema:
-        ema_path = checkpoint / EMA_FILE
-        if not ema_path.is_file():
-            raise FileNotFoundError(
-                f"{checkpoint} has no EMA weights ({EMA_FILE}); train with train.ema.enabled: true"
-            )
-        weights.update(load_file(str(ema_path)))
-    return weights
-
-
-def export_checkpoint(
-    checkpoint: str | Path, output: str | Path, *, ema: bool = False, dtype: torch.dtype | None = None
-) -> Path:
-    """Write a checkpoint's weights in the released key format (``.safetensors`` or ``.pth`` by suffix).
-
-    The file loads with ``LeffaModel.from_pretrained(output)`` (shipped bases) and in the released code.
-    """
-    return save_state_dict(read_checkpoint_weights(find_checkpoint(checkpoint), ema=ema), output, dtype)
 
 
 # ------------------------------------------------------------------------------------------ trainer
