@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+CKPT_DIR ?= ckpts
 
 .PHONY: demo test clean
 
@@ -16,8 +17,15 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# With the released try-on weights in $(CKPT_DIR) the app serves them; without, the built-in tiny demo model.
 demo: $(VENV)/.runtime-installed
-	$(PY) app.py $(ARGS)
+	@if $(PY) -m leffa download virtual_tryon --check --ckpt-dir $(CKPT_DIR) >/dev/null 2>&1; then \
+		$(PY) app.py --ckpt-dir $(CKPT_DIR) $(ARGS); \
+	else \
+		echo "No released weights in $(CKPT_DIR): starting the built-in tiny demo model."; \
+		echo "For the real model: $(PY) -m leffa download virtual_tryon --ckpt-dir $(CKPT_DIR)"; \
+		$(PY) app.py --tiny $(ARGS); \
+	fi
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(ARGS)

@@ -9,12 +9,14 @@ trace, crop back to the photo's framing), so a user can edit the mask in between
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from leffa.checkpoints import ensure_files
@@ -41,7 +43,8 @@ class ModelStore:
 
     ``leffa_models`` pre-seeds Leffa models by key (``viton_hd``, ``dress_code``, ``pose_transfer``), e.g.
     the built-in demo model; other keys load the released weights from ``ckpt_dir`` (downloaded there on
-    first use when ``download`` is true).
+    first use when ``download`` is true). ``offload`` keeps the Leffa models on the CPU between calls and
+    moves the one in use to ``device`` for the length of a generation (for devices short of memory).
     """
 
     def __init__(
@@ -53,11 +56,13 @@ class ModelStore:
         download: bool = False,
         leffa_models: dict[str, LeffaModel] | None = None,
         sizes: dict[str, tuple[int, int]] | None = None,
+        offload: bool = False,
     ) -> None:
         self.ckpt_dir = ckpt_dir
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.download = download
+        self.offload = offload
         self.sizes = dict(sizes or {})
         self._pipelines = {key: LeffaPipeline(model) for key, model in (leffa_models or {}).items()}
         self._models: dict[str, Any] = {}
@@ -82,11 +87,25 @@ class ModelStore:
 
         def build() -> LeffaPipeline:
             path = ensure_files(task, self.ckpt_dir, download=self.download)[name]
-            return LeffaPipeline(LeffaModel.from_pretrained(path, device=self.device, dtype=self.dtype))
+            device = torch.device("cpu") if self.offload else self.device
+            return LeffaPipeline(LeffaModel.from_pretrained(path, device=device, dtype=self.dtype))
 
         pipe = self._get(f"leffa:{key}", build, status)
         self._pipelines[key] = pipe
         return pipe
+
+    @contextmanager
+    def placed(self, pipe: LeffaPipeline) -> Iterator[LeffaPipeline]:
+        """The pipeline with its model on ``device``; with ``offload`` it goes back to the CPU afterwards."""
+        if not self.offload:
+            yield pipe
+            return
+        pipe.model.to(self.device)
+        try:
+            yield pipe
+        finally:
+            pipe.model.to("cpu")
+            pipe.clear_cache()
 
     def parser(self, status: StatusCallback | None = None):
         from preprocess.parsing import HumanParser
@@ -120,7 +139,8 @@ class ModelStore:
         """Which models are loaded, and where (for the app's status note)."""
         names = sorted(set(self._models) | {f"leffa:{key}" for key in self._pipelines})
         loaded = ", ".join(names) if names else "none yet (models load on first use)"
-        return f"device {self.device}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
+        offload = " (Leffa models wait on the CPU between runs)" if self.offload else ""
+        return f"device {self.device}{offload}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
 
 
 @dataclass
@@ -192,11 +212,12 @@ class _Generator:
         )
         inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
         recorded = None
-        if inspect:
-            recorded = trace(pipe, *inputs, **arguments)
-            output = recorded.output
-        else:
-            output = pipe(*inputs, **arguments)
+        with self.store.placed(pipe):
+            if inspect:
+                recorded = trace(pipe, *inputs, **arguments)
+                output = recorded.output
+            else:
+                output = pipe(*inputs, **arguments)
         raw = output[0]
         return Generation(crop_back(raw, prepared.box), raw, output.seed, prepared, recorded)
 
@@ -215,15 +236,17 @@ class TryOn(_Generator):
         densepose: ImageSource | None = None,
         prepare_garment_png: bool = False,
         mask_dilate: int = 0,
+        size: tuple[int, int] | None = None,
         status: StatusCallback | None = None,
     ) -> Prepared:
-        """Letterbox both photos to the model size and make the mask and DensePose (unless supplied)."""
+        """Letterbox both photos to the model size (or ``size``, width × height) and make the mask and
+        DensePose (unless supplied)."""
         if model_type not in TRYON_MODELS:
             raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(TRYON_MODELS)}")
         if category not in CATEGORIES:
             raise ValueError(f"unknown garment category {category!r}; choose one of {', '.join(CATEGORIES)}")
         _, _, variant, render = TRYON_MODELS[model_type]
-        size = self.store.size(model_type)
+        size = size or self.store.size(model_type)
         person_image, box = letterbox(load_image(person), size)
         garment_source = open_image(garment)
         if prepare_garment_png:
@@ -261,7 +284,10 @@ class TryOn(_Generator):
 
     def __call__(self, person: ImageSource, garment: ImageSource, **options) -> Generation:
         """``prepare`` then ``generate`` in one call (options are split between the two)."""
-        prepare_keys = {"model_type", "category", "mask", "densepose", "prepare_garment_png", "mask_dilate", "status"}
+        prepare_keys = {
+            "model_type", "category", "mask", "densepose", "prepare_garment_png", "mask_dilate", "size",
+            "status",
+        }
         prepared = self.prepare(person, garment, **{k: v for k, v in options.items() if k in prepare_keys})
         status = options.get("status")
         rest = {k: v for k, v in options.items() if k not in prepare_keys}
@@ -277,12 +303,14 @@ class PoseTransfer(_Generator):
         target_pose: ImageSource,
         *,
         densepose: ImageSource | None = None,
+        size: tuple[int, int] | None = None,
         status: StatusCallback | None = None,
     ) -> Prepared:
-        """Letterbox both photos; DensePose IUV of the target pose's top-scoring person (unless supplied)."""
+        """Letterbox both photos (to the model size or ``size``, width × height); DensePose IUV of the target
+        pose's top-scoring person (unless supplied)."""
         from preprocess.densepose import render_iuv
 
-        size = self.store.size(POSE_MODEL)
+        size = size or self.store.size(POSE_MODEL)
         reference, _ = letterbox(load_image(person), size)
         target, box = letterbox(load_image(target_pose), size)
         if densepose is None:
@@ -294,7 +322,7 @@ class PoseTransfer(_Generator):
         return Prepared(target, reference, mask, dense_image, box, POSE_MODEL, previews={"densepose": dense_image})
 
     def __call__(self, person: ImageSource, target_pose: ImageSource, **options) -> Generation:
-        prepare_keys = {"densepose", "status"}
+        prepare_keys = {"densepose", "size", "status"}
         prepared = self.prepare(person, target_pose, **{k: v for k, v in options.items() if k in prepare_keys})
         rest = {k: v for k, v in options.items() if k not in prepare_keys}
         return self.generate(prepared, status=options.get("status"), **rest)

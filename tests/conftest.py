@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tiny models are overhead-bound: one thread is faster than two fighting over the cores.
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 

@@ -1,0 +1,387 @@
+"""What the app's buttons do, on plain images and numbers. No Gradio here, so it is tested without a server;
+the command line (``python -m leffa``) runs the same actions.
+
+Errors are the library's own (``ValueError`` and its subclasses for bad input, ``MissingWeightsError`` for
+absent weights); ``app.py`` shows their messages to the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from leffa.runtime import RESOLUTIONS, model_size
+from leffa.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
+from leffa.trace import Trace
+from leffa.visualize import color_wheel_legend
+from preprocess.images import ImageSource
+
+#: Reports progress: (fraction done in [0, 1], what is happening).
+ProgressCallback = Callable[[float, str], None]
+#: Value of the layer and timestep selectors that averages over all recorded ones.
+ALL = "all"
+#: Colour and opacity (RGBA) of the mask drawn over the person in the mask editor.
+MASK_COLOR: tuple[int, int, int, int] = (255, 40, 40, 128)
+#: Editor layer pixels at least this opaque count as masked (brush edges are anti-aliased).
+MASK_ALPHA_THRESHOLD = 32
+#: Height of the per-layer heatmaps in the inspector's gallery.
+THUMBNAIL_HEIGHT = 256
+MAX_STEPS = 200
+MAX_SEED = 2**63 - 1
+_PREPARE_SHARE = 0.2
+_NO_TRACE = (
+    "this result was generated without recording attention; tick 'Record attention for the inspector' "
+    "and generate again"
+)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling controls shared by both tabs (values straight from the UI's number widgets)."""
+
+    steps: float = 30
+    guidance: float = 2.5
+    seed: float = -1
+    ref_acceleration: bool = False
+    repaint: bool = False
+    inspect: bool = False
+
+    def checked(self) -> dict[str, Any]:
+        """Keyword arguments for ``generate``; a clear ``ValueError`` for out-of-range values."""
+        steps = _whole(self.steps, "steps")
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+        if self.guidance is None or not 0 <= float(self.guidance) <= 50:
+            raise ValueError(f"guidance must be between 0 and 50, got {self.guidance}")
+        seed = _whole(self.seed, "seed")
+        if not -1 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, got {seed}")
+        return dict(
+            steps=steps, guidance=float(self.guidance), seed=seed,
+            ref_acceleration=bool(self.ref_acceleration), repaint=bool(self.repaint),
+            inspect=bool(self.inspect),
+        )
+
+
+@dataclass(frozen=True)
+class TryOnInputs:
+    """Everything the try-on preparation depends on: photos, optional uploads and options."""
+
+    person: ImageSource | None
+    garment: ImageSource | None
+    model_type: str = "viton_hd"
+    category: str = "upper_body"
+    mask: ImageSource | None = None
+    densepose: ImageSource | None = None
+    prepare_garment_png: bool = False
+    resolution: str = "full"
+
+    def fingerprint(self) -> str:
+        """A digest of all of it, to tell whether a prepared mask still belongs to these inputs."""
+        return _fingerprint(*(getattr(self, item.name) for item in fields(self)))
+
+
+@dataclass(frozen=True)
+class MaskStep:
+    """Inputs prepared by "Make mask", with a fingerprint of what they were made from."""
+
+    prepared: Prepared
+    fingerprint: str
+
+
+@dataclass
+class InspectorView:
+    """What the inspector shows for one clicked point (heatmaps are ``None`` before the first click)."""
+
+    marked_result: np.ndarray | None
+    heatmap: np.ndarray | None
+    layer_heatmaps: list[tuple[np.ndarray, str]]
+    flow: np.ndarray
+    warped_reference: np.ndarray
+    caption: str
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or value is None or not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _require(image: ImageSource | None, what: str) -> ImageSource:
+    if image is None:
+        raise ValueError(f"no {what}: upload one (or pick an example)")
+    return image
+
+
+def _fingerprint(*parts: Any) -> str:
+    """A digest of images (by their pixels) and other values (by their repr)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Image.Image):
+            part = np.asarray(part)
+        if isinstance(part, np.ndarray):
+            digest.update(f"{part.shape}{part.dtype}".encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+class _Progress:
+    """Maps preparation and denoising steps onto one progress bar."""
+
+    def __init__(self, report: ProgressCallback | None) -> None:
+        self.report = report
+        self.fraction = 0.0
+
+    def __call__(self, fraction: float, text: str) -> None:
+        self.fraction = fraction
+        if self.report is not None:
+            self.report(fraction, text)
+
+    def status(self, text: str) -> None:
+        self(self.fraction, text)
+
+    def step(self, index: int, total: int, _timestep: int) -> None:
+        self(_PREPARE_SHARE + (1 - _PREPARE_SHARE) * index / total, f"denoising step {index}/{total}")
+
+
+def editor_value(prepared: Prepared, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The mask editor's value: the person with the mask as a translucent layer to paint on.
+
+    ``size`` (width, height) scales both for display (the edited mask is scaled back by ``with_mask``).
+    """
+    size = size or prepared.person.size
+    person = np.asarray(prepared.person.convert("RGB").resize(size, Image.Resampling.BICUBIC))
+    mask = np.asarray(prepared.mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
+    overlay = np.zeros((*person.shape[:2], 4), np.uint8)
+    overlay[mask] = MASK_COLOR
+    return {"background": person, "layers": [overlay], "composite": None}
+
+
+def mask_from_editor(value: Mapping[str, Any] | None) -> np.ndarray | None:
+    """The painted mask (bool, H × W) from an editor value: every layer pixel that is opaque enough.
+
+    ``None`` when there is nothing to read (no editor value or no layers).
+    """
+    if not value or not value.get("layers"):
+        return None
+    masks = []
+    for layer in value["layers"]:
+        array = np.asarray(layer)
+        if array.ndim != 3 or array.shape[2] != 4:
+            raise ValueError(f"mask editor layers must be RGBA images, got shape {array.shape}")
+        masks.append(array[..., 3] >= MASK_ALPHA_THRESHOLD)
+    shapes = {mask.shape for mask in masks}
+    if len(shapes) != 1:
+        raise ValueError(f"mask editor layers differ in size: {sorted(shapes)}")
+    return np.logical_or.reduce(masks)
+
+
+def previews(prepared: Prepared) -> list[tuple[Image.Image, str]]:
+    """Parse map, keypoints, mask and DensePose (those that were made) with captions."""
+    order = ("parse", "keypoints", "mask", "densepose")
+    return [(prepared.previews[name], name) for name in order if name in prepared.previews]
+
+
+def display_to_model(point: tuple[float, float], generation: Generation) -> tuple[float, float]:
+    """A pixel ``(x, y)`` of the shown (cropped back) result in the model-size image the trace refers to."""
+    box = generation.prepared.box
+    width, height = box.original_size
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(f"point ({x}, {y}) lies outside the result image of {width}x{height} pixels")
+    left, top, right, bottom = box.box
+    canvas_w, canvas_h = box.canvas_size
+    image_h, image_w = generation.trace.image_size if generation.trace is not None else (canvas_h, canvas_w)
+    canvas_x = left + (x + 0.5) * (right - left) / width
+    canvas_y = top + (y + 0.5) * (bottom - top) / height
+    model_x = min(max(canvas_x * image_w / canvas_w - 0.5, 0.0), image_w - 1.0)
+    model_y = min(max(canvas_y * image_h / canvas_h - 0.5, 0.0), image_h - 1.0)
+    return model_x, model_y
+
+
+def mark_point(image: Image.Image, point: tuple[float, float]) -> np.ndarray:
+    """The image with a crosshair on ``point``, so the user sees which pixel the heatmaps are for."""
+    marked = image.convert("RGB")
+    draw = ImageDraw.Draw(marked)
+    x, y = point
+    arm = max(4, min(marked.size) // 25)
+    for colour, width in (("white", 3), ("black", 1)):
+        draw.line((x - arm, y, x + arm, y), fill=colour, width=width)
+        draw.line((x, y - arm, x, y + arm), fill=colour, width=width)
+    return np.asarray(marked)
+
+
+def _timestep(value: Any, recorded: Trace) -> int | None:
+    if value is None or value == ALL:
+        return None
+    try:
+        timestep = int(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"timestep must be '{ALL}' or one of {recorded.timesteps}, got {value!r}") from error
+    return timestep
+
+
+def _layer(value: Any) -> str | None:
+    return None if value is None or value == ALL else str(value)
+
+
+class AppCallbacks:
+    """The app's actions on one :class:`ModelStore` (models load lazily, on the first action needing them)."""
+
+    def __init__(self, store: ModelStore, *, notice: str = "") -> None:
+        self.store = store
+        self.notice = notice
+        self.tryon = TryOn(store)
+        self.poses = PoseTransfer(store)
+
+    def resolution_choices(self, key: str) -> list[tuple[str, str]]:
+        """(label, value) pairs naming the real pixel sizes, e.g. ("1024×768", "full")."""
+        return [(f"{h}×{w}", name) for name in RESOLUTIONS for w, h in [model_size(self.store, key, name)]]
+
+    def status(self) -> str:
+        """Which models are loaded and where, plus any notice about missing weights."""
+        note = f"**Models**: {self.store.describe()}"
+        return f"{note}\n\n```\n{self.notice}\n```" if self.notice else note
+
+    # ------------------------------------------------------------------------------------ try-on
+    def make_mask(self, inputs: TryOnInputs, progress: ProgressCallback | None = None) -> MaskStep:
+        """Letterbox the photos and make (or take) the mask and DensePose, ready for editing."""
+        person = _require(inputs.person, "person photo")
+        garment = _require(inputs.garment, "garment photo")
+        if inputs.model_type not in TRYON_MODELS:
+            choices = ", ".join(TRYON_MODELS)
+            raise ValueError(f"unknown model type {inputs.model_type!r}; choose one of {choices}")
+        tracker = _Progress(progress)
+        tracker(0.0, "preprocessing: mask and DensePose")
+        prepared = self.tryon.prepare(
+            person, garment, model_type=inputs.model_type, category=inputs.category, mask=inputs.mask,
+            densepose=inputs.densepose, prepare_garment_png=inputs.prepare_garment_png,
+            size=model_size(self.store, inputs.model_type, inputs.resolution), status=tracker.status,
+        )
+        _require_masked(prepared.mask)
+        tracker(_PREPARE_SHARE, "inputs ready")
+        return MaskStep(prepared, inputs.fingerprint())
+
+    def try_on(
+        self,
+        inputs: TryOnInputs,
+        settings: GenerationSettings = GenerationSettings(),
+        *,
+        mask_step: MaskStep | None = None,
+        edited_mask: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Generation:
+        """Generate the try-on result, with the edited mask when ``mask_step`` was made from these inputs.
+
+        Otherwise (first click, or inputs changed since) the inputs are prepared afresh and the edit is
+        ignored, since it belongs to other inputs.
+        """
+        arguments = settings.checked()
+        if mask_step is not None and mask_step.fingerprint == inputs.fingerprint():
+            prepared = mask_step.prepared
+            if edited_mask is not None:
+                _require_masked(edited_mask)
+                prepared = prepared.with_mask(edited_mask)
+        else:
+            prepared = self.make_mask(inputs, progress).prepared
+        return self._generate(prepared, arguments, _Progress(progress))
+
+    # ---------------------------------------------------------------------------------- pose transfer
+    def pose_transfer(
+        self,
+        person: ImageSource | None,
+        target: ImageSource | None,
+        *,
+        densepose: ImageSource | None = None,
+        resolution: str = "full",
+        settings: GenerationSettings = GenerationSettings(),
+        progress: ProgressCallback | None = None,
+    ) -> Generation:
+        """Generate the person of the first photo in the pose of the second."""
+        arguments = settings.checked()
+        person = _require(person, "person photo")
+        target = _require(target, "target-pose photo")
+        tracker = _Progress(progress)
+        tracker(0.0, "preprocessing: DensePose of the target pose")
+        prepared = self.poses.prepare(
+            person, target, densepose=densepose, size=model_size(self.store, POSE_MODEL, resolution),
+            status=tracker.status,
+        )
+        return self._generate(prepared, arguments, tracker)
+
+    def _generate(self, prepared: Prepared, arguments: dict[str, Any], tracker: _Progress) -> Generation:
+        tracker(_PREPARE_SHARE, "denoising")
+        service = self.poses if prepared.model_key == POSE_MODEL else self.tryon
+        generation = service.generate(prepared, callback=tracker.step, status=tracker.status, **arguments)
+        tracker(1.0, f"done (seed {generation.seed})")
+        return generation
+
+    # ---------------------------------------------------------------------------------- inspector
+    @staticmethod
+    def inspector_choices(generation: Generation | None) -> tuple[list[str], list[str]]:
+        """Layer and timestep choices of a recorded generation (``ALL`` first); empty without a trace."""
+        if generation is None or generation.trace is None:
+            return [], []
+        recorded = generation.trace
+        return [ALL, *recorded.layers], [ALL, *(str(t) for t in recorded.timesteps)]
+
+    @staticmethod
+    def legend(size: int = 128) -> np.ndarray:
+        """The flow colour wheel: the colour of each displacement direction."""
+        return color_wheel_legend(size)
+
+    def inspect(
+        self,
+        generation: Generation | None,
+        point: tuple[float, float] | None = None,
+        layer: str | None = ALL,
+        timestep: int | str | None = ALL,
+    ) -> InspectorView:
+        """Heatmaps of where ``point`` (pixel of the shown result) looks in the reference, and the flows.
+
+        ``layer``/``timestep`` ``ALL`` average over every recorded layer/timestep.
+        """
+        if generation is None:
+            raise ValueError("nothing to inspect yet: generate a result first (try-on or pose transfer tab)")
+        recorded = generation.trace
+        if recorded is None:
+            raise ValueError(_NO_TRACE)
+        chosen_layer, chosen_step = _layer(layer), _timestep(timestep, recorded)
+        flow = recorded.flow_color(chosen_layer, chosen_step)
+        warped = recorded.warped_reference(chosen_layer, chosen_step)
+        shown_step = ALL if chosen_step is None else chosen_step
+        where = f"layer {chosen_layer or 'all (aggregated)'}, timestep {shown_step}"
+        if point is None:
+            hint = f"{where}: click the result to see its attention"
+            return InspectorView(None, None, [], flow, warped, hint)
+        model_point = display_to_model(point, generation)
+        heatmap = recorded.heatmap(model_point, chosen_layer, chosen_step)
+        per_layer = [
+            (thumbnail(recorded.heatmap(model_point, name, chosen_step)), name) for name in recorded.layers
+        ]
+        caption = f"{where}; point ({point[0]:.0f}, {point[1]:.0f}) of the result"
+        return InspectorView(mark_point(generation.image, point), heatmap, per_layer, flow, warped, caption)
+
+
+def thumbnail(image: np.ndarray, height: int = THUMBNAIL_HEIGHT) -> np.ndarray:
+    """At most ``height`` pixels tall: SDXL has 70 layers; full-size heatmaps of all are slow to send."""
+    if image.shape[0] <= height:
+        return image
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _require_masked(mask: Image.Image | np.ndarray) -> None:
+    if not np.asarray(mask).any():
+        raise ValueError(
+            "the mask is empty: paint the region the garment should cover, or make the mask again"
+        )
+

@@ -1,0 +1,160 @@
+"""Batch runs for the command line: which input pairs to process, and a log line per processed pair.
+
+Inputs are either two paths (each a file or a folder of images) or a pairs file whose lines read
+``first second [extra ...]`` (paths relative to a root folder; ``-`` leaves an extra out; ``#`` starts a
+comment). With folders, a folder × a file pairs every image with the file; two folders pair images of
+the same name. Extras (mask, DensePose) are files used for every pair, or folders holding one image per
+first input, named like it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+LOG_NAME = "log.jsonl"
+
+
+class BatchInputError(ValueError):
+    """The inputs of a batch run are inconsistent (wrong folder pairing, malformed pairs file)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pair to process: first (person) and second (garment or target pose) plus optional extras."""
+
+    first: Path
+    second: Path
+    extras: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Output name: both input names, so results of a batch never collide."""
+        return f"{self.first.stem}__{self.second.stem}"
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def _pair_paths(first: Path, second: Path) -> list[tuple[Path, Path]]:
+    if first.is_dir() and second.is_dir():
+        seconds = {p.stem: p for p in images_in(second)}
+        pairs = [(p, seconds[p.stem]) for p in images_in(first) if p.stem in seconds]
+        if not pairs:
+            raise BatchInputError(f"no images with the same name in {first} and {second}; name pairs alike")
+        return pairs
+    firsts = images_in(first) if first.is_dir() else [first]
+    seconds = images_in(second) if second.is_dir() else [second]
+    if not firsts or not seconds:
+        raise BatchInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {first if not firsts else second}")
+    return [(a, b) for a in firsts for b in seconds]
+
+
+def _extra_for(extra: Path, first: Path, name: str) -> Path:
+    if not extra.is_dir():
+        return extra
+    for candidate in images_in(extra):
+        if candidate.stem == first.stem:
+            return candidate
+    raise BatchInputError(f"no {name} for {first.name} in {extra}: expected an image named {first.stem}.*")
+
+
+def jobs_from_paths(first: Path, second: Path, extras: dict[str, Path | None]) -> list[Job]:
+    """Pairs from two paths (files or folders) and extras (files or folders matched by name)."""
+    _existing(first, "input")
+    _existing(second, "input")
+    given = {name: _existing(path, name) for name, path in extras.items() if path is not None}
+    return [
+        Job(a, b, {name: _extra_for(path, a, name) for name, path in given.items()})
+        for a, b in _pair_paths(first, second)
+    ]
+
+
+def jobs_from_pairs_file(pairs: Path, extra_names: Sequence[str], root: Path | None = None) -> list[Job]:
+    """Pairs from a pairs file: ``first second [extras in the order of extra_names]`` per line."""
+    root = root or _existing(pairs, "pairs file").parent
+    jobs = []
+    for number, line in enumerate(_existing(pairs, "pairs file").read_text().splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if not 2 <= len(fields) <= 2 + len(extra_names):
+            columns = " ".join(["first", "second", *(f"[{name}]" for name in extra_names)])
+            raise BatchInputError(f"{pairs}:{number}: expected '{columns}', got {line.strip()!r}")
+        where = f"{pairs}:{number}: file"
+        paths = [None if value == "-" else _existing(root / value, where) for value in fields]
+        if paths[0] is None or paths[1] is None:
+            raise BatchInputError(f"{pairs}:{number}: the first two columns cannot be '-'")
+        extras = {name: path for name, path in zip(extra_names, paths[2:]) if path is not None}
+        jobs.append(Job(paths[0], paths[1], extras))
+    if not jobs:
+        raise BatchInputError(f"{pairs} lists no pairs; write one 'first second' pair per line")
+    return jobs
+
+
+@dataclass
+class BatchReport:
+    """How a batch went: counts, and whether it stopped early."""
+
+    done: int = 0
+    failed: int = 0
+    stopped: str | None = None
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    work: Callable[[Job], dict[str, Any]],
+    out_dir: Path,
+    *,
+    fatal: tuple[type[BaseException], ...] = (),
+    recoverable: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError),
+    stdout: TextIO,
+    stderr: TextIO,
+) -> BatchReport:
+    """Run ``work`` per job, appending one JSON line per job to ``out_dir/log.jsonl``.
+
+    A ``recoverable`` error fails that job only; a ``fatal`` one (e.g. missing weights, the same for every
+    job) stops the batch. ``work`` returns what to log (output path, seed, ...).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = BatchReport()
+    with (out_dir / LOG_NAME).open("a") as log:
+        for index, job in enumerate(jobs, start=1):
+            started = time.perf_counter()
+            entry: dict[str, Any] = {"first": str(job.first), "second": str(job.second)}
+            entry.update({name: str(path) for name, path in job.extras.items()})
+            try:
+                entry.update(work(job))
+                entry["status"] = "ok"
+                report.done += 1
+            except fatal as error:
+                entry.update(status="error", error=str(error))
+                report.failed += 1
+                report.stopped = str(error)
+            except recoverable as error:
+                entry.update(status="error", error=str(error) or type(error).__name__)
+                report.failed += 1
+            entry["seconds"] = round(time.perf_counter() - started, 3)
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            counter = f"[{index}/{len(jobs)}] {job.name}"
+            if entry["status"] == "ok":
+                print(f"{counter}: {entry.get('output', '')} ({entry['seconds']:.1f} s)", file=stdout)
+            else:
+                print(f"{counter} failed: {entry['error']}", file=stderr)
+            if report.stopped is not None:
+                break
+    return report

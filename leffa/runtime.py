@@ -1,0 +1,152 @@
+"""Which models serve the app and the command line: the released weights, or the built-in demo model.
+
+The demo model (``leffa.demo``, selected with ``--tiny``) needs no download and runs anywhere in seconds.
+Its example inputs carry their own mask and DensePose, because the preprocessing models (human parsing,
+OpenPose, DensePose) come with the released weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import constants as hub_constants
+
+from leffa.batch import images_in
+from leffa.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
+from leffa.model import LeffaModel, resolve_device
+from leffa.service import POSE_MODEL, TRYON_MODELS, ModelStore
+
+#: Resolution choices: the model's own, or half of it per side for speed.
+RESOLUTIONS: tuple[str, ...] = ("full", "half")
+#: Device choices offered by the app and the command line.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+#: ``auto`` picks fp16 on CUDA (as the released demo runs) and fp32 elsewhere.
+DTYPES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+_MAX_AUTHOR_EXAMPLES = 6
+
+
+@dataclass(frozen=True)
+class TryOnExample:
+    """Inputs of one try-on example; ``mask``/``densepose`` stand in for the preprocessing models."""
+
+    person: Path
+    garment: Path
+    mask: Path | None = None
+    densepose: Path | None = None
+
+
+@dataclass(frozen=True)
+class PoseExample:
+    """Inputs of one pose-transfer example; ``densepose`` is that of the target pose."""
+
+    person: Path
+    target: Path
+    densepose: Path | None = None
+
+
+@dataclass
+class Runtime:
+    """The model store plus what the user should see about it (examples, missing weights)."""
+
+    store: ModelStore
+    tiny: bool
+    tryon_examples: list[TryOnExample]
+    pose_examples: list[PoseExample]
+    notice: str = ""
+
+
+def model_size(store: ModelStore, key: str, resolution: str) -> tuple[int, int]:
+    """Input size (width, height) of a Leffa model key: its own (``full``) or half of it per side."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"unknown resolution {resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
+    width, height = store.size(key)
+    return (width // 2, height // 2) if resolution == "half" else (width, height)
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    """Resolve ``auto`` to fp16 on CUDA and fp32 elsewhere; other names pass through."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    return "fp16" if resolve_device(device).type == "cuda" else "fp32"
+
+
+def missing_weights(task: str, ckpt_dir: str | Path | None) -> str | None:
+    """What is missing for ``task`` and how to fetch it, or ``None`` when everything is there."""
+    try:
+        ensure_files(task, ckpt_dir, download=False)
+    except MissingWeightsError as error:
+        return str(error)
+    return None
+
+
+def downloads_possible(download: bool) -> bool:
+    """Whether missing weights can be fetched: allowed by the user and the hub not set offline."""
+    return download and not hub_constants.HF_HUB_OFFLINE
+
+
+def single_model_runtime(
+    model: LeffaModel, size: tuple[int, int], examples: list[TryOnExample], notice: str = ""
+) -> Runtime:
+    """One small model serving every task at ``size`` (width, height); pose examples pair the persons."""
+    keys = (*TRYON_MODELS, POSE_MODEL)
+    store = ModelStore(
+        None, device=model.device, dtype=model.dtype, leffa_models={key: model for key in keys},
+        sizes={key: size for key in keys},
+    )
+    return Runtime(store, True, examples, _poses_of(examples), notice)
+
+
+def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
+    """Pose examples from try-on ones: each person in the pose of the next (with its DensePose)."""
+    return [PoseExample(a.person, b.person, b.densepose) for a, b in zip(examples, examples[1:])]
+
+
+def tiny_runtime(*, device: str = "auto", dtype: str = "auto", notice: str = "") -> Runtime:
+    """The built-in demo model (``leffa.demo``) serving every task, with the shipped example inputs."""
+    model = load_demo_model(device, pick_dtype(dtype, device))
+    height, width = DEMO_IMAGE_SIZE
+    return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice)
+
+
+def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:
+    """Paths of the shipped example inputs (the app's example tables need files, not images)."""
+    demo_examples(folder)  # a clear error when the folder is incomplete
+    return [
+        TryOnExample(*(folder / person.name.replace("person", part, 1) for part in EXAMPLE_PARTS))
+        for person in sorted(folder.glob("person_*.png"))
+    ]
+
+
+def released_runtime(
+    ckpt_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    offload: bool = False,
+    download: bool = True,
+) -> Runtime:
+    """The released weights from ``ckpt_dir``, loaded lazily (and downloaded on first use if allowed)."""
+    root = resolve_ckpt_dir(ckpt_dir)
+    store = ModelStore(
+        root, device=device, dtype=pick_dtype(dtype, device), download=downloads_possible(download),
+        offload=offload,
+    )
+    missing = missing_weights("virtual_tryon", root)
+    notice = ""
+    if missing is not None:
+        notice = (
+            "The try-on weights are not there yet; they are downloaded on first use.\n" + missing
+            if store.download
+            else missing
+        )
+    folders = (root / FILES[name] for name in ("examples_person1", "examples_person2", "examples_garment"))
+    persons1, persons2, garments = (images_in(folder) if folder.is_dir() else [] for folder in folders)
+    project = demo_example_files(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
+    tryon = [TryOnExample(p, g) for p, g in zip(persons1, garments)][:_MAX_AUTHOR_EXAMPLES]
+    poses = [PoseExample(a, b) for a, b in zip(persons2, persons2[1:])][:_MAX_AUTHOR_EXAMPLES]
+    return Runtime(store, False, project + tryon, _poses_of(project) + poses, notice)
+

@@ -1,0 +1,279 @@
+"""The app's actions without a server: the tiny model, user-supplied masks/DensePose, fake preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leffa.app_callbacks import (
+    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, AppCallbacks, GenerationSettings, TryOnInputs, display_to_model,
+    editor_value, mark_point, mask_from_editor, previews, thumbnail,
+)
+from leffa.checkpoints import MissingWeightsError
+from leffa.service import ModelStore
+from preprocess.openpose import Pose
+from preprocess.parsing import LABEL, ParseResult
+
+SIZE = (48, 64)  # model size (width, height) the tests run the tiny model at
+FAST = GenerationSettings(steps=2, seed=7)
+
+
+def _photo(width=96, height=128, colour=(200, 120, 90)) -> Image.Image:
+    """A photo with twice the model's size per side (photos must be at least 64 pixels a side)."""
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    image.paste(Image.new("RGB", (width // 2, height // 2), colour), (width // 4, height // 4))
+    return image
+
+
+def _mask(width=96, height=128, box=(24, 32, 72, 96)) -> Image.Image:
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, box)
+    return mask
+
+
+@pytest.fixture()
+def actions(tiny_model, tmp_path):
+    keys = ("viton_hd", "dress_code", "pose_transfer")
+    models, sizes = {key: tiny_model for key in keys}, {key: SIZE for key in keys}
+    store = ModelStore(tmp_path, device="cpu", leffa_models=models, sizes=sizes)
+    return AppCallbacks(store, notice="weights are missing")
+
+
+def _inputs(person=None, garment=None, **options) -> TryOnInputs:
+    """Try-on inputs with an uploaded mask and DensePose (the tiny model has no preprocessing models)."""
+    uploads = dict(mask=_mask(), densepose=_photo(colour=(10, 200, 30)))
+    return TryOnInputs(person or _photo(), garment or _photo(), **{**uploads, **options})
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_settings_accept_whole_floats_from_number_widgets():
+    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=1, inspect=True)
+    checked = settings.checked()
+    expected = dict(steps=30, guidance=2.0, seed=-1, ref_acceleration=True, repaint=False, inspect=True)
+    assert checked == expected
+    assert isinstance(checked["steps"], int) and isinstance(checked["seed"], int)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (GenerationSettings(steps=0), "steps must be between 1 and 200"),
+        (GenerationSettings(steps=2.5), "steps must be a whole number"),
+        (GenerationSettings(steps=None), "steps must be a whole number"),
+        (GenerationSettings(guidance=-0.5), "guidance must be between 0 and 50"),
+        (GenerationSettings(seed=-2), "seed must be -1"),
+        (GenerationSettings(seed=0.5), "seed must be a whole number"),
+        (GenerationSettings(seed=True), "seed must be a whole number"),
+    ],
+)
+def test_settings_reject_bad_values(settings, message):
+    with pytest.raises(ValueError, match=message):
+        settings.checked()
+
+
+# ------------------------------------------------------------------------------------- mask editor
+def test_editor_round_trip_and_painting(actions):
+    step = actions.make_mask(_inputs())
+    value = editor_value(step.prepared)
+    assert value["background"].shape == (64, 48, 3) and value["composite"] is None
+    layer = value["layers"][0]
+    assert layer.shape == (64, 48, 4) and layer.dtype == np.uint8
+    original = np.asarray(step.prepared.mask) > 127
+    assert np.array_equal(mask_from_editor(value), original)
+    assert layer[original][0].tolist() == list(MASK_COLOR) and not layer[~original].any()
+    painted = layer.copy()
+    painted[0:4, 0:4] = (255, 0, 0, MASK_ALPHA_THRESHOLD)  # faint brush edge still counts
+    painted[20:24, 20:24, 3] = 0  # erased
+    painted[30, 30, 3] = MASK_ALPHA_THRESHOLD - 1  # fainter than the threshold: not masked
+    expected = original.copy()
+    expected[0:4, 0:4] = True
+    expected[20:24, 20:24] = False
+    expected[30, 30] = False
+    assert np.array_equal(mask_from_editor({**value, "layers": [painted]}), expected)
+
+
+def test_editor_union_of_layers_and_errors():
+    first = np.zeros((4, 3, 4), np.uint8)
+    second = np.zeros((4, 3, 4), np.uint8)
+    first[0, 0, 3] = 255
+    second[3, 2, 3] = 200
+    union = mask_from_editor({"background": None, "layers": [first, second], "composite": None})
+    assert union.sum() == 2 and union[0, 0] and union[3, 2]
+    assert mask_from_editor(None) is None and mask_from_editor({"layers": []}) is None
+    with pytest.raises(ValueError, match="must be RGBA"):
+        mask_from_editor({"layers": [np.zeros((4, 3, 3), np.uint8)]})
+    with pytest.raises(ValueError, match="differ in size"):
+        mask_from_editor({"layers": [first, np.zeros((5, 3, 4), np.uint8)]})
+
+
+# -------------------------------------------------------------------------------------- try-on
+def test_make_mask_uses_the_uploads_at_the_chosen_resolution(actions):
+    step = actions.make_mask(_inputs(_photo(120, 200)))
+    prepared = step.prepared
+    assert prepared.person.size == SIZE and prepared.mask.size == SIZE and prepared.densepose.size == SIZE
+    assert [caption for _, caption in previews(prepared)] == ["mask", "densepose"]
+    half = actions.make_mask(_inputs(_photo(120, 200), resolution="half")).prepared
+    assert half.person.size == (24, 32)
+    assert actions.resolution_choices("viton_hd") == [("64×48", "full"), ("32×24", "half")]
+    with pytest.raises(ValueError, match="unknown resolution"):
+        actions.make_mask(_inputs(resolution="4k"))
+
+
+def test_try_on_uses_the_edited_mask_only_for_the_same_inputs(actions):
+    step = actions.make_mask(_inputs())
+    edited = np.zeros((64, 48), bool)
+    edited[30:40, 10:20] = True
+    result = actions.try_on(_inputs(), FAST, mask_step=step, edited_mask=edited)
+    assert np.array_equal(np.asarray(result.prepared.mask) > 127, edited)
+    assert result.image.size == (96, 128) and result.seed == 7
+    other_garment = _photo(colour=(0, 0, 255))
+    fresh = actions.try_on(_inputs(garment=other_garment), FAST, mask_step=step, edited_mask=edited)
+    assert np.array_equal(np.asarray(fresh.prepared.mask), np.asarray(step.prepared.mask))
+    assert not np.array_equal(np.asarray(fresh.prepared.reference), np.asarray(step.prepared.reference))
+
+
+def test_try_on_in_one_click_reports_progress_and_reproduces_with_its_seed(actions):
+    reports = []
+    first = actions.try_on(_inputs(_photo(120, 200)), FAST, progress=lambda *report: reports.append(report))
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    texts = [text for _, text in reports]
+    assert "denoising step 1/2" in texts and "denoising step 2/2" in texts and texts[-1] == "done (seed 7)"
+    assert first.image.size == (120, 200) and first.raw.size == SIZE
+    again = actions.try_on(_inputs(_photo(120, 200)), FAST)
+    assert np.array_equal(np.asarray(first.raw), np.asarray(again.raw))
+
+
+def test_try_on_bad_inputs_are_clear_errors(actions):
+    with pytest.raises(ValueError, match="no person photo"):
+        actions.try_on(TryOnInputs(None, _photo()))
+    with pytest.raises(ValueError, match="no garment photo"):
+        actions.make_mask(TryOnInputs(_photo(), None))
+    with pytest.raises(ValueError, match="unknown model type"):
+        actions.make_mask(_inputs(model_type="idm"))
+    with pytest.raises(ValueError, match="unknown garment category"):
+        actions.make_mask(_inputs(category="hat"))
+    with pytest.raises(ValueError, match="steps must be between"):
+        actions.try_on(_inputs(), GenerationSettings(steps=0))
+    with pytest.raises(ValueError, match="at least 64 pixels"):
+        actions.make_mask(_inputs(_photo(20, 20)))
+    step = actions.make_mask(_inputs())
+    with pytest.raises(ValueError, match="the mask is empty"):
+        actions.try_on(_inputs(), mask_step=step, edited_mask=np.zeros((64, 48), bool))
+    with pytest.raises(ValueError, match="the mask is empty"):
+        actions.make_mask(_inputs(mask=Image.new("L", (96, 128), 0)))
+
+
+def test_missing_preprocessing_weights_name_the_download(actions, tmp_path):
+    with pytest.raises(MissingWeightsError, match="python -m leffa download parsing"):
+        actions.make_mask(TryOnInputs(_photo(), _photo()))
+    with pytest.raises(MissingWeightsError, match="python -m leffa download densepose"):
+        actions.make_mask(TryOnInputs(_photo(), _photo(), mask=_mask()))
+
+
+class _FakeParser:
+    def __call__(self, person):
+        labels = np.zeros((512, 384), np.uint8)
+        labels[60:140, 150:234] = LABEL["face"]
+        labels[150:330, 110:274] = LABEL["upper_clothes"]
+        return ParseResult(labels=labels)
+
+
+class _FakeOpenPose:
+    def __call__(self, person):
+        keypoints = np.zeros((18, 2), np.float32)
+        keypoints[1], keypoints[2], keypoints[5] = (192, 150), (130, 160), (254, 160)
+        return Pose(keypoints=keypoints, confidences=np.ones(18, np.float32))
+
+
+def test_automatic_mask_comes_with_parse_and_keypoint_previews(actions, monkeypatch):
+    monkeypatch.setattr(actions.store, "parser", lambda status=None: _FakeParser())
+    monkeypatch.setattr(actions.store, "openpose", lambda status=None: _FakeOpenPose())
+    step = actions.make_mask(TryOnInputs(_photo(), _photo(), densepose=_photo()))
+    assert [caption for _, caption in previews(step.prepared)] == ["parse", "keypoints", "mask", "densepose"]
+    mask = np.asarray(step.prepared.mask) > 127
+    assert 0.05 < mask.mean() < 0.9
+
+
+# ------------------------------------------------------------------------------------ pose transfer
+def test_pose_transfer_with_uploaded_densepose(actions):
+    dense = _photo(colour=(5, 5, 5))
+    result = actions.pose_transfer(_photo(), _photo(90, 150), densepose=dense, settings=FAST)
+    assert result.image.size == (90, 150) and result.trace is None
+    assert np.asarray(result.prepared.mask).min() == 255
+    with pytest.raises(ValueError, match="no target-pose photo"):
+        actions.pose_transfer(_photo(), None, settings=FAST)
+
+
+# -------------------------------------------------------------------------------------- inspector
+def test_display_to_model_matches_the_letterbox(actions):
+    result = actions.try_on(_inputs(_photo(120, 200)), FAST)
+    box = result.prepared.box
+    left, top, right, bottom = box.box  # 120x200 scaled by 0.32 into 48x64: 38x64, centred
+    assert (left, top, right, bottom) == (5, 0, 43, 64)
+    scale_x, scale_y = (right - left) / 120, (bottom - top) / 200  # the resize's own (rounded) scales
+    for x, y in [(0, 0), (119, 199), (60, 100), (30.0, 150.0)]:
+        expected = (left + (x + 0.5) * scale_x - 0.5, top + (y + 0.5) * scale_y - 0.5)
+        got = display_to_model((x, y), result)
+        assert got == pytest.approx((min(max(expected[0], 0), 47), min(max(expected[1], 0), 63)), abs=1e-9)
+    with pytest.raises(ValueError, match="outside the result image of 120x200"):
+        display_to_model((120, 5), result)
+
+
+def test_inspector_views(actions):
+    with pytest.raises(ValueError, match="generate a result first"):
+        actions.inspect(None, (1, 1))
+    plain = actions.try_on(_inputs(), FAST)
+    with pytest.raises(ValueError, match="Record attention for the inspector"):
+        actions.inspect(plain, (1, 1))
+    traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, inspect=True))
+    recorded = traced.trace
+    layers, steps = actions.inspector_choices(traced)
+    assert layers == [ALL, *recorded.layers] and steps == [ALL, *(str(t) for t in recorded.timesteps)]
+    assert actions.inspector_choices(plain) == ([], [])
+
+    overview = actions.inspect(traced)
+    assert overview.heatmap is None and overview.marked_result is None and overview.layer_heatmaps == []
+    assert np.array_equal(overview.flow, recorded.flow_color())
+    assert "click the result" in overview.caption
+
+    # The photo has twice the model's size, so a result pixel (x, y) is model pixel (x + 0.5) / 2 - 0.5.
+    assert display_to_model((21, 41), traced) == (10.25, 20.25)
+    layer, timestep = recorded.layers[1], recorded.timesteps[0]
+    view = actions.inspect(traced, (21, 41), layer, str(timestep))
+    assert np.array_equal(view.heatmap, recorded.heatmap((10.25, 20.25), layer, timestep))
+    assert np.array_equal(view.flow, recorded.flow_color(layer, timestep))
+    assert np.array_equal(view.warped_reference, recorded.warped_reference(layer, timestep))
+    assert [name for _, name in view.layer_heatmaps] == recorded.layers
+    first_layer = recorded.heatmap((10.25, 20.25), recorded.layers[0], timestep)
+    assert np.array_equal(view.layer_heatmaps[0][0], first_layer)
+    assert view.marked_result.shape == (128, 96, 3)
+    assert np.array_equal(view.marked_result, mark_point(traced.image, (21, 41)))
+    assert not np.array_equal(view.marked_result, np.asarray(traced.image))
+    aggregated = actions.inspect(traced, (21, 41), ALL, ALL)
+    assert np.array_equal(aggregated.heatmap, recorded.heatmap((10.25, 20.25)))
+    with pytest.raises(ValueError, match="was not recorded"):
+        actions.inspect(traced, (10, 20), "no.such.layer")
+    with pytest.raises(ValueError, match="timestep must be 'all' or one of"):
+        actions.inspect(traced, (10, 20), ALL, "late")
+
+
+def test_per_layer_heatmaps_are_thumbnails():
+    tall = np.zeros((1024, 768, 3), np.uint8)
+    assert thumbnail(tall).shape == (256, 192, 3)
+    small = np.zeros((64, 48, 3), np.uint8)
+    assert thumbnail(small) is small
+
+
+def test_mark_point_draws_a_crosshair_only_near_the_point():
+    image = Image.new("RGB", (50, 50), (0, 128, 0))
+    marked = mark_point(image, (25, 25))
+    changed = np.any(marked != np.asarray(image), axis=2)
+    assert changed[25, 25] and changed[25, 22] and changed[22, 25] and changed[25, 28]
+    assert changed.sum() < 60 and not changed[:18].any() and not changed[:, :18].any()
+
+
+def test_status_names_the_device_and_the_notice(actions):
+    assert "device cpu" in actions.status() and "weights are missing" in actions.status()
+    assert actions.legend(32).shape == (32, 32, 3)

@@ -1,0 +1,135 @@
+"""The app served on localhost with the tiny model, driven through its API with gradio_client."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from PIL import Image
+
+from tests.app_server import SERVED_SIZE, served_app
+
+gradio_client = pytest.importorskip("gradio_client")
+AppError = gradio_client.exceptions.AppError
+handle_file = gradio_client.handle_file
+# Gradio's queue statistics use a pandas option that pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with served_app() as served:
+        yield served
+
+
+@pytest.fixture()
+def client(server):
+    """A fresh client per test: its own session, so no state leaks between tests."""
+    return gradio_client.Client(server[0], verbose=False)
+
+
+def _example(server, index=0) -> dict:
+    example = server[1].tryon_examples[index]
+    return dict(
+        person=handle_file(str(example.person)), garment=handle_file(str(example.garment)),
+        mask=handle_file(str(example.mask)), densepose=handle_file(str(example.densepose)),
+    )
+
+
+def _size(path: str) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.slow
+def test_api_lists_each_tab(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/make_mask", "/try_on", "/pose_transfer", "/inspect"} <= set(endpoints)
+
+
+@pytest.mark.slow
+def test_try_on_then_inspect(client, server):
+    example = server[1].tryon_examples[0]
+    width, height = SERVED_SIZE
+    editor, gallery, status = client.predict(**_example(server), api_name="/make_mask")
+    assert _size(editor["background"]) == (width, height)
+    assert [_size(layer) for layer in editor["layers"]] == [(width, height)]
+    assert [item["caption"] for item in gallery] == ["mask", "densepose"]
+    assert "device cpu" in status
+
+    outputs = client.predict(
+        **_example(server), steps=2, seed=11, inspect=True, edited=None, api_name="/try_on"
+    )
+    editor, result, seed, previews, status, layers, timesteps = outputs[:7]
+    inspected, heatmap, per_layer, flow, warped, caption = outputs[7:]
+    assert _size(editor["background"]) == (width, height)  # the mask used, ready for editing
+    assert _size(result) == Image.open(example.person).size  # cropped back to the photo's framing
+    assert seed == 11 and heatmap is None and "click the result" in caption
+    assert _size(inspected) == _size(result)
+    recorded_layers = [value for _, value in layers["choices"]]
+    assert recorded_layers[0] == "all" and len(recorded_layers) > 2
+    assert _size(flow) == (width, height) and _size(warped) == (width, height)
+
+    layer = recorded_layers[2]
+    timestep = timesteps["choices"][1][1]
+    marked, heatmap, per_layer, flow, warped, caption = client.predict(
+        x=5, y=10, layer=layer, timestep=timestep, api_name="/inspect"
+    )
+    assert _size(marked) == _size(result) and _size(heatmap) == (width, height)
+    assert [item["caption"] for item in per_layer] == recorded_layers[1:]
+    assert layer in caption and f"timestep {timestep}" in caption and "point (5, 10)" in caption
+
+
+@pytest.mark.slow
+def test_pose_transfer(client, server):
+    target = server[1].pose_examples[0]
+    outputs = client.predict(
+        person=handle_file(str(target.person)), target=handle_file(str(target.target)),
+        densepose=handle_file(str(target.densepose)), steps=1, seed=3, api_name="/pose_transfer",
+    )
+    result, seed, previews = outputs[:3]
+    assert _size(result) == Image.open(target.target).size and seed == 3
+    assert [item["caption"] for item in previews] == ["densepose"]
+
+
+@pytest.mark.slow
+def test_errors_come_back_as_errors(client, server, tmp_path):
+    files = _example(server)
+    too_small = tmp_path / "too-small.png"
+    Image.new("RGB", (20, 20), "white").save(too_small)
+    with pytest.raises(AppError, match="no person photo"):
+        client.predict(**{**files, "person": None}, edited=None, api_name="/try_on")
+    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own bounds
+        client.predict(**files, steps=0, edited=None, api_name="/try_on")
+    with pytest.raises(AppError, match="seed must be -1"):
+        client.predict(**files, seed=-5, edited=None, api_name="/try_on")
+    with pytest.raises(AppError, match="generate a result first"):
+        client.predict(x=1, y=1, api_name="/inspect")
+    with pytest.raises(AppError, match="at least 64 pixels"):
+        client.predict(**{**files, "garment": handle_file(str(too_small))}, edited=None, api_name="/try_on")
+
+
+def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, monkeypatch):
+    import app
+    import leffa.runtime
+
+    monkeypatch.setattr(app, "tiny_runtime", lambda **options: ("tiny", options))
+    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", False)
+    args = app.parse_args(["--ckpt-dir", str(tmp_path), "--no-download", "--device", "cpu"])
+    kind, options = app.make_runtime(args)
+    assert kind == "tiny" and options["device"] == "cpu"
+    assert "virtual_tryon.pth" in options["notice"]
+    assert "python -m leffa download virtual_tryon" in options["notice"]
+    assert app.make_runtime(app.parse_args(["--tiny"]))[0] == "tiny"
+    released = app.make_runtime(argparse.Namespace(**{**vars(args), "no_download": False, "offload": True}))
+    assert not released.tiny and released.store.offload and released.store.download
+    assert "downloaded on first use" in released.notice
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    defaults = app.parse_args([])
+    assert defaults.host == "127.0.0.1" and not defaults.share and defaults.port is None and not defaults.tiny
+    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", True)
+    offline = app.parse_args(["--ckpt-dir", str(tmp_path)])
+    assert app.make_runtime(offline)[0] == "tiny"  # offline counts as no download
+    with pytest.raises(SystemExit) as info:
+        app.parse_args(["--device", "tpu"])
+    assert info.value.code == 2

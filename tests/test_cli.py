@@ -1,0 +1,259 @@
+"""``python -m leffa tryon | pose-transfer | trace | download``: single pairs, batches, logs, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leffa import cli
+from leffa.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
+from leffa.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from leffa.demo import DEMO_MODEL_DIR
+from leffa.runtime import single_model_runtime
+
+SIZE = (48, 64)  # model size (width, height) of the tiny model in these tests
+FAST = ["--steps", "2", "--seed", "5"]
+
+
+@pytest.fixture()
+def tiny(tiny_model, monkeypatch):
+    """``--tiny`` serves the session's random tiny model at a small size (no demo assets needed)."""
+    monkeypatch.setattr(cli, "tiny_runtime", lambda **options: single_model_runtime(tiny_model, SIZE, []))
+
+
+def _write(path: Path, size=(96, 128), colour=(200, 120, 90), mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new(mode, size, "white" if mode == "RGB" else 0)
+    width, height = size
+    image.paste(colour if mode == "RGB" else 255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    image.save(path)
+    return path
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("command", ["tryon", "pose-transfer", "trace", "download", "convert"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: python -m leffa" in capsys.readouterr().out
+
+
+def test_tryon_one_pair(tiny, tmp_path, capsys):
+    person = _write(tmp_path / "in" / "anna.png", size=(90, 150))
+    garment = _write(tmp_path / "in" / "shirt.png", colour=(0, 0, 255))
+    mask = _write(tmp_path / "in" / "mask.png", size=(90, 150), mode="L")
+    densepose = _write(tmp_path / "in" / "dp.png", size=(90, 150))
+    out = tmp_path / "out"
+    code = main([
+        "tryon", str(person), str(garment), "--mask", str(mask), "--densepose", str(densepose), "--tiny",
+        "-o", str(out), *FAST,
+    ])
+    assert code == EXIT_OK
+    result = out / "anna__shirt.png"
+    assert Image.open(result).size == (90, 150)  # cropped back to the person photo's framing
+    (entry,) = _log(out)
+    assert entry["status"] == "ok" and entry["seed"] == 5 and entry["output"] == str(result)
+    assert entry["mask"] == str(mask) and entry["size"] == [90, 150]
+    assert "1 of 1 done, 0 failed" in capsys.readouterr().out
+
+
+def test_tryon_folder_of_persons_with_matching_masks(tiny, tmp_path):
+    for name in ("a", "b"):
+        _write(tmp_path / "persons" / f"{name}.png")
+        _write(tmp_path / "masks" / f"{name}.png", mode="L")
+        _write(tmp_path / "dense" / f"{name}.png")
+    (tmp_path / "persons" / "notes.txt").write_text("not an image")
+    garment = _write(tmp_path / "shirt.jpg", colour=(0, 0, 255))
+    out = tmp_path / "out"
+    code = main(["tryon", str(tmp_path / "persons"), str(garment), "--mask", str(tmp_path / "masks"),
+                 "--densepose", str(tmp_path / "dense"), "--tiny", "-o", str(out), *FAST])
+    assert code == EXIT_OK
+    log = _log(out)
+    assert [Path(e["output"]).name for e in log] == ["a__shirt.png", "b__shirt.png"]
+    assert [Path(e["mask"]).name for e in log] == ["a.png", "b.png"]
+
+
+def test_pairs_file_batch_keeps_going_after_a_bad_pair(tiny, tmp_path, capsys):
+    _write(tmp_path / "p1.png")
+    _write(tmp_path / "tiny.png", size=(20, 20))
+    _write(tmp_path / "g.png")
+    _write(tmp_path / "m.png", mode="L")
+    _write(tmp_path / "d.png")
+    pairs = tmp_path / "pairs.txt"
+    lines = ["# columns", "p1.png g.png m.png d.png # fine", "", "tiny.png g.png m.png d.png"]
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["tryon", "--pairs", str(pairs), "--tiny", "-o", str(out), *FAST]) == EXIT_ERROR
+    first, second = _log(out)
+    assert first["status"] == "ok" and Path(first["output"]).is_file()
+    assert second["status"] == "error" and "at least 64 pixels" in second["error"]
+    err = capsys.readouterr().err
+    assert "tiny__g failed: image is 20x20" in err and "1 of 2 done, 1 failed" in err
+
+
+def test_pose_transfer(tiny, tmp_path):
+    person = _write(tmp_path / "who.png")
+    target = _write(tmp_path / "pose.png", size=(80, 140))
+    densepose = _write(tmp_path / "pose_dp.png", size=(80, 140))
+    out = tmp_path / "out"
+    code = main([
+        "pose-transfer", str(person), str(target), "--densepose", str(densepose), "--tiny", "-o", str(out),
+        *FAST,
+    ])
+    assert code == EXIT_OK and Image.open(out / "who__pose.png").size == (80, 140)
+
+
+def test_trace_writes_panels_per_layer(tiny, tiny_model, tmp_path):
+    person = _write(tmp_path / "p.png")
+    garment = _write(tmp_path / "g.png")
+    mask = _write(tmp_path / "m.png", mode="L")
+    out = tmp_path / "out"
+    code = main([
+        "trace", str(person), str(garment), "--mask", str(mask), "--densepose", str(person), "--tiny",
+        "-o", str(out), "--point", "10,20", "--point", "50,100", *FAST,
+    ])
+    assert code == EXIT_OK
+    folder = out / "p__g"
+    summary = json.loads((folder / "trace.json").read_text())
+    assert summary["seed"] == 5 and summary["points"] == [[10.0, 20.0], [50.0, 100.0]]
+    assert list(summary["layers"].values()) == tiny_model.layers
+    assert sorted(p.name for p in (folder / "layers").iterdir()) == sorted(summary["layers"])
+    assert Image.open(folder / "result.png").size == (96, 128)
+    overview = np.asarray(Image.open(folder / "overview.png"))
+    layer_panel = np.asarray(Image.open(folder / "layers" / "00.png"))
+    # overview: 2 marked results + 2 heatmaps + flow + warped + legend; per layer: 2 heatmaps + flow + warped
+    assert overview.shape[1] > layer_panel.shape[1] > 4 * 48
+
+
+def test_trace_point_outside_the_result_fails_that_pair(tiny, tmp_path, capsys):
+    person = _write(tmp_path / "p.png")
+    mask = _write(tmp_path / "m.png", mode="L")
+    code = main([
+        "trace", str(person), str(person), "--mask", str(mask), "--densepose", str(person), "--tiny",
+        "-o", str(tmp_path / "out"), "--point", "500,5", *FAST,
+    ])
+    assert code == EXIT_ERROR
+    assert "outside the result image of 96x128" in capsys.readouterr().err
+
+
+def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, capsys):
+    persons = tmp_path / "persons"
+    for name in ("a", "b"):
+        _write(persons / f"{name}.png")
+    code = main([
+        "tryon", str(persons), str(_write(tmp_path / "g.png")), "--ckpt-dir", str(tmp_path / "ckpts"),
+        "--no-download", "--device", "cpu", "-o", str(tmp_path / "out"),
+    ])
+    assert code == EXIT_ERROR
+    (entry,) = _log(tmp_path / "out")  # the second pair is not attempted
+    assert "python -m leffa download parsing" in entry["error"]
+    assert "stopped early" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["tryon"], "give two inputs (files or folders) or --pairs FILE"),
+        (["tryon", "a.png"], "give two inputs"),
+        (["tryon", "a.png", "b.png", "--pairs", "p.txt"], "either two inputs or --pairs, not both"),
+        (["tryon", "--pairs", "p.txt", "--mask", "m.png"], "put masks and DensePose in the pairs file"),
+        (["tryon", "a.png", "b.png", "--steps", "0"], "must be at least 1"),
+        (["tryon", "a.png", "b.png", "--resolution", "4k"], "invalid choice: '4k'"),
+        (["tryon", "a.png", "b.png", "--category", "hat"], "invalid choice: 'hat'"),
+        (["trace", "a.png", "b.png", "--point", "3"], "expected X,Y in pixels"),
+        (["trace", "a.png", "b.png", "--task", "pose-transfer", "--mask", "m.png"], "--mask is for try-on"),
+        (["download"], "name at least one TASK"),
+        (["download", "everything"], "unknown task 'everything'"),
+        (["pose-transfer", "a.png", "b.png", "--device", "tpu"], "invalid choice: 'tpu'"),
+    ],
+)
+def test_bad_arguments_exit_with_2(arguments, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(arguments)
+    assert info.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_missing_input_file_is_a_runtime_error(tmp_path, capsys):
+    code = main(["tryon", str(tmp_path / "nobody.png"), str(tmp_path / "g.png"), "--tiny"])
+    assert code == EXIT_ERROR
+    assert f"input not found: {tmp_path / 'nobody.png'}" in capsys.readouterr().err
+
+
+def test_download_check_list_and_fetch(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "ckpts"
+    assert main(["download", "openpose", "--check", "--ckpt-dir", str(root)]) == EXIT_ERROR
+    out = capsys.readouterr().out
+    assert "openpose/body_pose_model.pth" in out
+    assert f"python -m leffa download openpose --ckpt-dir {root}" in out
+
+    def fake_snapshot(repo_id, local_dir, allow_patterns):
+        for pattern in allow_patterns:
+            target = Path(local_dir) / pattern
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"weights")
+
+    monkeypatch.setattr("leffa.checkpoints.snapshot_download", fake_snapshot)
+    assert main(["download", "openpose", "--ckpt-dir", str(root)]) == EXIT_OK
+    assert f"openpose: ready in {root}" in capsys.readouterr().out
+    assert main(["download", "openpose", "--check", "--ckpt-dir", str(root)]) == EXIT_OK
+    assert main(["download", "--list", "--ckpt-dir", str(root)]) == EXIT_OK
+    listing = capsys.readouterr().out
+    assert "openpose: complete" in listing and "virtual_tryon: incomplete" in listing
+    assert "  pose_transfer.pth" in listing
+
+
+def test_batch_pairing_rules(tmp_path):
+    for name in ("x", "y", "z"):
+        _write(tmp_path / "persons" / f"{name}.png")
+    for name in ("y", "z", "w"):
+        _write(tmp_path / "garments" / f"{name}.jpg")
+    jobs = jobs_from_paths(tmp_path / "persons", tmp_path / "garments", {})
+    assert [(j.first.name, j.second.name) for j in jobs] == [("y.png", "y.jpg"), ("z.png", "z.jpg")]
+    single = jobs_from_paths(tmp_path / "persons" / "x.png", tmp_path / "garments", {"mask": None})
+    assert [j.name for j in single] == ["x__w", "x__y", "x__z"] and single[0].extras == {}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BatchInputError, match="no images with the same name"):
+        jobs_from_paths(tmp_path / "persons", tmp_path / "empty", {})
+    with pytest.raises(BatchInputError, match="no mask for x.png"):
+        garments = tmp_path / "garments"
+        jobs_from_paths(tmp_path / "persons", garments / "w.jpg", {"mask": garments})
+
+
+def test_pairs_file_errors(tmp_path):
+    _write(tmp_path / "a.png")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png\n")
+    with pytest.raises(BatchInputError, match=r"pairs.txt:1: expected 'first second \[mask\] \[densepose\]'"):
+        jobs_from_pairs_file(pairs, ("mask", "densepose"))
+    pairs.write_text("a.png a.png - a.png\n")
+    (job,) = jobs_from_pairs_file(pairs, ("mask", "densepose"))
+    assert job.extras == {"densepose": tmp_path / "a.png"}
+    pairs.write_text("a.png missing.png\n")
+    with pytest.raises(FileNotFoundError, match="pairs.txt:1: file not found"):
+        jobs_from_pairs_file(pairs, ())
+    pairs.write_text("# nothing\n")
+    with pytest.raises(BatchInputError, match="lists no pairs"):
+        jobs_from_pairs_file(pairs, ())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO_MODEL_DIR / "model.safetensors").is_file(), reason="no demo model in assets/")
+def test_tiny_runs_the_shipped_demo_model_on_its_examples(tmp_path):
+    from leffa.runtime import demo_example_files
+
+    example = demo_example_files()[0]
+    out = tmp_path / "out"
+    code = main(["tryon", str(example.person), str(example.garment), "--mask", str(example.mask),
+                 "--densepose", str(example.densepose), "--tiny", "--device", "cpu", "-o", str(out), *FAST])
+    assert code == EXIT_OK
+    result = out / f"{example.person.stem}__{example.garment.stem}.png"
+    assert Image.open(result).size == Image.open(example.person).size

@@ -1,0 +1,125 @@
+"""Choosing the models behind the app and the command line (no weights are loaded here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import leffa.runtime
+from leffa.runtime import (
+    TryOnExample, demo_example_files, downloads_possible, model_size, pick_dtype, released_runtime,
+    single_model_runtime, tiny_runtime,
+)
+from leffa.service import ModelStore
+
+
+def _image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (96, 128), "white").save(path)
+    return path
+
+
+def test_model_size_and_dtype_choices():
+    store = ModelStore(None, device="cpu", sizes={"viton_hd": (96, 128)})
+    assert model_size(store, "viton_hd", "full") == (96, 128)
+    assert model_size(store, "viton_hd", "half") == (48, 64)
+    assert model_size(store, "dress_code", "half") == (384, 512)  # the released models' 768×1024
+    with pytest.raises(ValueError, match="unknown resolution '4k'; choose one of full, half"):
+        model_size(store, "viton_hd", "4k")
+    assert pick_dtype("auto", "cpu") == "fp32" and pick_dtype("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        pick_dtype("fp8", "cpu")
+
+
+def test_offline_hub_means_no_downloads(monkeypatch):
+    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", False)
+    assert downloads_possible(True) and not downloads_possible(False)
+    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", True)
+    assert not downloads_possible(True)
+
+
+def _project_examples(folder, count=2):
+    for k in range(count):
+        for part in ("person", "garment", "mask", "densepose"):
+            _image(folder / f"{part}_{k:02d}.png")
+    return folder
+
+
+def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monkeypatch):
+    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", tmp_path / "no-assets")
+    for name in ("person1/a.jpg", "person1/b.jpg", "person2/c.jpg", "person2/d.png", "garment/x.jpg"):
+        _image(tmp_path / "ckpts" / "examples" / name)
+    (tmp_path / "ckpts" / "examples" / "garment" / "notes.txt").write_text("not an image")
+    runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False, offload=True)
+    assert not runtime.tiny and runtime.store.offload and not runtime.store.download
+    assert "virtual_tryon.pth" in runtime.notice
+    assert "python -m leffa download virtual_tryon" in runtime.notice
+    tryon = [(e.person.name, e.garment.name, e.mask) for e in runtime.tryon_examples]
+    assert tryon == [("a.jpg", "x.jpg", None)]  # the authors' examples, without mask and DensePose
+    assert [(e.person.name, e.target.name) for e in runtime.pose_examples] == [("c.jpg", "d.png")]
+
+    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", _project_examples(tmp_path / "assets"))
+    runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False)
+    names = [(e.person.name, e.mask and e.mask.name) for e in runtime.tryon_examples]
+    assert names == [("person_00.png", "mask_00.png"), ("person_01.png", "mask_01.png"), ("a.jpg", None)]
+    assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "d.png"]
+    without_authors = released_runtime(tmp_path / "empty", device="cpu", download=False)
+    assert [e.person.name for e in without_authors.tryon_examples] == ["person_00.png", "person_01.png"]
+
+
+def test_single_model_runtime_serves_every_task(tiny_model, tmp_path):
+    parts = ("p", "g", "m", "d")
+    examples = [TryOnExample(*(_image(tmp_path / f"{part}_{k}.png") for part in parts)) for k in range(3)]
+    runtime = single_model_runtime(tiny_model, (48, 64), examples, notice="note")
+    store = runtime.store
+    assert runtime.tiny and runtime.notice == "note" and store.device == torch.device("cpu")
+    assert all(store.pipeline(key).model is tiny_model for key in ("viton_hd", "dress_code", "pose_transfer"))
+    assert store.size("pose_transfer") == (48, 64)
+    poses = [(e.person.name, e.target.name, e.densepose.name) for e in runtime.pose_examples]
+    assert poses == [("p_0.png", "p_1.png", "d_1.png"), ("p_1.png", "p_2.png", "d_2.png")]
+
+
+def test_demo_example_files_name_each_part(tmp_path):
+    files = demo_example_files(_project_examples(tmp_path))
+    assert [(e.person.name, e.garment.name, e.mask.name, e.densepose.name) for e in files] == [
+        ("person_00.png", "garment_00.png", "mask_00.png", "densepose_00.png"),
+        ("person_01.png", "garment_01.png", "mask_01.png", "densepose_01.png"),
+    ]
+    (tmp_path / "mask_01.png").unlink()
+    with pytest.raises(FileNotFoundError, match="missing mask_01.png"):
+        demo_example_files(tmp_path)
+
+
+def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, monkeypatch):
+    store = ModelStore(None, device="meta", leffa_models={"viton_hd": tiny_model}, offload=True)
+    pipe = store.pipeline("viton_hd")
+    moves, cleared = [], []
+    monkeypatch.setattr(pipe.model, "to", lambda device: moves.append(str(device)))
+    monkeypatch.setattr(pipe, "clear_cache", lambda: cleared.append(True))
+    with pytest.raises(RuntimeError, match="out of memory"), store.placed(pipe):
+        assert moves == ["meta"]  # on the store's device for the run
+        raise RuntimeError("out of memory")
+    assert moves == ["meta", "cpu"] and cleared == [True]  # back on the CPU even after an error
+    assert "wait on the CPU" in store.describe()
+    plain = ModelStore(None, device="cpu", leffa_models={"viton_hd": tiny_model})
+    with plain.placed(plain.pipeline("viton_hd")):
+        pass
+    assert "wait on the CPU" not in plain.describe()
+
+
+def test_tiny_runtime_serves_the_demo_model_with_its_examples(tiny_model, tmp_path, monkeypatch):
+    loads = []
+
+    def load_demo_model(device, dtype):
+        loads.append(dtype)
+        return tiny_model
+
+    monkeypatch.setattr(leffa.runtime, "load_demo_model", load_demo_model)
+    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", _project_examples(tmp_path, count=3))
+    runtime = tiny_runtime(device="cpu", notice="weights missing")
+    assert loads == ["fp32"] and runtime.tiny and runtime.notice == "weights missing"
+    assert runtime.store.size("viton_hd") == (96, 128)  # the demo model's own size
+    assert runtime.store.pipeline("dress_code").model is tiny_model
+    assert [e.densepose.name for e in runtime.tryon_examples] == [f"densepose_{k:02d}.png" for k in range(3)]
+    assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "person_02.png"]
