@@ -1,0 +1,416 @@
+"""Metrics of the synthetic try-on benchmark: attention-flow error against the true flow, and image quality.
+
+Why a separate module: the synthetic task knows, for every garment pixel of the target, where it comes from
+in the garment image (``train/synthetic.py``), so the flow read out of attention (``leffa.flow``) can be
+scored directly in pixels instead of through FID. Everything here is deterministic for a given seed.
+
+Conventions: images are float (B, 3, H, W) in [0, 1] for the image metrics; regions are (B, 1, H, W) or
+(B, H, W) masks; flows are absolute ``grid_sample`` positions (``align_corners=True``), as in ``leffa.flow``.
+The scored region of the flow and texture metrics is ``flow_valid`` (target pixels that show the garment),
+which lies inside the inpainting mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from leffa.flow import attention_to_flow, end_point_error, reference_grid, upsample_flow, warp
+from leffa.metrics import gaussian_window
+from leffa.model import LeffaModel
+from leffa.pipeline import LeffaPipeline
+from leffa.recording import layer_sizes, record_attention
+from train.synthetic import check_size, make_sample, sample_seed
+
+#: Arrays of a rendered split; ``flow``/``flow_valid`` only when rendered with flows.
+SPLIT_KEYS = ("person", "garment", "mask", "densepose", "flow", "flow_valid", "seed")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def render_split(
+    split: str,
+    count: int,
+    size: tuple[int, int] = (128, 96),
+    seed: int = 0,
+    *,
+    with_flow: bool = True,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Samples ``0..count-1`` of ``split`` (as ``SyntheticTryOnDataset`` numbers them), stacked as arrays.
+
+    Rendering costs ~10 ms a sample, so training runs cache the uint8 arrays in ``cache_dir`` (one ``.npz``
+    per split/count/size/seed) instead of re-rendering them every epoch.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    height, width = check_size(size)
+    path = None
+    if cache_dir is not None:
+        flows = "-flow" if with_flow else ""
+        path = Path(cache_dir) / f"{split}-{height}x{width}-n{count}-s{seed}{flows}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                return {key: stored[key] for key in stored.files}
+    samples = [make_sample(sample_seed(split, index, seed), (height, width)) for index in range(count)]
+    arrays = {
+        "person": np.stack([s.person for s in samples]),
+        "garment": np.stack([s.garment for s in samples]),
+        "mask": np.stack([s.mask for s in samples]),
+        "densepose": np.stack([s.densepose for s in samples]),
+        "seed": np.array([s.seed for s in samples], dtype=np.int64),
+    }
+    if with_flow:
+        arrays["flow"] = np.stack([s.flow for s in samples])
+        arrays["flow_valid"] = np.stack([s.flow_valid for s in samples])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+    return arrays
+
+
+def _signed(images: np.ndarray) -> Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_batch(split: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray) -> dict[str, Tensor]:
+    """Tensors of the chosen samples in the released normalisation (the keys ``training_losses`` takes).
+
+    ``image``/``reference``/``densepose`` (B, 3, H, W) in [-1, 1], ``mask`` (B, 1, H, W) in {0, 1}; with
+    flows also ``flow`` (B, H, W, 2) and ``flow_valid`` (B, 1, H, W).
+    """
+    index = np.asarray(indices, dtype=np.int64)
+    batch = {
+        "image": _signed(split["person"][index]),
+        "reference": _signed(split["garment"][index]),
+        "mask": torch.from_numpy(split["mask"][index]).float()[:, None],
+        "densepose": _signed(split["densepose"][index]),
+    }
+    if "flow" in split:
+        batch["flow"] = torch.from_numpy(split["flow"][index])
+        batch["flow_valid"] = torch.from_numpy(split["flow_valid"][index]).float()[:, None]
+    return batch
+
+
+# --------------------------------------------------------------------------------------- image metrics
+
+
+def _region(region: Tensor, images: Tensor) -> Tensor:
+    """``region`` as float (B, 1, H, W) matching ``images`` (B, C, H, W)."""
+    if region.ndim == 3:
+        region = region[:, None]
+    batch, _, height, width = images.shape
+    if region.shape != (batch, 1, height, width):
+        raise ValueError(
+            f"region must have shape {(batch, 1, height, width)} or {(batch, height, width)}, "
+            f"got {tuple(region.shape)}"
+        )
+    return region.to(images.dtype)
+
+
+def _check_pair(a: Tensor, b: Tensor) -> None:
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(
+            f"images must both be (B, C, H, W) of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def masked_l1(a: Tensor, b: Tensor, region: Tensor) -> Tensor:
+    """Mean absolute difference over the region's pixels and all channels, per image ``(B,)``."""
+    _check_pair(a, b)
+    weights = _region(region, a)
+    total = ((a - b).abs() * weights).sum(dim=(1, 2, 3))
+    return total / (weights.sum(dim=(1, 2, 3)) * a.shape[1])
+
+
+def masked_psnr(a: Tensor, b: Tensor, region: Tensor, data_range: float = 1.0) -> Tensor:
+    """PSNR in dB of the mean squared error over the region's pixels, per image ``(B,)``."""
+    _check_pair(a, b)
+    weights = _region(region, a).double()
+    squared = ((a.double() - b.double()) ** 2 * weights).sum(dim=(1, 2, 3))
+    mse = squared / (weights.sum(dim=(1, 2, 3)) * a.shape[1])
+    return (10.0 * torch.log10(data_range**2 / mse)).to(a.dtype)
+
+
+def masked_ssim(a: Tensor, b: Tensor, region: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """SSIM (torchmetrics' constants, data range 1) with the SSIM map averaged over the region, per image.
+
+    The map covers the valid (unpadded) window positions, so the region is cropped by ``window_size // 2``
+    on every side to line up with it.
+    """
+    _check_pair(a, b)
+    weights = _region(region, a)
+    if min(a.shape[-2:]) < window_size:
+        raise ValueError(
+            f"SSIM needs images of at least {window_size}x{window_size}, got {tuple(a.shape[-2:])}"
+        )
+    channels = a.shape[1]
+    taps = gaussian_window(window_size, sigma).to(a.device)
+    window = torch.outer(taps, taps).expand(channels, 1, window_size, window_size)
+    x, y = a.double(), b.double()
+
+    def local_mean(t: Tensor) -> Tensor:
+        return F.conv2d(t, window, groups=channels)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x, var_y = local_mean(x * x) - mu_x**2, local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    half = window_size // 2
+    crop = weights[:, :, half : weights.shape[2] - half, half : weights.shape[3] - half].double()
+    score = (index.mean(dim=1, keepdim=True) * crop).sum(dim=(1, 2, 3)) / crop.sum(dim=(1, 2, 3))
+    return score.to(a.dtype)
+
+
+def image_metrics(generated: Tensor, target: Tensor, garment: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per-image L1 / PSNR / SSIM of the visible garment region and L1 of the whole mask, images in [0, 1]."""
+    return {
+        "garment_l1": masked_l1(generated, target, garment),
+        "garment_psnr": masked_psnr(generated, target, garment),
+        "garment_ssim": masked_ssim(generated, target, garment),
+        "mask_l1": masked_l1(generated, target, mask),
+    }
+
+
+# ---------------------------------------------------------------------------------------- flow metrics
+
+
+def flow_epe(flow: Tensor, true_flow: Tensor, valid: Tensor) -> Tensor:
+    """End-point error in image pixels, per sample ``(B,)``: ``flow`` (B, h, w, 2) is first upsampled
+    bilinearly to the true flow's size (B, H, W, 2), as the Leffa loss upsamples it before warping."""
+    height, width = true_flow.shape[1:3]
+    return end_point_error(upsample_flow(flow.float(), (height, width)), true_flow.float(), valid)
+
+
+def identity_flow(batch: int, height: int, width: int) -> Tensor:
+    """Every pixel points at the same position in the reference (the 'copy in place' baseline)."""
+    return reference_grid(height, width).reshape(1, height, width, 2).expand(batch, -1, -1, -1).clone()
+
+
+def uniform_attention_flow(batch: int, query_size: tuple[int, int], key_size: tuple[int, int]) -> Tensor:
+    """The flow of attention spread evenly over all reference tokens (the 'attends nowhere' baseline).
+
+    Every query gets the mean reference position, the centre of the reference, whatever the grids.
+    """
+    keys = key_size[0] * key_size[1]
+    attention = torch.full((batch, query_size[0] * query_size[1], keys), 1.0 / keys)
+    return attention_to_flow(attention, query_size, key_size)
+
+
+def warp_l1(reference: Tensor, target: Tensor, flow: Tensor, valid: Tensor) -> Tensor:
+    """L1 between the target and the reference warped by ``flow``, over ``valid``; images in [0, 1]."""
+    return masked_l1(warp(reference, flow.float()), target, valid)
+
+
+# ---------------------------------------------------------------------------------------- model probes
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What the benchmark measures; the defaults are the ones reported in ``docs/synthetic-benchmark.md``."""
+
+    timesteps: tuple[int, ...] = (100, 300)
+    temperature: float = 1.0
+    num_inference_steps: int = 30
+    sampler_trace_timesteps: tuple[int, ...] = (100, 298)
+    guidance_scale: float = 2.5
+    seed: int = 0
+    batch_size: int = 16
+
+
+def _unit(images: Tensor) -> Tensor:
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def teacher_forced(
+    model: LeffaModel,
+    batch: Mapping[str, Tensor],
+    timesteps: Iterable[int],
+    *,
+    temperature: float = 1.0,
+    seed: int = 0,
+    rows: Sequence[tuple[float, float]] | None = None,
+) -> dict[int, dict]:
+    """One conditional forward pass per timestep on the noised true latent (same noise for every model).
+
+    Returns per timestep: ``flows`` per layer (B, h, w, 2), ``x0`` (B, 3, H, W) in [0, 1] (the decoded
+    one-step estimate of the clean image) and, when ``rows`` (query points in normalised image coordinates)
+    are given, ``rows`` per layer (B, points, reference tokens): where those queries attend.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    size = batch["image"].shape[-2:]
+    latent_hw = (size[0] // model.vae_scale_factor, size[1] // model.vae_scale_factor)
+    latents = model.encode_image(batch["image"], generator).float()
+    masked = model.encode_image(batch["image"] * (batch["mask"] < 0.5), generator)
+    ref_latents = model.encode_image(batch["reference"], generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    mask = F.interpolate(batch["mask"], size=latent_hw, mode="nearest")
+    densepose = F.interpolate(batch["densepose"], size=latent_hw, mode="nearest")
+    scheduler = model.make_scheduler()
+    results = {}
+    for t in timesteps:
+        step = torch.full((latents.shape[0],), int(t), dtype=torch.long)
+        noisy = scheduler.add_noise(latents, noise, step)
+        features = model.reference_features(ref_latents, step)
+        with record_attention(model, "all", flows=True, rows=rows, temperature=temperature) as recorder:
+            eps = model.predict_noise(noisy, mask, masked, densepose, step, features).float()
+        alpha = scheduler.alphas_cumprod[int(t)].float()
+        x0 = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        results[int(t)] = {
+            "flows": recorder.flows_at(None),
+            "x0": _unit(model.decode_latents(x0)),
+            "rows": {layer: value for (_, layer), value in recorder.row_records.items()},
+        }
+    return results
+
+
+@torch.no_grad()
+def sample(
+    model: LeffaModel, batch: Mapping[str, Tensor], settings: EvalSettings, *, ref_acceleration: bool = False
+) -> tuple[Tensor, dict[int, dict[str, Tensor]]]:
+    """Generated images (B, 3, H, W) in [0, 1] and the conditional branch's flows at the traced timesteps.
+
+    Flows are recorded only without reference acceleration (with it, every step attends to the features
+    of one fixed timestep, so per-timestep flows say nothing new).
+    """
+    pipe = LeffaPipeline(model, uncond_cache_bytes=0)
+    count = batch["image"].shape[0]
+    timesteps = () if ref_acceleration else settings.sampler_trace_timesteps
+    with record_attention(
+        model, "all", timesteps, flows=True, temperature=settings.temperature, keep_last=count
+    ) as recorder:
+        output = pipe(
+            batch["image"],
+            batch["reference"],
+            batch["mask"],
+            batch["densepose"],
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            generator=torch.Generator().manual_seed(settings.seed),
+            ref_acceleration=ref_acceleration,
+            output_type="pt",
+        )
+    flows = {t: recorder.flows_at(t) for t in timesteps}
+    return output.images.float(), flows
+
+
+def _layer_level_names(model: LeffaModel, image_size: tuple[int, int]) -> dict[str, str]:
+    """Layer name -> a short label of its token grid, e.g. ``16x12``."""
+    factor = model.vae_scale_factor
+    sizes = layer_sizes(model, (image_size[0] // factor, image_size[1] // factor))
+    return {name: f"{h}x{w}" for name, (h, w) in sizes.items()}
+
+
+def _flow_scores(
+    flows: Mapping[str, Tensor], batch: Mapping[str, Tensor], labels: Mapping[str, str]
+) -> dict[str, Tensor]:
+    """EPE per layer, per resolution (flows of a resolution averaged) and of the mean over all layers."""
+    true_flow, valid = batch["flow"], batch["flow_valid"] * batch["mask"]
+    size = tuple(true_flow.shape[1:3])
+    upsampled = {name: upsample_flow(flow.float(), size) for name, flow in flows.items()}
+    scores = {f"epe/layer/{name}": flow_epe(flow, true_flow, valid) for name, flow in upsampled.items()}
+    for label in dict.fromkeys(labels.values()):
+        members = [upsampled[name] for name in upsampled if labels[name] == label]
+        scores[f"epe/res/{label}"] = flow_epe(torch.stack(members).mean(0), true_flow, valid)
+    mean_flow = torch.stack(list(upsampled.values())).mean(0)
+    scores["epe/mean"] = flow_epe(mean_flow, true_flow, valid)
+    scores["warp_l1/mean"] = warp_l1(_unit(batch["reference"]), _unit(batch["image"]), mean_flow, valid)
+    return scores
+
+
+def _chunks(count: int, size: int) -> list[np.ndarray]:
+    return [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _mean_over(per_sample: Mapping[str, list[Tensor]]) -> dict[str, float]:
+    return {key: float(torch.cat(values).double().mean()) for key, values in per_sample.items()}
+
+
+def evaluate_model(
+    model: LeffaModel,
+    split: Mapping[str, np.ndarray],
+    settings: EvalSettings = EvalSettings(),
+    *,
+    sampler: bool = True,
+) -> dict[str, float]:
+    """All benchmark metrics of ``model`` on a rendered split (with flows), averaged over the samples.
+
+    Keys: ``tf/t{t}/...`` teacher-forced flow errors and one-step image metrics; with ``sampler``,
+    ``sample/{plain,accel}/...`` image metrics of generated images (plain and reference acceleration) and
+    ``sample/plain/t{t}/epe/...`` flow errors of the sampler's conditional branch.
+    """
+    if "flow" not in split:
+        raise ValueError("evaluate_model needs a split rendered with_flow=True (it scores attention flows)")
+    model.eval()
+    image_size = tuple(split["person"].shape[1:3])
+    labels = _layer_level_names(model, image_size)
+    scores: dict[str, list[Tensor]] = {}
+
+    def add(prefix: str, values: Mapping[str, Tensor]) -> None:
+        for key, value in values.items():
+            scores.setdefault(f"{prefix}/{key}", []).append(value.detach().float().cpu())
+
+    for index in _chunks(len(split["seed"]), settings.batch_size):
+        batch = to_batch(split, index)
+        target = _unit(batch["image"])
+        garment = batch["flow_valid"] * batch["mask"]
+        forced = teacher_forced(
+            model, batch, settings.timesteps, temperature=settings.temperature, seed=settings.seed
+        )
+        for t, result in forced.items():
+            add(f"tf/t{t}", _flow_scores(result["flows"], batch, labels))
+            add(f"tf/t{t}", image_metrics(result["x0"], target, garment, batch["mask"]))
+        if not sampler:
+            continue
+        for name, accel in (("plain", False), ("accel", True)):
+            images, flows = sample(model, batch, settings, ref_acceleration=accel)
+            add(f"sample/{name}", image_metrics(images, target, garment, batch["mask"]))
+            for t, layer_flows in flows.items():
+                add(f"sample/{name}/t{t}", _flow_scores(layer_flows, batch, labels))
+    return _mean_over(scores)
+
+
+def reference_flow_scores(split: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """EPE and warp L1 of the sanity baselines: identity flow, uniform attention and the true flow itself."""
+    batch = to_batch(split, np.arange(len(split["seed"])))
+    count, height, width = batch["flow"].shape[:3]
+    valid = batch["flow_valid"] * batch["mask"]
+    reference, target = _unit(batch["reference"]), _unit(batch["image"])
+    flows = {
+        "identity": identity_flow(count, height, width),
+        "uniform": uniform_attention_flow(count, (height // 8, width // 8), (height // 8, width // 8)),
+        "true": batch["flow"],
+    }
+    scores = {}
+    for name, flow in flows.items():
+        scores[f"{name}/epe"] = float(flow_epe(flow, batch["flow"], valid).double().mean())
+        scores[f"{name}/warp_l1"] = float(warp_l1(reference, target, flow, valid).double().mean())
+    return scores
+
+
+#: The demo-model check (``assets/demo-model/check.json``): test samples 0..7, teacher-forced flows at one
+#: timestep and a short sampler run, a few seconds on a CPU.
+CHECK_COUNT = 8
+CHECK_SETTINGS = EvalSettings(
+    timesteps=(300,), num_inference_steps=20, sampler_trace_timesteps=(), batch_size=8
+)
+
+
+def check_metrics(model: LeffaModel, size: tuple[int, int] = (128, 96)) -> dict[str, float]:
+    """The numbers the demo-model test re-computes: flow EPE and garment L1 on test samples 0..7."""
+    scores = evaluate_model(model, render_split("test", CHECK_COUNT, size, 0), CHECK_SETTINGS)
+    return {
+        "tf_epe": scores["tf/t300/epe/mean"],
+        "tf_garment_l1": scores["tf/t300/garment_l1"],
+        "sample_garment_l1": scores["sample/plain/garment_l1"],
+        "sample_mask_l1": scores["sample/plain/mask_l1"],
+    }

@@ -1,0 +1,524 @@
+"""The synthetic benchmark of the Leffa loss: train the stages, evaluate them, draw the figures, ship the demo.
+
+Why its own small loop: the stages are tiny and CPU-bound, so a plain loop over cached samples (no
+accelerate, no data workers) around :func:`leffa.training.training_losses` keeps every run reproducible
+from its seed and shows exactly what is compared. Stage configs use the trainer's schema
+(``train/config.py``); this loop supports the subset listed in :func:`check_supported` and says so for the
+rest. Two rules go beyond the schema: ``model.vae_path`` must point at the ``vae.safetensors`` written by
+``train/train_vae.py`` (its ``vae.json`` beside it must agree with ``model.vae_config``), and fine-tuning
+stages (``model.init: checkpoint``) start from a ``model.safetensors`` written here.
+
+Commands (see ``docs/synthetic-benchmark.md`` for the full sequence)::
+
+    python -m train.synthetic_experiment train train/configs/synthetic-base.yaml
+    python -m train.synthetic_experiment evaluate runs/synthetic/base runs/synthetic/finetune ... --out runs/synthetic/results.json
+    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa --out docs/figures
+    python -m train.synthetic_experiment export runs/synthetic/leffa --baseline runs/synthetic/finetune --out assets/demo-model
+    python -m train.synthetic_experiment all        # every stage in order: the reproduce command
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from leffa.configs import load_base_configs
+from leffa.flow import upsample_flow, warp
+from leffa.model import LeffaModel
+from leffa.serialization import read_state_dict, save_state_dict
+from leffa.training import training_losses
+from leffa.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
+from train.config import TrainConfig, config_to_dict, load_config
+from train.synthetic import make_examples
+from train.synthetic_eval import (
+    CHECK_COUNT,
+    CHECK_SETTINGS,
+    EvalSettings,
+    check_metrics,
+    evaluate_model,
+    reference_flow_scores,
+    render_split,
+    sample,
+    teacher_forced,
+    to_batch,
+)
+from train.train_vae import load_vae_config, train_vae
+
+CONFIG_DIR = Path("train/configs")
+RUN_DIR = Path("runs/synthetic")
+CACHE_DIR = RUN_DIR / "cache"
+#: Samples of the test split every model is scored on.
+TEST_COUNT = 64
+#: Training stages of ``all``, in order; each name is ``train/configs/synthetic-<name>.yaml``.
+STAGES = ("base", "finetune", "leffa", "leffa-w1e-2", "leffa-w1e-1")
+#: The stage shipped as the demo model.
+DEMO_STAGE = "leffa-w1e-1"
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def check_supported(config: TrainConfig) -> None:
+    """Raise a ValueError for trainer options this small loop does not implement."""
+    unsupported = {
+        "data.type (must be synthetic)": config.data.type != "synthetic",
+        "model.init: base": config.model.init == "base",
+        "train.mixed_precision": config.train.mixed_precision != "no",
+        "train.gradient_accumulation_steps > 1": config.train.gradient_accumulation_steps != 1,
+        "train.freeze_reference_unet": config.train.freeze_reference_unet,
+        "train.ema": config.train.ema.enabled,
+        "leffa.registers": config.leffa.registers != 0,
+        "model.vae_path (required)": config.model.vae_path is None,
+    }
+    problems = [name for name, bad in unsupported.items() if bad]
+    if problems:
+        raise ValueError(
+            f"{config.output_dir}: the synthetic experiment loop does not support {', '.join(problems)}; "
+            "use train/train.py for those"
+        )
+
+
+def model_configs(config: TrainConfig) -> dict[str, dict]:
+    """UNet, VAE and scheduler configs: the tiny base's with the config's overrides applied."""
+    base = load_base_configs(config.model.base)
+    return {
+        "unet": {**base.unet, **config.model.unet_config},
+        "vae": {**base.vae, **config.model.vae_config},
+        "scheduler": {**base.scheduler, **config.model.scheduler_config},
+    }
+
+
+def _check_vae_config(vae_path: Path, vae_config: dict) -> None:
+    """The VAE stage measured the scaling factor; a stage config must use that VAE's exact config."""
+    trained = json.loads((vae_path.parent / "vae.json").read_text())
+    for key in ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+        if list(np.atleast_1d(trained[key])) != list(np.atleast_1d(vae_config[key])):
+            raise ValueError(
+                f"model.vae_config.{key} is {vae_config[key]} but the VAE at {vae_path} has {trained[key]}"
+            )
+    if not math.isclose(trained["scaling_factor"], vae_config["scaling_factor"], rel_tol=0.05):
+        raise ValueError(
+            f"model.vae_config.scaling_factor is {vae_config['scaling_factor']} but the VAE at {vae_path} measured "
+            f"{trained['scaling_factor']:.5f}; put the measured value in the config"
+        )
+
+
+def build_model(config: TrainConfig) -> LeffaModel:
+    """The stage's starting model: seeded random UNets or a checkpoint, then the trained VAE's weights."""
+    configs = model_configs(config)
+    vae_path = Path(config.model.vae_path)
+    if not vae_path.is_file():
+        raise FileNotFoundError(f"model.vae_path {vae_path} not found; run python -m train.train_vae first")
+    _check_vae_config(vae_path, configs["vae"])
+    torch.manual_seed(config.seed)
+    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
+    if config.model.init == "checkpoint":
+        model.load_state_dict(read_state_dict(config.model.init_path))
+    model.vae.load_state_dict(read_state_dict(vae_path))
+    return model
+
+
+def save_run(
+    model: LeffaModel, configs: dict[str, dict], out: Path, dtype: torch.dtype | None = None
+) -> None:
+    """``model.safetensors`` (released key format) and ``unet.json``/``vae.json``/``scheduler.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model.state_dict(), out / "model.safetensors", dtype=dtype)
+    for name, config in configs.items():
+        (out / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_run(run: str | Path) -> LeffaModel:
+    """A model saved by :func:`save_run`, loaded strictly, fp32 on the CPU."""
+    run = Path(run)
+    configs = {name: json.loads((run / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")}
+    model = LeffaModel.from_config(
+        configs["unet"], configs["vae"], configs["scheduler"], base="synthetic", device="meta"
+    )
+    model.load_state_dict(read_state_dict(run / "model.safetensors"), assign=True)
+    return model.place("cpu", torch.float32).eval()
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _learning_rate(step: int, config: TrainConfig) -> float:
+    optim = config.optim
+    warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    progress = step / max(1, config.train.max_steps - 1)
+    decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}
+    return optim.learning_rate * warmup * decay[optim.lr_schedule]
+
+
+def train_stage(config: TrainConfig, log: Log) -> dict:
+    """Train one stage; writes the model, its configs, ``train_log.jsonl`` and ``train_info.json``."""
+    check_supported(config)
+    start = time.time()
+    model = build_model(config)
+    model.train()
+    model.vae.requires_grad_(False)
+    params = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
+    optim = config.optim
+    optimizer = torch.optim.AdamW(
+        params, lr=optim.learning_rate, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.epsilon
+    )
+    size = tuple(config.data.size)
+    train = render_split(
+        "train", config.data.length, size, config.data.synthetic_seed, with_flow=False, cache_dir=CACHE_DIR
+    )
+    data_generator = torch.Generator().manual_seed(config.seed)
+    loss_generator = torch.Generator().manual_seed(config.seed + 1)
+    scheduler = model.make_scheduler()
+    leffa = config.leffa.loss_config() if config.leffa.enabled else None
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    with open(out / "train_log.jsonl", "w") as log_file:
+        for step in range(config.train.max_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, config)
+            index = torch.randint(0, config.data.length, (config.train.batch_size,), generator=data_generator)
+            losses = training_losses(
+                model,
+                to_batch(train, index.numpy()),
+                scheduler,
+                generator=loss_generator,
+                leffa=leffa,
+                reference_dropout=config.train.reference_dropout,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            losses.loss.backward()
+            if optim.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
+            optimizer.step()
+            values = {"step": step, **losses.log_values()}
+            history.append(values)
+            if step % config.logging.log_every == 0 or step == config.train.max_steps - 1:
+                log_file.write(json.dumps({**values, "seconds": round(time.time() - start, 1)}) + "\n")
+                log_file.flush()
+                log(
+                    f"{out.name} step {step} {values['loss/diffusion']:.4f} {values.get('loss/leffa', 0):.4f} {time.time() - start:.0f}s"
+                )
+    model.eval()
+    save_run(model, model_configs(config), out)
+    (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    tail = history[-min(200, len(history)) :]
+    info = {
+        "wall_seconds": time.time() - start,
+        "steps": config.train.max_steps,
+        "final_diffusion_loss": float(np.mean([v["loss/diffusion"] for v in tail])),
+        "final_leffa_loss": float(np.mean([v["loss/leffa"] for v in tail])) if leffa else None,
+        "threads": torch.get_num_threads(),
+    }
+    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def _test_split() -> dict[str, np.ndarray]:
+    return render_split("test", TEST_COUNT, (128, 96), 0, cache_dir=CACHE_DIR)
+
+
+def untrained_model(reference_run: str | Path, seed: int = 0) -> LeffaModel:
+    """Random UNets (seeded as a base stage starts) with the trained VAE of ``reference_run``."""
+    trained = load_run(reference_run)
+    configs = {
+        name: json.loads((Path(reference_run) / f"{name}.json").read_text())
+        for name in ("unet", "vae", "scheduler")
+    }
+    torch.manual_seed(seed)
+    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
+    model.vae.load_state_dict(trained.vae.state_dict())
+    return model.eval()
+
+
+def evaluate_run(run: str | Path, log: Log, *, untrained_from: str | Path | None = None) -> dict:
+    """Score one run on the test split and write ``<run>/eval.json``.
+
+    With ``untrained_from``, ``run`` is only the output folder and the scored model is the untrained one
+    built from that run's configs and VAE (see :func:`untrained_model`).
+    """
+    start = time.time()
+    model = untrained_model(untrained_from) if untrained_from is not None else load_run(run)
+    scores = evaluate_model(model, _test_split())
+    result = {"metrics": scores, "eval_seconds": time.time() - start, "threads": torch.get_num_threads()}
+    Path(run).mkdir(parents=True, exist_ok=True)
+    (Path(run) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    log(f"evaluated {Path(run).name} in {result['eval_seconds']:.0f}s: tf/t100 epe {scores['tf/t100/epe/mean']:.2f}")
+    return result
+
+
+#: Columns of the report's main table: (heading, metric key); EPE in pixels of the 128x96 image.
+TABLE_COLUMNS = (
+    ("EPE t100", "tf/t100/epe/mean"),
+    ("EPE t300", "tf/t300/epe/mean"),
+    ("EPE 16x12", "tf/t100/epe/res/16x12"),
+    ("EPE 8x6", "tf/t100/epe/res/8x6"),
+    ("EPE 4x3", "tf/t100/epe/res/4x3"),
+    ("sampler EPE t100", "sample/plain/t100/epe/mean"),
+    ("warp L1", "tf/t100/warp_l1/mean"),
+    ("garment L1", "sample/plain/garment_l1"),
+    ("garment PSNR", "sample/plain/garment_psnr"),
+    ("garment SSIM", "sample/plain/garment_ssim"),
+    ("mask L1", "sample/plain/mask_l1"),
+    ("accel garment L1", "sample/accel/garment_l1"),
+    ("accel garment SSIM", "sample/accel/garment_ssim"),
+)
+
+
+def _markdown(results: dict) -> str:
+    """The main results table (models, then the flow baselines) as Markdown."""
+    head = ["model", "train steps", "train min", *[name for name, _ in TABLE_COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, entry in results["models"].items():
+        train = entry.get("train", {})
+        cells = [name, str(train.get("steps", 0)), f"{train.get('wall_seconds', 0) / 60:.1f}"]
+        cells += [f"{entry['metrics'][key]:.3f}" if key in entry["metrics"] else "" for _, key in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name in ("identity", "uniform"):
+        epe, warp_error = results["flow_baselines"][f"{name}/epe"], results["flow_baselines"][f"{name}/warp_l1"]
+        cells = [f"{name} flow", "", ""]
+        cells += [f"{epe:.3f}" if "epe" in key else f"{warp_error:.3f}" if "warp" in key else "" for _, key in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs: Sequence[str | Path], out: Path) -> dict:
+    """Collect each run's ``eval.json`` and ``train_info.json`` with the flow baselines into
+    ``results.json`` and the Markdown table ``results.md``."""
+    models = {}
+    for run in map(Path, runs):
+        if not (run / "eval.json").is_file():
+            raise FileNotFoundError(f"{run}/eval.json not found; run: python -m train.synthetic_experiment evaluate {run}")
+        entry = json.loads((run / "eval.json").read_text())
+        info = run / "train_info.json"
+        entry["train"] = json.loads(info.read_text()) if info.is_file() else {}
+        models[run.name] = entry
+    results = {"settings": vars(EvalSettings()), "flow_baselines": reference_flow_scores(_test_split()), "models": models}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(_markdown(results))
+    return results
+
+
+# -------------------------------------------------------------------------------------------- figures
+
+
+#: Figure panels are enlarged this many times (nearest neighbour) so 128x96 pixels stay readable.
+ZOOM = 2
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _zoom(image: np.ndarray) -> np.ndarray:
+    return image.repeat(ZOOM, axis=0).repeat(ZOOM, axis=1)
+
+
+def _flow_picture(flow: torch.Tensor, valid: np.ndarray, max_magnitude: float) -> np.ndarray:
+    picture = flow_to_color(flow, max_magnitude=max_magnitude)
+    picture[~valid] = 255
+    return picture
+
+
+def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, 6), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return np.concatenate(padded)
+
+
+def draw_figures(runs: dict[str, str | Path], out: Path, samples: Sequence[int] = (0, 1, 2, 3)) -> list[Path]:
+    """Flow colour wheels, attention heatmaps and samples of each run on a few test samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    split = _test_split()
+    batch = to_batch(split, list(samples))
+    valid = (batch["flow_valid"][:, 0] * batch["mask"][:, 0]).bool().numpy()
+    person, garment = _uint8(batch["image"] / 2 + 0.5), _uint8(batch["reference"] / 2 + 0.5)
+    size = tuple(batch["image"].shape[-2:])
+    models = {name: load_run(run) for name, run in runs.items()}
+    forced = {name: teacher_forced(model, batch, (100,))[100] for name, model in models.items()}
+    generated = {name: sample(model, batch, EvalSettings())[0] for name, model in models.items()}
+    true_flow = batch["flow"]
+    max_magnitude = 0.5 * max(size)
+    flow_rows, sample_rows = [], []
+    for k in range(len(samples)):
+        panels = [
+            person[k],
+            garment[k],
+            _flow_picture(upsample_flow(true_flow[k : k + 1], size)[0], valid[k], max_magnitude),
+        ]
+        labels = ["target", "garment", "true flow"]
+        for name, result in forced.items():
+            mean_flow = torch.stack(
+                [upsample_flow(f[k : k + 1].float(), size) for f in result["flows"].values()]
+            ).mean(0)
+            warped = _uint8(warp(batch["reference"][k : k + 1] / 2 + 0.5, mean_flow))[0]
+            warped[~valid[k]] = 255
+            panels += [_flow_picture(mean_flow[0], valid[k], max_magnitude), warped]
+            labels += [f"{name} flow", f"{name} warp"]
+        flow_rows.append(side_by_side([_zoom(panel) for panel in panels], labels))
+        samples_k = [person[k]] + [_uint8(images[k : k + 1])[0] for images in generated.values()]
+        sample_rows.append(side_by_side([_zoom(panel) for panel in samples_k], ["target", *generated]))
+    legend = side_by_side([color_wheel_legend(96 * ZOOM)], ["flow colours"])
+    paths = [out / "synthetic-flows.png", out / "synthetic-samples.png", out / "synthetic-heatmaps.png"]
+    Image.fromarray(_stack_rows(flow_rows + [legend])).save(paths[0])
+    Image.fromarray(_stack_rows(sample_rows)).save(paths[1])
+    Image.fromarray(_heatmap_figure(models, batch, valid, garment)).save(paths[2])
+    return paths
+
+
+def _heatmap_figure(
+    models: dict[str, LeffaModel], batch: dict, valid: np.ndarray, garment: np.ndarray
+) -> np.ndarray:
+    """For a few garment pixels of the first sample: where each model's finest layers look (t = 100)."""
+    height, width = valid.shape[1:]
+    ys, xs = np.nonzero(valid[0])
+    picks = np.linspace(0, len(ys) - 1, 5).round().astype(int)[1:-1]
+    points = [(float(xs[i]) / (width - 1), float(ys[i]) / (height - 1)) for i in picks]
+    true = batch["flow"][0]
+    rows = []
+    for (x, y), i in zip(points, picks, strict=True):
+        gx, gy = ((true[ys[i], xs[i]] + 1) / 2 * torch.tensor([width - 1, height - 1])).round().int().tolist()
+        panels = [_mark(_uint8(batch["image"][:1] / 2 + 0.5)[0], xs[i], ys[i])]
+        for model in models.values():
+            row = _attention_row(model, batch, (x, y))
+            panels.append(_mark(attention_heatmap(row, _finest(model, (height, width)), garment[0]), gx, gy))
+        rows.append(side_by_side([_zoom(panel) for panel in panels], ["query", *models]))
+    return _stack_rows(rows)
+
+
+def _finest(model: LeffaModel, image_size: tuple[int, int]) -> tuple[int, int]:
+    factor = model.vae_scale_factor
+    return image_size[0] // factor, image_size[1] // factor
+
+
+def _attention_row(model: LeffaModel, batch: dict, point: tuple[float, float]) -> torch.Tensor:
+    """Mean attention row of the query under ``point`` over the finest-resolution layers, t = 100."""
+    single = {key: value[:1] for key, value in batch.items()}
+    levels = len(model.unet.config.block_out_channels)
+    finest = ("down_blocks.0.", f"up_blocks.{levels - 1}.")
+    rows = teacher_forced(model, single, (100,), rows=[point])[100]["rows"]
+    return torch.stack([row[0, 0] for layer, row in rows.items() if layer.startswith(finest)]).mean(0)
+
+
+def _mark(image: np.ndarray, x: int, y: int) -> np.ndarray:
+    """A small white-on-black cross at pixel (x, y)."""
+    marked = image.copy()
+    height, width = marked.shape[:2]
+    for dx in range(-3, 4):
+        for colour, offset in (((0, 0, 0), 1), ((255, 255, 255), 0)):
+            for px, py in ((x + dx, y + offset), (x + offset, y + dx)):
+                if 0 <= px < width and 0 <= py < height:
+                    marked[py, px] = colour
+    return marked
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export_demo(run: str | Path, baseline: str | Path, out: Path) -> dict:
+    """Write the demo model (fp16 safetensors + configs), its check numbers and the example inputs."""
+    model = load_run(run)
+    save_run(
+        model,
+        {name: json.loads((Path(run) / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")},
+        out,
+        torch.float16,
+    )
+    shipped = load_run(out)
+    demo, base = check_metrics(shipped), check_metrics(load_run(baseline))
+    check = {
+        "samples": f"test split, synthetic seed 0, indices 0..{CHECK_COUNT - 1}, size 128x96",
+        "settings": vars(CHECK_SETTINGS),
+        "demo": demo,
+        "baseline": base,
+        "untrained": check_metrics(untrained_model(run)),
+        # Half of each measured improvement over the baseline: the test asserts at least this much.
+        "margins": {key: (base[key] - demo[key]) / 2 for key in demo if demo[key] < base[key]},
+    }
+    (out / "check.json").write_text(json.dumps(check, indent=2) + "\n")
+    examples = Path("assets/examples")
+    if examples.exists():
+        shutil.rmtree(examples)
+    make_examples(examples, n=4, size=(128, 96), seed=0)
+    return check
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_all(log: Log) -> None:
+    """Every stage in order, as reported in docs/synthetic-benchmark.md."""
+    train_vae(load_vae_config(CONFIG_DIR / "synthetic-vae.yaml"), log)
+    for stage in STAGES:
+        train_stage(load_config(CONFIG_DIR / f"synthetic-{stage}.yaml"), log)
+    runs = [RUN_DIR / stage for stage in STAGES]
+    evaluate_run(RUN_DIR / "untrained", log, untrained_from=runs[0])
+    for run in runs:
+        evaluate_run(run, log)
+    write_report([RUN_DIR / "untrained", *runs], RUN_DIR / "results.json")
+    draw_figures({"finetune": RUN_DIR / "finetune", "leffa": RUN_DIR / DEMO_STAGE}, Path("docs/figures"))
+    export_demo(RUN_DIR / DEMO_STAGE, RUN_DIR / "finetune", Path("assets/demo-model"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Synthetic benchmark of the Leffa loss (docs/synthetic-benchmark.md)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared, busy CPU)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train one stage from a trainer-schema YAML config")
+    train.add_argument("config")
+    evaluate = commands.add_parser("evaluate", help="score runs on the test split (writes RUN/eval.json)")
+    evaluate.add_argument("runs", nargs="+")
+    evaluate.add_argument("--untrained-from", help="score the untrained model built from this run's configs instead")
+    report = commands.add_parser("report", help="collect evaluated runs into results.json and results.md")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", default=str(RUN_DIR / "results.json"))
+    figures = commands.add_parser("figures", help="draw flow, heatmap and sample figures of runs")
+    figures.add_argument("runs", nargs="+")
+    figures.add_argument("--out", default="docs/figures")
+    export = commands.add_parser("export", help="ship a run as the built-in demo model")
+    export.add_argument("run")
+    export.add_argument("--baseline", required=True)
+    export.add_argument("--out", default="assets/demo-model")
+    commands.add_parser("all", help="every stage in order")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.command == "train":
+        train_stage(load_config(args.config), _log)
+    elif args.command == "evaluate":
+        for run in args.runs:
+            evaluate_run(run, _log, untrained_from=args.untrained_from)
+    elif args.command == "report":
+        write_report(args.runs, Path(args.out))
+    elif args.command == "figures":
+        draw_figures({Path(run).name: run for run in args.runs}, Path(args.out))
+    elif args.command == "export":
+        export_demo(args.run, args.baseline, Path(args.out))
+    else:
+        run_all(_log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
