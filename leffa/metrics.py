@@ -54,7 +54,7 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
     return taps / taps.sum()
 
 
-def ssim(
+def ssim_map(
     a: Tensor,
     b: Tensor,
     data_range: float = 1.0,
@@ -63,7 +63,7 @@ def ssim(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> Tensor:
-    """Per-image SSIM, shape (B,): Gaussian-weighted local statistics, map averaged over the valid region."""
+    """SSIM index map (B, C, H - w + 1, W - w + 1) in float64 over the valid (unpadded) window positions."""
     a, b = _check_images(a, b)
     if min(a.shape[-2:]) < window_size:
         raise ValueError(
@@ -82,7 +82,20 @@ def ssim(
     var_y = local_mean(y * y) - mu_y**2
     cov = local_mean(x * y) - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def ssim(
+    a: Tensor,
+    b: Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
+    """Per-image SSIM, shape (B,): Gaussian-weighted local statistics, map averaged over the valid region."""
+    index = ssim_map(a, b, data_range, window_size, sigma, k1, k2)
     return index.flatten(1).mean(1).to(a.dtype)
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from leffa.flow import attention_to_flow, end_point_error, reference_grid, upsample_flow, warp
-from leffa.metrics import gaussian_window
+from leffa.flow import attention_to_flow, end_point_error, leffa_loss, reference_grid, upsample_flow, warp
+from leffa.metrics import ssim_map
 from leffa.model import LeffaModel
 from leffa.pipeline import LeffaPipeline
 from leffa.recording import layer_sizes, record_attention
@@ -147,23 +147,7 @@ def masked_ssim(a: Tensor, b: Tensor, region: Tensor, window_size: int = 11, sig
     """
     _check_pair(a, b)
     weights = _region(region, a)
-    if min(a.shape[-2:]) < window_size:
-        raise ValueError(
-            f"SSIM needs images of at least {window_size}x{window_size}, got {tuple(a.shape[-2:])}"
-        )
-    channels = a.shape[1]
-    taps = gaussian_window(window_size, sigma).to(a.device)
-    window = torch.outer(taps, taps).expand(channels, 1, window_size, window_size)
-    x, y = a.double(), b.double()
-
-    def local_mean(t: Tensor) -> Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x, var_y = local_mean(x * x) - mu_x**2, local_mean(y * y) - mu_y**2
-    cov = local_mean(x * y) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    index = ssim_map(a, b, window_size=window_size, sigma=sigma)
     half = window_size // 2
     crop = weights[:, :, half : weights.shape[2] - half, half : weights.shape[3] - half].double()
     score = (index.mean(dim=1, keepdim=True) * crop).sum(dim=(1, 2, 3)) / crop.sum(dim=(1, 2, 3))
@@ -219,8 +203,9 @@ class EvalSettings:
 
     timesteps: tuple[int, ...] = (100, 300)
     temperature: float = 1.0
-    num_inference_steps: int = 30
-    sampler_trace_timesteps: tuple[int, ...] = (100, 298)
+    num_inference_steps: int = 20
+    sampler_trace_timesteps: tuple[int, ...] = (101, 301)
+    sampler_count: int = 16
     guidance_scale: float = 2.5
     seed: int = 0
     batch_size: int = 16
@@ -344,9 +329,10 @@ def evaluate_model(
 ) -> dict[str, float]:
     """All benchmark metrics of ``model`` on a rendered split (with flows), averaged over the samples.
 
-    Keys: ``tf/t{t}/...`` teacher-forced flow errors and one-step image metrics; with ``sampler``,
-    ``sample/{plain,accel}/...`` image metrics of generated images (plain and reference acceleration) and
-    ``sample/plain/t{t}/epe/...`` flow errors of the sampler's conditional branch.
+    Keys: ``tf/t{t}/...`` teacher-forced flow errors and one-step image metrics (every sample); with
+    ``sampler``, ``sample/{plain,accel}/...`` image metrics of generated images (plain and reference
+    acceleration) and ``sample/plain/t{t}/epe/...`` flow errors of the sampler's conditional branch, on the
+    first ``settings.sampler_count`` samples (whole batches) since sampling costs ~40x a teacher-forced pass.
     """
     if "flow" not in split:
         raise ValueError("evaluate_model needs a split rendered with_flow=True (it scores attention flows)")
@@ -369,7 +355,7 @@ def evaluate_model(
         for t, result in forced.items():
             add(f"tf/t{t}", _flow_scores(result["flows"], batch, labels))
             add(f"tf/t{t}", image_metrics(result["x0"], target, garment, batch["mask"]))
-        if not sampler:
+        if not sampler or index[0] >= settings.sampler_count:
             continue
         for name, accel in (("plain", False), ("accel", True)):
             images, flows = sample(model, batch, settings, ref_acceleration=accel)
@@ -414,3 +400,76 @@ def check_metrics(model: LeffaModel, size: tuple[int, int] = (128, 96)) -> dict[
         "sample_garment_l1": scores["sample/plain/garment_l1"],
         "sample_mask_l1": scores["sample/plain/mask_l1"],
     }
+
+
+# ----------------------------------------------------------------------------------- the loss on its own
+
+#: Starting attentions of :func:`free_attention_study`.
+STUDY_INITS = ("uniform", "identity", "true")
+
+
+def _peaked_logits(centres: Tensor, grid: Tensor, token_size: Tensor) -> Tensor:
+    """Logits ``-d^2 / 2`` (d in tokens) from each query's centre (B, n_q, 2) to every key position."""
+    distance = (centres[:, :, None, :] - grid[None, None]) / token_size
+    return -0.5 * distance.square().sum(-1)
+
+
+def free_attention_study(
+    split: Mapping[str, np.ndarray],
+    init: str,
+    *,
+    token_grid: tuple[int, int] = (16, 12),
+    steps: int = 300,
+    learning_rate: float = 0.1,
+    temperature: float = 2.0,
+) -> dict[str, float]:
+    """Minimise the Leffa loss over free attention logits (no model) and report the flow error before/after.
+
+    Why: it separates what the loss can teach from what a network can learn. Each query token of a
+    ``token_grid`` owns a row of logits over the reference tokens; the flow is ``softmax(logits / τ) · C``,
+    upsampled and scored exactly as the trained models' flows. ``init``: ``uniform`` (all logits equal, as
+    the base model's attention measured), ``identity`` (peaked on the same position) or ``true`` (peaked on
+    the true flow's token; identity where the true flow is undefined).
+    """
+    if init not in STUDY_INITS:
+        raise ValueError(f"init must be one of {STUDY_INITS}, got {init!r}")
+    batch = to_batch(split, np.arange(len(split["seed"])))
+    count, height, width = batch["flow"].shape[:3]
+    grid = reference_grid(*token_grid)
+    token_size = torch.tensor([2.0 / (token_grid[1] - 1), 2.0 / (token_grid[0] - 1)])
+    queries = grid[None].expand(count, -1, -1)
+    if init == "uniform":
+        logits = torch.zeros(count, grid.shape[0], grid.shape[0])
+    else:
+        centres = queries
+        if init == "true":
+            small = F.interpolate(batch["flow"].permute(0, 3, 1, 2), size=token_grid, mode="nearest")
+            known = F.interpolate(batch["flow_valid"], size=token_grid, mode="nearest").flatten(1)[..., None] > 0
+            centres = torch.where(known, small.flatten(2).transpose(1, 2), queries)
+        logits = _peaked_logits(centres, grid, token_size)
+    logits = logits.clone().requires_grad_(True)
+    reference, target = batch["reference"], batch["image"]
+    valid = batch["flow_valid"] * batch["mask"]
+    timesteps = torch.zeros(count, dtype=torch.long)
+
+    def flow() -> Tensor:
+        attention = (logits / temperature).softmax(-1)
+        return attention_to_flow(attention, token_grid, token_grid)
+
+    def scores(prefix: str) -> dict[str, float]:
+        with torch.no_grad():
+            current = flow()
+            return {
+                f"{prefix}/epe": float(flow_epe(current, batch["flow"], valid).mean()),
+                f"{prefix}/warp_l1": float(warp_l1(_unit(reference), _unit(target), current, valid).mean()),
+                f"{prefix}/loss": float(leffa_loss({"free": current}, reference, target, batch["mask"], timesteps).total),
+            }
+
+    result = scores("before")
+    optimizer = torch.optim.Adam([logits], lr=learning_rate)
+    for _ in range(steps):
+        loss = leffa_loss({"free": flow()}, reference, target, batch["mask"], timesteps).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {**result, **scores("after")}
