@@ -408,10 +408,14 @@ def check_metrics(model: LeffaModel, size: tuple[int, int] = (128, 96)) -> dict[
 STUDY_INITS = ("uniform", "identity", "true")
 
 
+#: Width in tokens of the peaked starting attentions (before the temperature).
+PEAK_WIDTH = 0.5
+
+
 def _peaked_logits(centres: Tensor, grid: Tensor, token_size: Tensor) -> Tensor:
-    """Logits ``-d^2 / 2`` (d in tokens) from each query's centre (B, n_q, 2) to every key position."""
+    """Gaussian logits ``-d^2 / (2 w^2)`` (d in tokens, w = PEAK_WIDTH) from each query's centre (B, n_q, 2)."""
     distance = (centres[:, :, None, :] - grid[None, None]) / token_size
-    return -0.5 * distance.square().sum(-1)
+    return -0.5 * distance.square().sum(-1) / PEAK_WIDTH**2
 
 
 def free_attention_study(
@@ -443,9 +447,10 @@ def free_attention_study(
     else:
         centres = queries
         if init == "true":
-            small = F.interpolate(batch["flow"].permute(0, 3, 1, 2), size=token_grid, mode="nearest")
-            known = F.interpolate(batch["flow_valid"], size=token_grid, mode="nearest").flatten(1)[..., None] > 0
-            centres = torch.where(known, small.flatten(2).transpose(1, 2), queries)
+            at_tokens = queries[:, None]  # the true flow read at each token's image position
+            small = F.grid_sample(batch["flow"].permute(0, 3, 1, 2), at_tokens, mode="nearest", align_corners=True)
+            known = F.grid_sample(batch["flow_valid"], at_tokens, mode="nearest", align_corners=True)
+            centres = torch.where(known[:, 0, 0, :, None] > 0, small[:, :, 0].transpose(1, 2), queries)
         logits = _peaked_logits(centres, grid, token_size)
     logits = logits.clone().requires_grad_(True)
     reference, target = batch["reference"], batch["image"]

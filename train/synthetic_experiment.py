@@ -8,12 +8,15 @@ rest. Two rules go beyond the schema: ``model.vae_path`` must point at the ``vae
 ``train/train_vae.py`` (its ``vae.json`` beside it must agree with ``model.vae_config``), and fine-tuning
 stages (``model.init: checkpoint``) start from a ``model.safetensors`` written here.
 
-Commands (see ``docs/synthetic-benchmark.md`` for the full sequence)::
+Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the measured results)::
 
     python -m train.synthetic_experiment train train/configs/synthetic-base.yaml
-    python -m train.synthetic_experiment evaluate runs/synthetic/base runs/synthetic/finetune ... --out runs/synthetic/results.json
-    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa --out docs/figures
-    python -m train.synthetic_experiment export runs/synthetic/leffa --baseline runs/synthetic/finetune --out assets/demo-model
+    python -m train.synthetic_experiment evaluate runs/synthetic/finetune runs/synthetic/leffa-w1
+    python -m train.synthetic_experiment evaluate runs/synthetic/untrained --untrained-from runs/synthetic/base
+    python -m train.synthetic_experiment report runs/synthetic/untrained runs/synthetic/finetune ...
+    python -m train.synthetic_experiment study
+    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1
+    python -m train.synthetic_experiment export runs/synthetic/base2 --compare runs/synthetic/finetune runs/synthetic/leffa-w1
     python -m train.synthetic_experiment all        # every stage in order: the reproduce command
 """
 
@@ -43,8 +46,10 @@ from train.synthetic import make_examples
 from train.synthetic_eval import (
     CHECK_COUNT,
     CHECK_SETTINGS,
+    STUDY_INITS,
     EvalSettings,
     check_metrics,
+    free_attention_study,
     evaluate_model,
     reference_flow_scores,
     render_split,
@@ -60,9 +65,12 @@ CACHE_DIR = RUN_DIR / "cache"
 #: Samples of the test split every model is scored on.
 TEST_COUNT = 64
 #: Training stages of ``all``, in order; each name is ``train/configs/synthetic-<name>.yaml``.
-STAGES = ("base", "finetune", "leffa", "leffa-w1e-2", "leffa-w1e-1")
-#: The stage shipped as the demo model.
-DEMO_STAGE = "leffa-w1e-1"
+STAGES = ("base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1")
+#: The stage shipped as the demo model (best sample metrics; see docs/synthetic-benchmark.md), and the
+#: no-Leffa and Leffa fine-tunes the figures and the demo's check compare.
+DEMO_STAGE = "base2"
+BASELINE_STAGE = "finetune"
+LEFFA_STAGE = "leffa-w1"
 Log = Callable[[str], None]
 
 
@@ -267,8 +275,7 @@ TABLE_COLUMNS = (
     ("EPE t300", "tf/t300/epe/mean"),
     ("EPE 16x12", "tf/t100/epe/res/16x12"),
     ("EPE 8x6", "tf/t100/epe/res/8x6"),
-    ("EPE 4x3", "tf/t100/epe/res/4x3"),
-    ("sampler EPE t100", "sample/plain/t100/epe/mean"),
+    ("sampler EPE t101", "sample/plain/t101/epe/mean"),
     ("warp L1", "tf/t100/warp_l1/mean"),
     ("garment L1", "sample/plain/garment_l1"),
     ("garment PSNR", "sample/plain/garment_psnr"),
@@ -311,6 +318,19 @@ def write_report(runs: Sequence[str | Path], out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(_markdown(results))
+    return results
+
+
+def loss_study(out: Path, log: Log) -> dict:
+    """The Leffa loss minimised over free attention logits from each start (see ``free_attention_study``)."""
+    split = _test_split()
+    results = {}
+    for init in STUDY_INITS:
+        start = time.time()
+        results[init] = free_attention_study(split, init)
+        log(f"loss study from {init}: {json.dumps(results[init])} ({time.time() - start:.0f}s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -431,25 +451,25 @@ def _mark(image: np.ndarray, x: int, y: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- export
 
 
-def export_demo(run: str | Path, baseline: str | Path, out: Path) -> dict:
-    """Write the demo model (fp16 safetensors + configs), its check numbers and the example inputs."""
+def export_demo(run: str | Path, compared: Sequence[str | Path], out: Path) -> dict:
+    """Write the demo model (fp16 safetensors + configs), its check numbers and the example inputs.
+
+    ``check.json`` holds the demo-model test's numbers (:func:`check_metrics`) for the shipped weights, the
+    untrained model and each run in ``compared``, and half of each improvement over the untrained model as
+    the margin the test asserts.
+    """
     model = load_run(run)
-    save_run(
-        model,
-        {name: json.loads((Path(run) / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")},
-        out,
-        torch.float16,
-    )
-    shipped = load_run(out)
-    demo, base = check_metrics(shipped), check_metrics(load_run(baseline))
+    configs = {name: json.loads((Path(run) / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")}
+    save_run(model, configs, out, torch.float16)
+    demo, untrained = check_metrics(load_run(out)), check_metrics(untrained_model(run))
     check = {
         "samples": f"test split, synthetic seed 0, indices 0..{CHECK_COUNT - 1}, size 128x96",
         "settings": vars(CHECK_SETTINGS),
+        "demo_run": Path(run).name,
         "demo": demo,
-        "baseline": base,
-        "untrained": check_metrics(untrained_model(run)),
-        # Half of each measured improvement over the baseline: the test asserts at least this much.
-        "margins": {key: (base[key] - demo[key]) / 2 for key in demo if demo[key] < base[key]},
+        "untrained": untrained,
+        "compared": {Path(other).name: check_metrics(load_run(other)) for other in compared},
+        "margins": {key: (untrained[key] - demo[key]) / 2 for key in demo if demo[key] < untrained[key]},
     }
     (out / "check.json").write_text(json.dumps(check, indent=2) + "\n")
     examples = Path("assets/examples")
@@ -476,8 +496,9 @@ def run_all(log: Log) -> None:
     for run in runs:
         evaluate_run(run, log)
     write_report([RUN_DIR / "untrained", *runs], RUN_DIR / "results.json")
-    draw_figures({"finetune": RUN_DIR / "finetune", "leffa": RUN_DIR / DEMO_STAGE}, Path("docs/figures"))
-    export_demo(RUN_DIR / DEMO_STAGE, RUN_DIR / "finetune", Path("assets/demo-model"))
+    loss_study(RUN_DIR / "loss_study.json", log)
+    draw_figures({BASELINE_STAGE: RUN_DIR / BASELINE_STAGE, LEFFA_STAGE: RUN_DIR / LEFFA_STAGE}, Path("docs/figures"))
+    export_demo(RUN_DIR / DEMO_STAGE, [RUN_DIR / BASELINE_STAGE, RUN_DIR / LEFFA_STAGE], Path("assets/demo-model"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,8 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--out", default="docs/figures")
     export = commands.add_parser("export", help="ship a run as the built-in demo model")
     export.add_argument("run")
-    export.add_argument("--baseline", required=True)
+    export.add_argument("--compare", nargs="*", default=[], help="runs whose check numbers are recorded too")
     export.add_argument("--out", default="assets/demo-model")
+    study = commands.add_parser("study", help="minimise the Leffa loss over free attention (no model)")
+    study.add_argument("--out", default=str(RUN_DIR / "loss_study.json"))
     commands.add_parser("all", help="every stage in order")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -513,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.runs, Path(args.out))
     elif args.command == "figures":
         draw_figures({Path(run).name: run for run in args.runs}, Path(args.out))
+    elif args.command == "study":
+        loss_study(Path(args.out), _log)
     elif args.command == "export":
-        export_demo(args.run, args.baseline, Path(args.out))
+        export_demo(args.run, args.compare, Path(args.out))
     else:
         run_all(_log)
     return 0
