@@ -11,12 +11,12 @@ stages (``model.init: checkpoint``) start from a ``model.safetensors`` written h
 Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the measured results)::
 
     python -m train.synthetic_experiment train train/configs/synthetic-base.yaml
-    python -m train.synthetic_experiment evaluate runs/synthetic/finetune runs/synthetic/leffa-w1
+    python -m train.synthetic_experiment evaluate runs/synthetic/finetune runs/synthetic/leffa
     python -m train.synthetic_experiment evaluate runs/synthetic/untrained --untrained-from runs/synthetic/base
     python -m train.synthetic_experiment report runs/synthetic/untrained runs/synthetic/finetune ...
     python -m train.synthetic_experiment study
-    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1
-    python -m train.synthetic_experiment export runs/synthetic/base2 --compare runs/synthetic/finetune runs/synthetic/leffa-w1
+    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
+    python -m train.synthetic_experiment export runs/synthetic/leffa --compare runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
     python -m train.synthetic_experiment all        # every stage in order: the reproduce command
 """
 
@@ -38,6 +38,7 @@ from PIL import Image
 from leffa.configs import load_base_configs
 from leffa.flow import upsample_flow, warp
 from leffa.model import LeffaModel
+from leffa.recording import layer_sizes
 from leffa.serialization import read_state_dict, save_state_dict
 from leffa.training import training_losses
 from leffa.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
@@ -65,12 +66,12 @@ CACHE_DIR = RUN_DIR / "cache"
 #: Samples of the test split every model is scored on.
 TEST_COUNT = 64
 #: Training stages of ``all``, in order; each name is ``train/configs/synthetic-<name>.yaml``.
-STAGES = ("base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1")
+STAGES = ("base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1", "leffa-w1-tau1")
 #: The stage shipped as the demo model (best sample metrics; see docs/synthetic-benchmark.md), and the
 #: no-Leffa and Leffa fine-tunes the figures and the demo's check compare.
-DEMO_STAGE = "base2"
+DEMO_STAGE = "leffa"
 BASELINE_STAGE = "finetune"
-LEFFA_STAGE = "leffa-w1"
+LEFFA_STAGE = "leffa-w1-tau1"
 Log = Callable[[str], None]
 
 
@@ -417,23 +418,25 @@ def _heatmap_figure(
         panels = [_mark(_uint8(batch["image"][:1] / 2 + 0.5)[0], xs[i], ys[i])]
         for model in models.values():
             row = _attention_row(model, batch, (x, y))
-            panels.append(_mark(attention_heatmap(row, _finest(model, (height, width)), garment[0]), gx, gy))
+            panels.append(_mark(attention_heatmap(row, _finest_layers(model, (height, width))[0], garment[0]), gx, gy))
         rows.append(side_by_side([_zoom(panel) for panel in panels], ["query", *models]))
     return _stack_rows(rows)
 
 
-def _finest(model: LeffaModel, image_size: tuple[int, int]) -> tuple[int, int]:
+def _finest_layers(model: LeffaModel, image_size: tuple[int, int]) -> tuple[tuple[int, int], list[str]]:
+    """The largest token grid among the model's attention layers, and the layers that have it."""
     factor = model.vae_scale_factor
-    return image_size[0] // factor, image_size[1] // factor
+    sizes = layer_sizes(model, (image_size[0] // factor, image_size[1] // factor))
+    finest = max(sizes.values(), key=lambda size: size[0] * size[1])
+    return finest, [layer for layer, size in sizes.items() if size == finest]
 
 
 def _attention_row(model: LeffaModel, batch: dict, point: tuple[float, float]) -> torch.Tensor:
     """Mean attention row of the query under ``point`` over the finest-resolution layers, t = 100."""
     single = {key: value[:1] for key, value in batch.items()}
-    levels = len(model.unet.config.block_out_channels)
-    finest = ("down_blocks.0.", f"up_blocks.{levels - 1}.")
+    _, finest = _finest_layers(model, tuple(batch["image"].shape[-2:]))
     rows = teacher_forced(model, single, (100,), rows=[point])[100]["rows"]
-    return torch.stack([row[0, 0] for layer, row in rows.items() if layer.startswith(finest)]).mean(0)
+    return torch.stack([rows[layer][0, 0] for layer in finest]).mean(0)
 
 
 def _mark(image: np.ndarray, x: int, y: int) -> np.ndarray:
