@@ -265,7 +265,14 @@ def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
         assert config.model.vae_config == configs["base"].model.vae_config, name
         assert {k: v for k, v in config.model.vae_config.items() if k != "scaling_factor"} == vae_stage.vae_config
         assert config.model.init == ("random" if name == "base" else "checkpoint"), name
-    tuned = {name: config for name, config in configs.items() if name != "base"}
-    assert len({(c.seed, c.train.max_steps, c.optim.learning_rate) for c in tuned.values()}) == 1
-    assert not tuned["finetune"].leffa.enabled
-    assert tuned["leffa"].leffa.loss_config().weight == pytest.approx(1e-3)
+    # Fine-tunes compared with each other start from the same run with the same seed, steps and rate.
+    groups: dict[str, set] = {}
+    for name, config in configs.items():
+        if name.endswith("finetune") or "leffa" in name:
+            key = (config.seed, config.train.max_steps, config.optim.learning_rate)
+            groups.setdefault(config.model.init_path, set()).add(key)
+    assert sorted(groups) == ["runs/synthetic/base-long/model.safetensors", "runs/synthetic/base/model.safetensors"]
+    assert all(len(keys) == 1 for keys in groups.values()), groups
+    assert not configs["finetune"].leffa.enabled and not configs["long-finetune"].leffa.enabled
+    assert configs["leffa"].leffa.loss_config().weight == pytest.approx(1e-3)
+    assert configs["base-long"].model.init_path == "runs/synthetic/base/model.safetensors"

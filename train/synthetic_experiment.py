@@ -66,7 +66,9 @@ CACHE_DIR = RUN_DIR / "cache"
 #: Samples of the test split every model is scored on.
 TEST_COUNT = 64
 #: Training stages of ``all``, in order; each name is ``train/configs/synthetic-<name>.yaml``.
-STAGES = ("base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1", "leffa-w1-tau1")
+STAGES = (
+    "base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1", "leffa-w1-tau1", "base-long", "long-finetune", "long-leffa"
+)
 #: The stage shipped as the demo model (best sample metrics; see docs/synthetic-benchmark.md), and the
 #: no-Leffa and Leffa fine-tunes the figures and the demo's check compare.
 DEMO_STAGE = "leffa"
