@@ -16,7 +16,7 @@ Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the meas
     python -m train.synthetic_experiment report runs/synthetic/untrained runs/synthetic/finetune ...
     python -m train.synthetic_experiment study
     python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
-    python -m train.synthetic_experiment export runs/synthetic/leffa --compare runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
+    python -m train.synthetic_experiment export runs/synthetic/long-leffa --compare runs/synthetic/long-finetune runs/synthetic/leffa-w1-tau1
     python -m train.synthetic_experiment all        # every stage in order: the reproduce command
 """
 
@@ -71,8 +71,10 @@ STAGES = (
 )
 #: The stage shipped as the demo model (best sample metrics; see docs/synthetic-benchmark.md), and the
 #: no-Leffa and Leffa fine-tunes the figures and the demo's check compare.
-DEMO_STAGE = "leffa"
+DEMO_STAGE = "long-leffa"
 BASELINE_STAGE = "finetune"
+#: The demo stage's own comparison: the same fine-tune from the same run, without the Leffa loss.
+DEMO_BASELINE_STAGE = "long-finetune"
 LEFFA_STAGE = "leffa-w1-tau1"
 Log = Callable[[str], None]
 
@@ -503,7 +505,9 @@ def run_all(log: Log) -> None:
     write_report([RUN_DIR / "untrained", *runs], RUN_DIR / "results.json")
     loss_study(RUN_DIR / "loss_study.json", log)
     draw_figures({BASELINE_STAGE: RUN_DIR / BASELINE_STAGE, LEFFA_STAGE: RUN_DIR / LEFFA_STAGE}, Path("docs/figures"))
-    export_demo(RUN_DIR / DEMO_STAGE, [RUN_DIR / BASELINE_STAGE, RUN_DIR / LEFFA_STAGE], Path("assets/demo-model"))
+    export_demo(
+        RUN_DIR / DEMO_STAGE, [RUN_DIR / DEMO_BASELINE_STAGE, RUN_DIR / LEFFA_STAGE], Path("assets/demo-model")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
