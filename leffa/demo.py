@@ -25,7 +25,9 @@ DEMO_MODEL_DIR = ASSETS_DIR / "demo-model"
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 #: (height, width) the demo model was trained at; its examples have this size.
 DEMO_IMAGE_SIZE: tuple[int, int] = (128, 96)
-DEMO_FILES = ("unet.json", "vae.json", "scheduler.json", "model.safetensors")
+#: The config files of a model folder (``<name>.json``), besides its ``model.safetensors``.
+MODEL_CONFIG_NAMES = ("unet", "vae", "scheduler")
+DEMO_FILES = (*(f"{name}.json" for name in MODEL_CONFIG_NAMES), "model.safetensors")
 EXAMPLE_PARTS = ("person", "garment", "mask", "densepose")
 _EXAMPLE_NAME = re.compile(r"^person_(\d+)\.png$")
 
@@ -44,15 +46,36 @@ def load_demo_model(
 
     ``device=None`` picks CUDA, then MPS, then CPU; ``path`` defaults to ``assets/demo-model``.
     """
-    folder = Path(path) if path is not None else DEMO_MODEL_DIR
+    return load_model_folder(
+        path if path is not None else DEMO_MODEL_DIR,
+        device,
+        dtype,
+        base="demo",
+        hint="restore assets/demo-model from the repository or rebuild it (docs/synthetic-benchmark.md)",
+    )
+
+
+def read_model_configs(folder: str | os.PathLike) -> dict[str, dict]:
+    """The ``unet``, ``vae`` and ``scheduler`` config dicts of a model folder."""
+    return {name: json.loads((Path(folder) / f"{name}.json").read_text()) for name in MODEL_CONFIG_NAMES}
+
+
+def load_model_folder(
+    folder: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    base: str,
+    hint: str,
+) -> LeffaModel:
+    """A model folder (configs + ``model.safetensors`` in the released key format), built on the meta device
+    and loaded strictly; ``base`` labels the model, ``hint`` ends the error that names missing files."""
+    folder = Path(folder)
     missing = _missing(folder, DEMO_FILES)
     if missing:
-        raise FileNotFoundError(
-            f"demo model incomplete in {folder}: missing {', '.join(missing)}; restore assets/demo-model from "
-            "the repository or rebuild it (docs/synthetic-benchmark.md)"
-        )
-    configs = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")}
-    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="demo", device="meta")
+        raise FileNotFoundError(f"model incomplete in {folder}: missing {', '.join(missing)}; {hint}")
+    configs = read_model_configs(folder)
+    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base=base, device="meta")
     model.load_state_dict(read_state_dict(folder / "model.safetensors"), assign=True)
     return model.place(resolve_device(device), dtype).eval()
 

@@ -41,6 +41,10 @@ def test_loads_strictly_from_released_key_format(demo) -> None:
 def test_missing_assets_give_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing unet.json, vae.json, scheduler.json, model.safetensors"):
         load_demo_model("cpu", path=tmp_path)
+    from train.synthetic_experiment import load_run
+
+    with pytest.raises(FileNotFoundError, match="missing unet.json.*; train it first"):
+        load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no example inputs"):
         demo_examples(tmp_path)
     (tmp_path / "person_00.png").write_bytes(b"")

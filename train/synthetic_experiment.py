@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from leffa.configs import load_base_configs
+from leffa.demo import load_model_folder, read_model_configs
 from leffa.flow import upsample_flow, warp
 from leffa.model import LeffaModel
 from leffa.recording import layer_sizes
@@ -154,13 +155,9 @@ def save_run(
 
 def load_run(run: str | Path) -> LeffaModel:
     """A model saved by :func:`save_run`, loaded strictly, fp32 on the CPU."""
-    run = Path(run)
-    configs = {name: json.loads((run / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")}
-    model = LeffaModel.from_config(
-        configs["unet"], configs["vae"], configs["scheduler"], base="synthetic", device="meta"
+    return load_model_folder(
+        run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic_experiment train"
     )
-    model.load_state_dict(read_state_dict(run / "model.safetensors"), assign=True)
-    return model.place("cpu", torch.float32).eval()
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -248,10 +245,7 @@ def _test_split() -> dict[str, np.ndarray]:
 def untrained_model(reference_run: str | Path, seed: int = 0) -> LeffaModel:
     """Random UNets (seeded as a base stage starts) with the trained VAE of ``reference_run``."""
     trained = load_run(reference_run)
-    configs = {
-        name: json.loads((Path(reference_run) / f"{name}.json").read_text())
-        for name in ("unet", "vae", "scheduler")
-    }
+    configs = read_model_configs(reference_run)
     torch.manual_seed(seed)
     model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
     model.vae.load_state_dict(trained.vae.state_dict())
@@ -466,8 +460,7 @@ def export_demo(run: str | Path, compared: Sequence[str | Path], out: Path) -> d
     the margin the test asserts.
     """
     model = load_run(run)
-    configs = {name: json.loads((Path(run) / f"{name}.json").read_text()) for name in ("unet", "vae", "scheduler")}
-    save_run(model, configs, out, torch.float16)
+    save_run(model, read_model_configs(run), out, torch.float16)
     demo, untrained = check_metrics(load_run(out)), check_metrics(untrained_model(run))
     check = {
         "samples": f"test split, synthetic seed 0, indices 0..{CHECK_COUNT - 1}, size 128x96",
