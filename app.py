@@ -1,6 +1,6 @@
 """Leffa demo: virtual try-on, pose transfer and the attention & flow inspector (``python app.py --help``).
 
-UI only: every action is a method of :class:`leffa.app_callbacks.AppCallbacks`; the library's errors are
+UI only: every action is a method of :class:`leffa.app.callbacks.AppCallbacks`; the library's errors are
 shown to the user as ``gr.Error`` messages. ``build_app`` returns the Blocks so tests can launch it.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 
 import gradio as gr
 
-from leffa.app_callbacks import (
+from leffa.app.callbacks import (
     ALL, MASK_COLOR, AppCallbacks, GenerationSettings, InspectorView, MaskStep, TryOnInputs, editor_value,
     mask_from_editor, previews,
 )
-from leffa.runtime import (
+from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
 )
-from leffa.service import POSE_MODEL, Generation
+from leffa.app.service import POSE_MODEL, Generation
 from preprocess.masks import CATEGORIES
 
 #: Errors raised by the library for bad input, missing weights or a device that ran out of memory.

@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from leffa.configs import load_base_configs
-from leffa.flow import LeffaLossConfig
-from leffa.model import LeffaModel
-from leffa.recording import layer_sizes, select_layers
-from leffa.training import training_losses
+from leffa.core.configs import load_base_configs
+from leffa.core.flow import LeffaLossConfig
+from leffa.core.model import LeffaModel
+from leffa.core.recording import layer_sizes, select_layers
+from leffa.core.training import training_losses
 
 
 def build(config: str, device: str) -> LeffaModel:

@@ -21,9 +21,9 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from leffa.configs import load_base_configs
-from leffa.model import LeffaModel
-from leffa.pipeline import LeffaPipeline
+from leffa.core.configs import load_base_configs
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
 
 
 def _timed(fn) -> float:

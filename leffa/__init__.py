@@ -1,7 +1,7 @@
 """Leffa: learning flow fields in attention for controllable person image generation.
 
 ``from leffa import LeffaModel, LeffaPipeline``; heavy modules are imported on first use so that light
-submodules (``leffa.flow``, ``leffa.checkpoints``) import quickly.
+submodules (``leffa.core.flow``, ``leffa.app.checkpoints``) import quickly.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LeffaModel": "leffa.model",
-    "LeffaPipeline": "leffa.pipeline",
-    "LeffaOutput": "leffa.pipeline",
+    "LeffaModel": "leffa.core.model",
+    "LeffaPipeline": "leffa.core.pipeline",
+    "LeffaOutput": "leffa.core.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
-"""``python -m leffa``: the command line (see :mod:`leffa.cli`)."""
+"""``python -m leffa``: the command line (see :mod:`leffa.app.cli`)."""
 
 import sys
 
-from leffa.cli import main
+from leffa.app.cli import main
 
 sys.exit(main())

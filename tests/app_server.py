@@ -28,8 +28,8 @@ def free_port() -> int:
 def served_app() -> Iterator[tuple[str, object]]:
     """Yield (url, runtime) of the app on 127.0.0.1; close it afterwards."""
     from app import build_app
-    from leffa.model import LeffaModel
-    from leffa.runtime import TryOnExample, single_model_runtime
+    from leffa.core.model import LeffaModel
+    from leffa.app.runtime import TryOnExample, single_model_runtime
     from train.synthetic import make_examples
 
     torch.manual_seed(0)

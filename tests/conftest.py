@@ -17,7 +17,7 @@ SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 @pytest.fixture(scope="session")
 def tiny_model():
     """A randomly initialised tiny Leffa model (seeded). Tests must not modify its weights."""
-    from leffa.model import LeffaModel
+    from leffa.core.model import LeffaModel
 
     torch.manual_seed(0)
     model = LeffaModel.from_base("tiny")

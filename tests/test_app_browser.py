@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leffa.app_callbacks import AppCallbacks
+from leffa.app.callbacks import AppCallbacks
 from tests.app_server import SERVED_SIZE, served_app
 
 CHROMIUM = Path("/usr/bin/chromium")

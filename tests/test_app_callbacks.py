@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leffa.app_callbacks import (
+from leffa.app.callbacks import (
     ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, AppCallbacks, GenerationSettings, TryOnInputs, display_to_model,
     editor_value, mark_point, mask_from_editor, previews, thumbnail,
 )
-from leffa.checkpoints import MissingWeightsError
-from leffa.service import ModelStore
+from leffa.app.checkpoints import MissingWeightsError
+from leffa.app.service import ModelStore
 from preprocess.openpose import Pose
 from preprocess.parsing import LABEL, ParseResult
 

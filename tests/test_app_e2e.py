@@ -111,10 +111,10 @@ def test_errors_come_back_as_errors(client, server, tmp_path):
 
 def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, monkeypatch):
     import app
-    import leffa.runtime
+    import leffa.app.runtime
 
     monkeypatch.setattr(app, "tiny_runtime", lambda **options: ("tiny", options))
-    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(leffa.app.runtime.hub_constants, "HF_HUB_OFFLINE", False)
     args = app.parse_args(["--ckpt-dir", str(tmp_path), "--no-download", "--device", "cpu"])
     kind, options = app.make_runtime(args)
     assert kind == "tiny" and options["device"] == "cpu"
@@ -127,7 +127,7 @@ def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, 
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     defaults = app.parse_args([])
     assert defaults.host == "127.0.0.1" and not defaults.share and defaults.port is None and not defaults.tiny
-    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(leffa.app.runtime.hub_constants, "HF_HUB_OFFLINE", True)
     offline = app.parse_args(["--ckpt-dir", str(tmp_path)])
     assert app.make_runtime(offline)[0] == "tiny"  # offline counts as no download
     with pytest.raises(SystemExit) as info:

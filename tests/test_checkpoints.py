@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from leffa import checkpoints
-from leffa.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.app import checkpoints
+from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 
 HUB_FILES = [
     "virtual_tryon.pth",

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leffa import cli
-from leffa.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
-from leffa.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
-from leffa.demo import DEMO_MODEL_DIR
-from leffa.runtime import single_model_runtime
+from leffa.app import cli
+from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
+from leffa.app.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from leffa.app.demo import DEMO_MODEL_DIR
+from leffa.app.runtime import single_model_runtime
 
 SIZE = (48, 64)  # model size (width, height) of the tiny model in these tests
 FAST = ["--steps", "2", "--seed", "5"]
@@ -201,7 +201,7 @@ def test_download_check_list_and_fetch(tmp_path, monkeypatch, capsys):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"weights")
 
-    monkeypatch.setattr("leffa.checkpoints.snapshot_download", fake_snapshot)
+    monkeypatch.setattr("leffa.app.checkpoints.snapshot_download", fake_snapshot)
     assert main(["download", "openpose", "--ckpt-dir", str(root)]) == EXIT_OK
     assert f"openpose: ready in {root}" in capsys.readouterr().out
     assert main(["download", "openpose", "--check", "--ckpt-dir", str(root)]) == EXIT_OK
@@ -248,7 +248,7 @@ def test_pairs_file_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "model.safetensors").is_file(), reason="no demo model in assets/")
 def test_tiny_runs_the_shipped_demo_model_on_its_examples(tmp_path):
-    from leffa.runtime import demo_example_files
+    from leffa.app.runtime import demo_example_files
 
     example = demo_example_files()[0]
     out = tmp_path / "out"

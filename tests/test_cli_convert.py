@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leffa.cli import EXIT_ERROR, EXIT_OK, main
-from leffa.serialization import read_state_dict, save_state_dict
+from leffa.app.cli import EXIT_ERROR, EXIT_OK, main
+from leffa.core.serialization import read_state_dict, save_state_dict
 
 
 def test_convert_writes_fp16_safetensors(tiny_model, tmp_path, capsys):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, demo_examples, load_demo_model
-from leffa.pipeline import LeffaPipeline
-from leffa.serialization import CheckpointMismatchError, read_state_dict
+from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, demo_examples, load_demo_model
+from leffa.core.pipeline import LeffaPipeline
+from leffa.core.serialization import CheckpointMismatchError, read_state_dict
 from train.synthetic import make_sample, sample_seed
 from train.synthetic_eval import CHECK_SETTINGS, check_metrics
 

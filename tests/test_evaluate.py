@@ -11,8 +11,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from leffa.metrics import LPIPS
-from leffa.serialization import save_state_dict
+from leffa.eval.metrics import LPIPS
+from leffa.core.serialization import save_state_dict
 from train.evaluate import EvalOptions, evaluate, main, shard
 from train.synthetic import write_vitonhd_layout
 

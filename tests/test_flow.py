@@ -1,4 +1,4 @@
-"""Analytic tests for flow fields, warping and the Leffa loss (leffa/flow.py)."""
+"""Analytic tests for flow fields, warping and the Leffa loss (leffa/core/flow.py)."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.flow import (
+from leffa.core.flow import (
     LeffaLossConfig,
     attention_entropy,
     attention_to_flow,
@@ -22,7 +22,7 @@ from leffa.flow import (
     warp,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "leffa" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "leffa" / "core" / "base_configs"
 
 
 def one_hot_attention(query_size, key_size, key_of_query):

@@ -11,8 +11,8 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
-from leffa import metrics
-from leffa.metrics import (
+from leffa.eval import metrics
+from leffa.eval.metrics import (
     LPIPS,
     InceptionFeatureExtractor,
     clean_resize,
@@ -394,7 +394,7 @@ def test_write_report_json_and_markdown(tmp_path):
 def test_set_metrics_can_be_skipped(tmp_path):
     from PIL import Image
 
-    from leffa.metrics import evaluate_folders
+    from leffa.eval.metrics import evaluate_folders
 
     for folder in ("pred", "gt"):
         (tmp_path / folder).mkdir()

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from leffa.attention import PassthroughProcessor, ReferenceAttentionProcessor, ReferenceState, layer_sort_key
-from leffa.configs import load_base_configs
-from leffa.model import LeffaModel
-from leffa.serialization import CheckpointMismatchError, read_state_dict, save_state_dict
+from leffa.core.attention import PassthroughProcessor, ReferenceAttentionProcessor, ReferenceState, layer_sort_key
+from leffa.core.configs import load_base_configs
+from leffa.core.model import LeffaModel
+from leffa.core.serialization import CheckpointMismatchError, read_state_dict, save_state_dict
 from tests.conftest import SHARED_REFERENCE
 
 
@@ -220,7 +220,7 @@ def test_bad_device_and_dtype_names():
 
 
 def test_base_is_detected_from_keys(tiny_model, tmp_path):
-    from leffa.model import detect_base
+    from leffa.core.model import detect_base
 
     path = save_state_dict(tiny_model.state_dict(), tmp_path / "tiny.safetensors")
     assert LeffaModel.from_pretrained(path, device="cpu").base == "tiny"

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from leffa.pipeline import LeffaPipeline, repaint_images, rescale_noise_cfg
+from leffa.core.pipeline import LeffaPipeline, repaint_images, rescale_noise_cfg
 
 STEPS = 3
 
@@ -204,7 +204,7 @@ def test_progress_callback_every_step(pipe, tiny_inputs):
 
 
 def test_bfloat16_runs_and_stays_close(tiny_model, tiny_inputs):
-    from leffa.model import LeffaModel
+    from leffa.core.model import LeffaModel
 
     half = LeffaModel.from_base("tiny", device="meta")
     half.load_state_dict(tiny_model.state_dict(), assign=True)
@@ -250,7 +250,7 @@ def test_bad_arguments_are_clear_errors(pipe, tiny_inputs, kwargs, pattern):
 
 
 def test_sizes_that_are_multiples_of_8_but_not_64_work(tiny_model):
-    from leffa.recording import record_attention
+    from leffa.core.recording import record_attention
 
     gen = torch.Generator().manual_seed(0)
     src = torch.rand(1, 3, 72, 40, generator=gen) * 2 - 1
@@ -262,8 +262,8 @@ def test_sizes_that_are_multiples_of_8_but_not_64_work(tiny_model):
 
 
 def test_fp16_keeps_vae_in_fp32_when_its_config_asks():
-    from leffa.configs import load_base_configs
-    from leffa.model import LeffaModel
+    from leffa.core.configs import load_base_configs
+    from leffa.core.model import LeffaModel
 
     configs = load_base_configs("tiny")
     upcast = LeffaModel.from_config(configs.unet, {**configs.vae, "force_upcast": True}, configs.scheduler, dtype="fp16")

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import leffa.recording as recording
-from leffa.flow import attention_to_flow, leffa_loss
-from leffa.model import LeffaModel
-from leffa.pipeline import LeffaPipeline
-from leffa.recording import LeffaRegisters, layer_sizes, record_attention, select_layers
-from leffa.trace import spread_timesteps, trace
+import leffa.core.recording as recording
+from leffa.core.flow import attention_to_flow, leffa_loss
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
+from leffa.core.recording import LeffaRegisters, layer_sizes, record_attention, select_layers
+from leffa.inspect.trace import spread_timesteps, trace
 
 
 def _inputs(model, batch=1, seed=0):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-import leffa.runtime
-from leffa.runtime import (
+import leffa.app.runtime
+from leffa.app.runtime import (
     TryOnExample, demo_example_files, downloads_possible, model_size, pick_dtype, released_runtime,
     single_model_runtime, tiny_runtime,
 )
-from leffa.service import ModelStore
+from leffa.app.service import ModelStore
 
 
 def _image(path):
@@ -33,9 +33,9 @@ def test_model_size_and_dtype_choices():
 
 
 def test_offline_hub_means_no_downloads(monkeypatch):
-    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(leffa.app.runtime.hub_constants, "HF_HUB_OFFLINE", False)
     assert downloads_possible(True) and not downloads_possible(False)
-    monkeypatch.setattr(leffa.runtime.hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(leffa.app.runtime.hub_constants, "HF_HUB_OFFLINE", True)
     assert not downloads_possible(True)
 
 
@@ -47,7 +47,7 @@ def _project_examples(folder, count=2):
 
 
 def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monkeypatch):
-    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", tmp_path / "no-assets")
+    monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", tmp_path / "no-assets")
     for name in ("person1/a.jpg", "person1/b.jpg", "person2/c.jpg", "person2/d.png", "garment/x.jpg"):
         _image(tmp_path / "ckpts" / "examples" / name)
     (tmp_path / "ckpts" / "examples" / "garment" / "notes.txt").write_text("not an image")
@@ -59,7 +59,7 @@ def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monke
     assert tryon == [("a.jpg", "x.jpg", None)]  # the authors' examples, without mask and DensePose
     assert [(e.person.name, e.target.name) for e in runtime.pose_examples] == [("c.jpg", "d.png")]
 
-    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", _project_examples(tmp_path / "assets"))
+    monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", _project_examples(tmp_path / "assets"))
     runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False)
     names = [(e.person.name, e.mask and e.mask.name) for e in runtime.tryon_examples]
     assert names == [("person_00.png", "mask_00.png"), ("person_01.png", "mask_01.png"), ("a.jpg", None)]
@@ -115,8 +115,8 @@ def test_tiny_runtime_serves_the_demo_model_with_its_examples(tiny_model, tmp_pa
         loads.append(dtype)
         return tiny_model
 
-    monkeypatch.setattr(leffa.runtime, "load_demo_model", load_demo_model)
-    monkeypatch.setattr(leffa.runtime, "EXAMPLES_DIR", _project_examples(tmp_path, count=3))
+    monkeypatch.setattr(leffa.app.runtime, "load_demo_model", load_demo_model)
+    monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", _project_examples(tmp_path, count=3))
     runtime = tiny_runtime(device="cpu", notice="weights missing")
     assert loads == ["fp32"] and runtime.tiny and runtime.notice == "weights missing"
     assert runtime.store.size("viton_hd") == (96, 128)  # the demo model's own size

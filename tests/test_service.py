@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leffa.checkpoints import MissingWeightsError
-from leffa.service import ModelStore, PoseTransfer, TryOn
+from leffa.app.checkpoints import MissingWeightsError
+from leffa.app.service import ModelStore, PoseTransfer, TryOn
 from preprocess.densepose import DensePoseResult, NoPersonFoundError, PersonChart
 from preprocess.images import InvalidImageError
 from preprocess.openpose import Pose

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.metrics import ssim
+from leffa.eval.metrics import ssim
 from train.synthetic import SyntheticTryOnDataset, make_sample, sample_seed
 from train.synthetic_eval import (
     STUDY_INITS,

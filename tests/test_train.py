@@ -15,9 +15,9 @@ from PIL import Image
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
 
-from leffa.configs import load_base_configs
-from leffa.model import LeffaModel
-from leffa.pipeline import LeffaPipeline
+from leffa.core.configs import load_base_configs
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
 from train.config import ConfigError, ModelConfig, config_from_dict, load_config
 from train.checkpoints import find_checkpoint, read_checkpoint_weights
 from train.data_order import EpochSampler

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from leffa.configs import load_base_configs
-from leffa.flow import LeffaLossConfig
-from leffa.model import LeffaModel
-from leffa.training import expand_conv_in, init_state_from_base, training_losses
+from leffa.core.configs import load_base_configs
+from leffa.core.flow import LeffaLossConfig
+from leffa.core.model import LeffaModel
+from leffa.core.training import expand_conv_in, init_state_from_base, training_losses
 
 
 def _batch(seed=0, size=2):
@@ -114,7 +114,7 @@ def test_init_from_base_loads_strictly():
 
 def test_leffa_loss_counts_only_active_samples_over_the_whole_batch(model, monkeypatch):
     """With half the batch above θ_timestep, the loss is the active samples' loss × (active / batch)."""
-    import leffa.training as training
+    import leffa.core.training as training
 
     calls = []
     original = training.leffa_loss

@@ -1,4 +1,4 @@
-"""Tests for the attention/flow pictures (leffa/visualize.py)."""
+"""Tests for the attention/flow pictures (leffa/inspect/visualize.py)."""
 
 import colorsys
 from itertools import pairwise
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from leffa.flow import reference_grid
-from leffa.visualize import (
+from leffa.core.flow import reference_grid
+from leffa.inspect.visualize import (
     aggregate_rows,
     attention_heatmap,
     color_wheel_legend,

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from leffa.serialization import save_state_dict
+from leffa.core.serialization import save_state_dict
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "training_state.json"

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from leffa.flow import LeffaLossConfig
+from leffa.core.flow import LeffaLossConfig
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from leffa.transforms import densepose_to_tensor, image_to_tensor, mask_to_tensor
+from leffa.core.transforms import densepose_to_tensor, image_to_tensor, mask_to_tensor
 
 Size = tuple[int, int]
 MaskFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
@@ -258,7 +258,7 @@ def load_dresscode_keypoints(path: Path, layout: str) -> np.ndarray:
 def load_flow(path: Path, size: Size) -> tuple[Tensor, Tensor]:
     """A synthetic flow ``.npy`` (h, w, 3: x, y, valid) as flow (H, W, 2) and valid (1, H, W) {0, 1}.
 
-    x, y are absolute sampling positions in the reference in [-1, 1] (``leffa.flow`` convention), so
+    x, y are absolute sampling positions in the reference in [-1, 1] (``leffa.core.flow`` convention), so
     resizing changes the map's resolution, not its values.
     """
     array = np.load(path)

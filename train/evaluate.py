@@ -6,7 +6,7 @@
 Generation is sharded over the accelerate processes (batches of consecutive pairs, dealt round-robin);
 the images are gathered to the main process, which writes ``<output-dir>/images/<stem>.png`` (generated)
 and ``<output-dir>/ground_truth/<stem>.png`` (the dataset's person image at the evaluated size), scores
-them with :func:`leffa.metrics.evaluate_folders` and writes ``report.json`` / ``report.md`` with the
+them with :func:`leffa.eval.metrics.evaluate_folders` and writes ``report.json`` / ``report.md`` with the
 settings. A batch's seed is ``seed * 1000003 + its first pair index``, so the images depend on the seed and
 the batch size but not on the number of processes.
 """
@@ -34,10 +34,10 @@ from accelerate.utils import gather_object
 from PIL import Image
 from torch.utils.data import Dataset
 
-from leffa.metrics import LPIPS, FeatureExtractor, InceptionFeatureExtractor, evaluate_folders, write_report
-from leffa.model import LeffaModel
-from leffa.pipeline import LeffaPipeline
-from leffa.transforms import tensor_to_uint8
+from leffa.eval.metrics import LPIPS, FeatureExtractor, InceptionFeatureExtractor, evaluate_folders, write_report
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
+from leffa.core.transforms import tensor_to_uint8
 from train.datasets import DRESSCODE_CATEGORIES, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
 from train.synthetic import SyntheticTryOnDataset
 

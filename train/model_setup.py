@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from leffa.configs import BaseConfigs, load_base_configs
-from leffa.model import LeffaModel
-from leffa.serialization import read_state_dict
-from leffa.training import init_state_from_base
+from leffa.core.configs import BaseConfigs, load_base_configs
+from leffa.core.model import LeffaModel
+from leffa.core.serialization import read_state_dict
+from leffa.core.training import init_state_from_base
 from train.config import ModelConfig, TrainConfig
 
 BASE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

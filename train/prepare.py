@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from leffa.checkpoints import ensure_files
+from leffa.app.checkpoints import ensure_files
 from preprocess.masks import agnostic_mask
 from preprocess.openpose import NoPersonError, OpenPoseDetector
 from preprocess.parsing import HumanParser

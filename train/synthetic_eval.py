@@ -1,11 +1,11 @@
 """Metrics of the synthetic try-on benchmark: attention-flow error against the true flow, and image quality.
 
 Why a separate module: the synthetic task knows, for every garment pixel of the target, where it comes from
-in the garment image (``train/synthetic.py``), so the flow read out of attention (``leffa.flow``) can be
+in the garment image (``train/synthetic.py``), so the flow read out of attention (``leffa.core.flow``) can be
 scored directly in pixels instead of through FID. Everything here is deterministic for a given seed.
 
 Conventions: images are float (B, 3, H, W) in [0, 1] for the image metrics; regions are (B, 1, H, W) or
-(B, H, W) masks; flows are absolute ``grid_sample`` positions (``align_corners=True``), as in ``leffa.flow``.
+(B, H, W) masks; flows are absolute ``grid_sample`` positions (``align_corners=True``), as in ``leffa.core.flow``.
 The scored region of the flow and texture metrics is ``flow_valid`` (target pixels that show the garment),
 which lies inside the inpainting mask.
 """
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from leffa.flow import attention_to_flow, end_point_error, leffa_loss, reference_grid, upsample_flow, warp
-from leffa.metrics import ssim_map
-from leffa.model import LeffaModel
-from leffa.pipeline import LeffaPipeline
-from leffa.recording import layer_sizes, record_attention
+from leffa.core.flow import attention_to_flow, end_point_error, leffa_loss, reference_grid, upsample_flow, warp
+from leffa.eval.metrics import ssim_map
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
+from leffa.core.recording import layer_sizes, record_attention
 from train.synthetic import check_size, make_sample, sample_seed
 
 #: Arrays of a rendered split; ``flow``/``flow_valid`` only when rendered with flows.

@@ -1,7 +1,7 @@
 """The synthetic benchmark of the Leffa loss: train the stages, evaluate them, draw the figures, ship the demo.
 
 Why its own small loop: the stages are tiny and CPU-bound, so a plain loop over cached samples (no
-accelerate, no data workers) around :func:`leffa.training.training_losses` keeps every run reproducible
+accelerate, no data workers) around :func:`leffa.core.training.training_losses` keeps every run reproducible
 from its seed and shows exactly what is compared. Stage configs use the trainer's schema
 (``train/config.py``); this loop supports the subset listed in :func:`check_supported` and says so for the
 rest. Two rules go beyond the schema: ``model.vae_path`` must point at the ``vae.safetensors`` written by
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.configs import load_base_configs
-from leffa.demo import load_model_folder, read_model_configs
-from leffa.flow import upsample_flow, warp
-from leffa.model import LeffaModel
-from leffa.recording import layer_sizes
-from leffa.serialization import read_state_dict, save_state_dict
-from leffa.training import training_losses
-from leffa.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
+from leffa.core.configs import load_base_configs
+from leffa.app.demo import load_model_folder, read_model_configs
+from leffa.core.flow import upsample_flow, warp
+from leffa.core.model import LeffaModel
+from leffa.core.recording import layer_sizes
+from leffa.core.serialization import read_state_dict, save_state_dict
+from leffa.core.training import training_losses
+from leffa.inspect.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
 from train.config import TrainConfig, config_to_dict, load_config
 from train.synthetic import make_examples
 from train.synthetic_eval import (

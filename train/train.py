@@ -4,7 +4,7 @@
     python train/train.py --config train/configs/synthetic-tiny.yaml --resume latest
     python train/train.py export --checkpoint runs/x/checkpoints/step-00001000 --output model.safetensors
 
-The objective is :func:`leffa.training.training_losses`; this script adds data loading, AdamW, the LR
+The objective is :func:`leffa.core.training.training_losses`; this script adds data loading, AdamW, the LR
 schedule, gradient accumulation, mixed precision, EMA, resumable checkpoints, logging and export.
 Randomness is reproducible: the data order is a seeded permutation per epoch, and every micro-batch draws
 its noise, timesteps and reference dropout from a generator seeded by (seed, process, micro-batch index),
@@ -44,12 +44,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from leffa.flow import LeffaLossConfig
-from leffa.model import DTYPES, LeffaModel
-from leffa.pipeline import LeffaPipeline
-from leffa.recording import LeffaRegisters, select_layers
-from leffa.training import TrainingLosses, training_losses
-from leffa.transforms import tensor_to_uint8
+from leffa.core.flow import LeffaLossConfig
+from leffa.core.model import DTYPES, LeffaModel
+from leffa.core.pipeline import LeffaPipeline
+from leffa.core.recording import LeffaRegisters, select_layers
+from leffa.core.training import TrainingLosses, training_losses
+from leffa.core.transforms import tensor_to_uint8
 from train.config import (
     ConfigError,
     DataConfig,

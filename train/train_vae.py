@@ -14,7 +14,7 @@ Config (YAML, every key required unless a default is given):
 - ``output_dir``: folder for the outputs; ``seed``: weights, data order and posterior samples.
 - ``data``: ``size`` [height, width], ``train_count`` distinct training samples, ``eval_count`` test
   samples for the reconstruction metrics, ``synthetic_seed`` (base seed of the splits), ``cache_dir``.
-- ``vae_config``: keys overriding ``leffa/configs/tiny/vae.json``.
+- ``vae_config``: keys overriding ``leffa/core/base_configs/tiny/vae.json``.
 - ``steps``, ``batch_size``, ``learning_rate``, ``warmup_steps`` (default 100), ``kl_weight``,
   ``gradient_weight``, ``log_every`` (default 100), ``crop`` ([height, width] of random training crops,
   multiples of the VAE's downsampling; default: whole images).
@@ -37,7 +37,7 @@ import yaml
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
-from leffa.configs import load_base_configs
+from leffa.core.configs import load_base_configs
 from train.synthetic_eval import masked_psnr, masked_ssim, render_split, to_batch
 
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
-from leffa.model import LeffaModel
-from leffa.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
+from leffa.core.model import LeffaModel
+from leffa.core.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
@@ -158,7 +158,7 @@ class LeffaPipeline:
         if h % factor or w % factor:
             raise ValueError(
                 f"image size {w}x{h} must be a multiple of {factor} in both sides; letterbox or resize first "
-                "(leffa.transforms.letterbox)"
+                "(leffa.core.transforms.letterbox)"
             )
         batch = src.shape[0]
         for name, (tensor, _) in expected.items():
@@ -171,7 +171,7 @@ class LeffaPipeline:
         for name in ("src_image", "ref_image"):
             tensor = expected[name][0]
             if tensor.min() < -1.001 or tensor.max() > 1.001:
-                raise ValueError(f"{name}: values must be in [-1, 1] (use leffa.transforms.image_to_tensor)")
+                raise ValueError(f"{name}: values must be in [-1, 1] (use leffa.core.transforms.image_to_tensor)")
         mask = (mask >= 0.5).to(src.dtype)
         return [t.expand(batch, -1, -1, -1) for t in (src, ref, mask, densepose)]
 

@@ -38,7 +38,7 @@ class ReferencePassComplete(Exception):
 
 
 class AttentionObserver(Protocol):
-    """Receives the attention inputs of selected generative layers (see :mod:`leffa.recording`)."""
+    """Receives the attention inputs of selected generative layers (see :mod:`leffa.core.recording`)."""
 
     def wants(self, layer: str) -> bool: ...
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.checkpoints import ensure_files
-from leffa.model import LeffaModel, resolve_device, resolve_dtype
-from leffa.pipeline import LeffaPipeline, StepCallback
-from leffa.trace import Trace, trace
-from leffa.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
+from leffa.app.checkpoints import ensure_files
+from leffa.core.model import LeffaModel, resolve_device, resolve_dtype
+from leffa.core.pipeline import LeffaPipeline, StepCallback
+from leffa.inspect.trace import Trace, trace
+from leffa.core.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
 from preprocess.garment import prepare_garment
 from preprocess.images import ImageSource, load_image, open_image
 from preprocess.masks import CATEGORIES, agnostic_mask, binarize_mask

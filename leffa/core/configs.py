@@ -22,7 +22,7 @@ REFERENCE_IN_CHANNELS = 4
 
 @dataclass(frozen=True)
 class BaseConfigs:
-    """The three config dicts a :class:`~leffa.model.LeffaModel` is built from."""
+    """The three config dicts a :class:`~leffa.core.model.LeffaModel` is built from."""
 
     unet: dict[str, Any]
     vae: dict[str, Any]
@@ -32,7 +32,7 @@ class BaseConfigs:
 
 
 def _read_json(base: str, part: str) -> dict[str, Any]:
-    text = resources.files("leffa").joinpath("configs", base, f"{part}.json").read_text()
+    text = resources.files("leffa.core").joinpath("base_configs", base, f"{part}.json").read_text()
     return json.loads(text)
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor
 
-from leffa.flow import LeffaLossConfig, leffa_loss
-from leffa.model import LeffaModel
-from leffa.recording import LeffaRegisters, record_attention, select_layers
+from leffa.core.flow import LeffaLossConfig, leffa_loss
+from leffa.core.model import LeffaModel
+from leffa.core.recording import LeffaRegisters, record_attention, select_layers
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Pictures of attention and flow: heatmaps over the reference, flow colour wheels and labelled panels.
 
-Token positions follow ``leffa.flow`` (``align_corners=True``): on an ``H x W`` image the tokens of an
+Token positions follow ``leffa.core.flow`` (``align_corners=True``): on an ``H x W`` image the tokens of an
 ``h x w`` map sit at pixels ``(j * (W - 1) / (w - 1), i * (H - 1) / (h - 1))``, so the first and last tokens
 are on the image corners. Image sizes are ``(height, width)``; points are ``(x, y)`` in pixels.
 """

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leffa.app_callbacks import ALL, AppCallbacks, GenerationSettings, TryOnInputs
-from leffa.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
-from leffa.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
-from leffa.runtime import (
+from leffa.app.callbacks import ALL, AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
+from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.app.runtime import (
     DEVICES, DTYPES, RESOLUTIONS, Runtime, missing_weights, released_runtime, tiny_runtime,
 )
-from leffa.service import TRYON_MODELS, Generation
-from leffa.visualize import side_by_side
+from leffa.app.service import TRYON_MODELS, Generation
+from leffa.inspect.visualize import side_by_side
 from preprocess.masks import CATEGORIES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -35,8 +35,8 @@ _DEFAULT_OUT = Path("outputs")
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
-    from leffa.model import LeffaModel, detect_base
-    from leffa.serialization import check_state_dict, read_state_dict, save_state_dict
+    from leffa.core.model import LeffaModel, detect_base
+    from leffa.core.serialization import check_state_dict, read_state_dict, save_state_dict
 
     state = read_state_dict(args.input)
     base = detect_base(state) if args.base == "auto" else args.base

@@ -2,7 +2,7 @@
 
 ``with record_attention(model, layers=..., timesteps=...) as rec:`` attaches an :class:`AttentionRecorder`
 to the model's reference-attention processors (the same processors that inject the reference; see
-:mod:`leffa.attention`) and always detaches it on exit. Nothing is recorded outside the block, so plain
+:mod:`leffa.core.attention`) and always detaches it on exit. Nothing is recorded outside the block, so plain
 inference keeps the fused SDPA path.
 
 For each selected layer the recorder computes ``A = softmax(Q K_refᵀ / (√d · τ))`` over the reference keys
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from leffa.flow import reference_grid, select_layers_by_resolution
-from leffa.model import LeffaModel
+from leffa.core.flow import reference_grid, select_layers_by_resolution
+from leffa.core.model import LeffaModel
 
 #: Elements of one chunk of attention logits (batch × heads × queries × keys); bounds peak memory.
 CHUNK_ELEMENTS = 2**24
@@ -127,7 +127,7 @@ def attention_flow(
 
 @dataclass
 class AttentionRecorder:
-    """Observer for :class:`~leffa.attention.ReferenceAttentionProcessor` (see module docstring).
+    """Observer for :class:`~leffa.core.attention.ReferenceAttentionProcessor` (see module docstring).
 
     Records are keyed by ``(timestep, layer)``; the timestep is the sampler's current one (``None`` during
     training, where every sample has its own). ``keep_last`` keeps only the last samples of each batch (the

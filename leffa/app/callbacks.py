@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from leffa.runtime import RESOLUTIONS, model_size
-from leffa.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
-from leffa.trace import Trace
-from leffa.visualize import color_wheel_legend
+from leffa.app.runtime import RESOLUTIONS, model_size
+from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
+from leffa.inspect.trace import Trace
+from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource
 
 #: Reports progress: (fraction done in [0, 1], what is happening).

@@ -15,9 +15,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from leffa.attention import ReferenceInputs, ReferencePassComplete, ReferenceState, install_processors
-from leffa.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
-from leffa.serialization import check_state_dict, read_state_dict
+from leffa.core.attention import ReferenceInputs, ReferencePassComplete, ReferenceState, install_processors
+from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
+from leffa.core.serialization import check_state_dict, read_state_dict
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,6 +1,6 @@
 """Which models serve the app and the command line: the released weights, or the built-in demo model.
 
-The demo model (``leffa.demo``, selected with ``--tiny``) needs no download and runs anywhere in seconds.
+The demo model (``leffa.app.demo``, selected with ``--tiny``) needs no download and runs anywhere in seconds.
 Its example inputs carry their own mask and DensePose, because the preprocessing models (human parsing,
 OpenPose, DensePose) come with the released weights.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
-from leffa.batch import images_in
-from leffa.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
-from leffa.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
-from leffa.model import LeffaModel, resolve_device
-from leffa.service import POSE_MODEL, TRYON_MODELS, ModelStore
+from leffa.app.batch import images_in
+from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.app.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
+from leffa.core.model import LeffaModel, resolve_device
+from leffa.app.service import POSE_MODEL, TRYON_MODELS, ModelStore
 
 #: Resolution choices: the model's own, or half of it per side for speed.
 RESOLUTIONS: tuple[str, ...] = ("full", "half")
@@ -106,7 +106,7 @@ def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
 
 
 def tiny_runtime(*, device: str = "auto", dtype: str = "auto", notice: str = "") -> Runtime:
-    """The built-in demo model (``leffa.demo``) serving every task, with the shipped example inputs."""
+    """The built-in demo model (``leffa.app.demo``) serving every task, with the shipped example inputs."""
     model = load_demo_model(device, pick_dtype(dtype, device))
     height, width = DEMO_IMAGE_SIZE
     return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from leffa.model import LeffaModel, resolve_device
-from leffa.serialization import read_state_dict
+from leffa.core.model import LeffaModel, resolve_device
+from leffa.core.serialization import read_state_dict
 
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 DEMO_MODEL_DIR = ASSETS_DIR / "demo-model"
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 #: (height, width) the demo model was trained at; its examples have this size.

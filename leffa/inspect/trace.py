@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leffa.flow import warp
-from leffa.pipeline import LeffaOutput, LeffaPipeline
-from leffa.recording import LayerSelection, record_attention
-from leffa.visualize import aggregate_rows, flow_to_color, overlay_heatmap, query_token_index
+from leffa.core.flow import warp
+from leffa.core.pipeline import LeffaOutput, LeffaPipeline
+from leffa.core.recording import LayerSelection, record_attention
+from leffa.inspect.visualize import aggregate_rows, flow_to_color, overlay_heatmap, query_token_index
 
 DEFAULT_TRACE_STEPS = 3
 

@@ -1,0 +1,1 @@
+"""Evaluation metrics (FID/KID, SSIM, LPIPS, PSNR) used by ``train/evaluate.py``."""
