@@ -30,7 +30,7 @@ def served_app() -> Iterator[tuple[str, object]]:
     from app import build_app
     from leffa.core.model import LeffaModel
     from leffa.app.runtime import TryOnExample, single_model_runtime
-    from train.synthetic import make_examples
+    from train.synthetic.data import make_examples
 
     torch.manual_seed(0)
     model = LeffaModel.from_base("tiny").eval()

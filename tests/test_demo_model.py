@@ -12,8 +12,8 @@ import torch
 from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, demo_examples, load_demo_model
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.serialization import CheckpointMismatchError, read_state_dict
-from train.synthetic import make_sample, sample_seed
-from train.synthetic_eval import CHECK_SETTINGS, check_metrics
+from train.synthetic.data import make_sample, sample_seed
+from train.synthetic.eval import CHECK_SETTINGS, check_metrics
 
 CHECK = json.loads((DEMO_MODEL_DIR / "check.json").read_text())
 
@@ -41,7 +41,7 @@ def test_loads_strictly_from_released_key_format(demo) -> None:
 def test_missing_assets_give_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing unet.json, vae.json, scheduler.json, model.safetensors"):
         load_demo_model("cpu", path=tmp_path)
-    from train.synthetic_experiment import load_run
+    from train.synthetic.experiment import load_run
 
     with pytest.raises(FileNotFoundError, match="missing unet.json.*; train it first"):
         load_run(tmp_path)
@@ -94,7 +94,7 @@ def test_reproduces_recorded_metrics_and_beats_the_untrained_model(demo) -> None
 
 
 def test_figures_use_the_finest_attention_layers_of_the_shipped_architecture(demo) -> None:
-    from train.synthetic_experiment import _finest_layers
+    from train.synthetic.experiment import _finest_layers
 
     grid, layers = _finest_layers(demo, DEMO_IMAGE_SIZE)
     assert grid == (16, 12)  # 128x96 image, 4x VAE, no attention at the 32x24 latent level

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.synthetic import (
+from train.synthetic.data import (
     AGNOSTIC_GREY,
     DENSEPOSE_PARTS,
     PATTERNS,

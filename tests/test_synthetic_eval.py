@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from leffa.eval.metrics import ssim
-from train.synthetic import SyntheticTryOnDataset, make_sample, sample_seed
-from train.synthetic_eval import (
+from train.synthetic.data import SyntheticTryOnDataset, make_sample, sample_seed
+from train.synthetic.eval import (
     STUDY_INITS,
     EvalSettings,
     evaluate_model,
@@ -27,7 +27,7 @@ from train.synthetic_eval import (
     uniform_attention_flow,
     warp_l1,
 )
-from train.train_vae import build_vae, load_vae_config, reconstruction_loss
+from train.synthetic.vae import build_vae, load_vae_config, reconstruction_loss
 
 # ------------------------------------------------------------------------------------------ flow error
 
@@ -254,7 +254,7 @@ def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
     """Every stage of ``all`` loads, is supported by the CPU loop, and differs from the others only in what
     the comparison varies (init, seed, steps, leffa); its VAE section is the VAE stage's architecture."""
     from train.config import load_config
-    from train.synthetic_experiment import CONFIG_DIR, STAGES, check_supported
+    from train.synthetic.experiment import CONFIG_DIR, STAGES, check_supported
 
     vae_stage = load_vae_config(CONFIG_DIR / "synthetic-vae.yaml")
     configs = {name: load_config(CONFIG_DIR / f"synthetic-{name}.yaml") for name in STAGES}

@@ -39,7 +39,7 @@ from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.transforms import tensor_to_uint8
 from train.datasets import DRESSCODE_CATEGORIES, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
-from train.synthetic import SyntheticTryOnDataset
+from train.synthetic.data import SyntheticTryOnDataset
 
 logger = logging.getLogger(__name__)
 

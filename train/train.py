@@ -71,7 +71,7 @@ from train.data_order import EpochSampler, batch_stream, derived_seed
 from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
 from train.ema import EMA
 from train.model_setup import build_model, configure_trainable, trainable_parameters
-from train.synthetic import SyntheticTryOnDataset
+from train.synthetic.data import SyntheticTryOnDataset
 
 logger = get_logger(__name__)
 

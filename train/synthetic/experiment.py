@@ -5,19 +5,19 @@ accelerate, no data workers) around :func:`leffa.core.training.training_losses` 
 from its seed and shows exactly what is compared. Stage configs use the trainer's schema
 (``train/config.py``); this loop supports the subset listed in :func:`check_supported` and says so for the
 rest. Two rules go beyond the schema: ``model.vae_path`` must point at the ``vae.safetensors`` written by
-``train/train_vae.py`` (its ``vae.json`` beside it must agree with ``model.vae_config``), and fine-tuning
+``train/synthetic/vae.py`` (its ``vae.json`` beside it must agree with ``model.vae_config``), and fine-tuning
 stages (``model.init: checkpoint``) start from a ``model.safetensors`` written here.
 
 Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the measured results)::
 
-    python -m train.synthetic_experiment train train/configs/synthetic-base.yaml
-    python -m train.synthetic_experiment evaluate runs/synthetic/finetune runs/synthetic/leffa
-    python -m train.synthetic_experiment evaluate runs/synthetic/untrained --untrained-from runs/synthetic/base
-    python -m train.synthetic_experiment report runs/synthetic/untrained runs/synthetic/finetune ...
-    python -m train.synthetic_experiment study
-    python -m train.synthetic_experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
-    python -m train.synthetic_experiment export runs/synthetic/long-leffa --compare runs/synthetic/long-finetune runs/synthetic/leffa-w1-tau1
-    python -m train.synthetic_experiment all        # every stage in order: the reproduce command
+    python -m train.synthetic.experiment train train/configs/synthetic-base.yaml
+    python -m train.synthetic.experiment evaluate runs/synthetic/finetune runs/synthetic/leffa
+    python -m train.synthetic.experiment evaluate runs/synthetic/untrained --untrained-from runs/synthetic/base
+    python -m train.synthetic.experiment report runs/synthetic/untrained runs/synthetic/finetune ...
+    python -m train.synthetic.experiment study
+    python -m train.synthetic.experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
+    python -m train.synthetic.experiment export runs/synthetic/long-leffa --compare runs/synthetic/long-finetune runs/synthetic/leffa-w1-tau1
+    python -m train.synthetic.experiment all        # every stage in order: the reproduce command
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from leffa.core.serialization import read_state_dict, save_state_dict
 from leffa.core.training import training_losses
 from leffa.inspect.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
 from train.config import TrainConfig, config_to_dict, load_config
-from train.synthetic import make_examples
-from train.synthetic_eval import (
+from train.synthetic.data import make_examples
+from train.synthetic.eval import (
     CHECK_COUNT,
     CHECK_SETTINGS,
     STUDY_INITS,
@@ -59,7 +59,7 @@ from train.synthetic_eval import (
     teacher_forced,
     to_batch,
 )
-from train.train_vae import load_vae_config, train_vae
+from train.synthetic.vae import load_vae_config, train_vae
 
 CONFIG_DIR = Path("train/configs")
 RUN_DIR = Path("runs/synthetic")
@@ -133,7 +133,7 @@ def build_model(config: TrainConfig) -> LeffaModel:
     configs = model_configs(config)
     vae_path = Path(config.model.vae_path)
     if not vae_path.is_file():
-        raise FileNotFoundError(f"model.vae_path {vae_path} not found; run python -m train.train_vae first")
+        raise FileNotFoundError(f"model.vae_path {vae_path} not found; run python -m train.synthetic.vae first")
     _check_vae_config(vae_path, configs["vae"])
     torch.manual_seed(config.seed)
     model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
@@ -156,7 +156,7 @@ def save_run(
 def load_run(run: str | Path) -> LeffaModel:
     """A model saved by :func:`save_run`, loaded strictly, fp32 on the CPU."""
     return load_model_folder(
-        run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic_experiment train"
+        run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic.experiment train"
     )
 
 
@@ -308,7 +308,7 @@ def write_report(runs: Sequence[str | Path], out: Path) -> dict:
     models = {}
     for run in map(Path, runs):
         if not (run / "eval.json").is_file():
-            raise FileNotFoundError(f"{run}/eval.json not found; run: python -m train.synthetic_experiment evaluate {run}")
+            raise FileNotFoundError(f"{run}/eval.json not found; run: python -m train.synthetic.experiment evaluate {run}")
         entry = json.loads((run / "eval.json").read_text())
         info = run / "train_info.json"
         entry["train"] = json.loads(info.read_text()) if info.is_file() else {}

@@ -1,7 +1,7 @@
 """Metrics of the synthetic try-on benchmark: attention-flow error against the true flow, and image quality.
 
 Why a separate module: the synthetic task knows, for every garment pixel of the target, where it comes from
-in the garment image (``train/synthetic.py``), so the flow read out of attention (``leffa.core.flow``) can be
+in the garment image (``train/synthetic/data.py``), so the flow read out of attention (``leffa.core.flow``) can be
 scored directly in pixels instead of through FID. Everything here is deterministic for a given seed.
 
 Conventions: images are float (B, 3, H, W) in [0, 1] for the image metrics; regions are (B, 1, H, W) or
@@ -26,7 +26,7 @@ from leffa.eval.metrics import ssim_map
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import layer_sizes, record_attention
-from train.synthetic import check_size, make_sample, sample_seed
+from train.synthetic.data import check_size, make_sample, sample_seed
 
 #: Arrays of a rendered split; ``flow``/``flow_valid`` only when rendered with flows.
 SPLIT_KEYS = ("person", "garment", "mask", "densepose", "flow", "flow_valid", "seed")

@@ -6,7 +6,7 @@ differences (keeps the stripe and glyph edges that plain L1 blurs; LPIPS needs p
 offline project does not have) + ``kl_weight`` x KL, as in latent diffusion. The latent scaling factor is
 measured after training (1 / std of the latents), as Stable Diffusion's 0.18215 was.
 
-Usage: ``python -m train.train_vae train/configs/synthetic-vae.yaml`` writes ``vae.safetensors``,
+Usage: ``python -m train.synthetic.vae train/configs/synthetic-vae.yaml`` writes ``vae.safetensors``,
 ``vae.json`` (config with the measured scaling factor) and ``metrics.json`` to the config's output_dir.
 
 Config (YAML, every key required unless a default is given):
@@ -38,7 +38,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from leffa.core.configs import load_base_configs
-from train.synthetic_eval import masked_psnr, masked_ssim, render_split, to_batch
+from train.synthetic.eval import masked_psnr, masked_ssim, render_split, to_batch
 
 
 @dataclass(frozen=True)
