@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from leffa.common import NoPersonError
 from preprocess.parsing import PARSE_HEIGHT, PARSE_WIDTH
 
 NUM_KEYPOINTS = 18
@@ -62,10 +63,6 @@ LIMBS: tuple[tuple[int, int], ...] = (
 
 # Estimator: BGR uint8 image -> (candidate, subset) in controlnet_aux's format (see `select_person`).
 BodyEstimator = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class NoPersonError(ValueError):
-    """OpenPose found nobody in the image."""
 
 
 @dataclass(frozen=True)

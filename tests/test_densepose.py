@@ -19,14 +19,13 @@ from PIL import Image
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
+from leffa.common import CheckpointMismatchError, NoPersonError, check_state_dict
 from preprocess.densepose import (
     CHECKPOINT_FILE,
-    CheckpointMismatchError,
     DensePoseModel,
     DensePoseRCNN,
     DensePoseResult,
     DensePoseSettings,
-    NoPersonFoundError,
     PersonChart,
     UnsafePickleError,
     parula_lut,
@@ -45,7 +44,7 @@ from preprocess.densepose.boxes import (
     multilevel_roi_align,
 )
 from preprocess.densepose.chart import chart_to_person
-from preprocess.densepose.checkpoint import check_weights, load_weights
+from preprocess.densepose.checkpoint import load_weights
 from preprocess.densepose.inputs import prepare_image, resized_shape, to_rgb_array
 from preprocess.densepose.layers import Conv2dFrozenBN, FrozenBatchNorm2d
 from preprocess.densepose.model import resolve_checkpoint
@@ -151,15 +150,15 @@ def test_missing_checkpoint_names_file_and_hub_repo(tmp_path):
 def test_broken_checkpoints_give_one_error_naming_the_tensors():
     network = _meta_network()
     good = _distinct_weights(network)
-    check_weights(network, good)
+    check_state_dict(network.state_dict(), good, what="DensePose R50-FPN")
 
     missing = dict(good)
     del missing["roi_heads.decoder.p5.4.weight"]
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\): roi_heads.decoder.p5.4.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"DensePose R50-FPN: 1 missing keys: roi_heads.decoder.p5.4.weight"):
         load_weights(network, missing)
 
     extra = dict(good, **{"roi_heads.mask_head.weight": np.zeros(3, np.float32)})
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): roi_heads.mask_head.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"1 unexpected keys: roi_heads.mask_head.weight"):
         load_weights(network, extra)
 
     wrong = dict(good, **{"roi_heads.box_predictor.cls_score.weight": np.zeros((81, 1024), np.float32)})
@@ -518,10 +517,10 @@ def test_no_person_is_reported_clearly():
     empty = DensePoseResult(
         boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32), image_size=(5, 9)
     )
-    with pytest.raises(NoPersonFoundError, match="no person found"):
+    with pytest.raises(NoPersonError, match="no person found"):
         empty.require_person()
     for render in (render_segmentation, render_dresscode, render_iuv):
-        with pytest.raises(NoPersonFoundError, match="no person found"):
+        with pytest.raises(NoPersonError, match="no person found"):
             render(empty)
     assert empty.part_index_map().shape == (5, 9)
 
@@ -609,7 +608,7 @@ def test_no_person_end_to_end(network):
     with person_logits(network, -4.0, 0.0):
         result = model.predict(Image.new("L", (64, 200), 128))
     assert result.num_people == 0 and result.boxes.shape == (0, 4)
-    with pytest.raises(NoPersonFoundError, match="no person found"):
+    with pytest.raises(NoPersonError, match="no person found"):
         result.require_person()
 
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from preprocess.masks import agnostic_mask
 from preprocess.parsing import LABEL, PARSE_HEIGHT, PARSE_WIDTH
-from train.prepare import SKIPPED_FILE, NoPersonFound, main, mask_from_models, prepare_split, resize_mask
+from leffa.common import NoPersonError
+from train.prepare import SKIPPED_FILE, main, mask_from_models, prepare_split, resize_mask
 
 H, W = 32, 24
 
@@ -48,7 +49,7 @@ class FakeModels:
         self.calls["densepose"] += 1
         array = np.asarray(person)
         if int(array[0, 0, 0]) in self.nobody:
-            raise NoPersonFound("nobody here")
+            raise NoPersonError("nobody here")
         return 255 - array
 
 

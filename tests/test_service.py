@@ -8,7 +8,8 @@ from PIL import Image
 
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore, PoseTransfer, TryOn
-from preprocess.densepose import DensePoseResult, NoPersonFoundError, PersonChart
+from leffa.common import NoPersonError
+from preprocess.densepose import DensePoseResult, PersonChart
 from preprocess.images import InvalidImageError
 from preprocess.openpose import Pose
 from preprocess.parsing import LABEL, ParseResult
@@ -117,7 +118,7 @@ def test_pose_transfer_uses_target_iuv_and_full_mask(store):
 
 def test_no_person_is_a_clear_error(store, monkeypatch):
     monkeypatch.setattr(store, "densepose", lambda status=None: FakeDensePose(people=False))
-    with pytest.raises(NoPersonFoundError, match="no person found"):
+    with pytest.raises(NoPersonError, match="no person found"):
         PoseTransfer(store).prepare(_photo(), _photo())
 
 

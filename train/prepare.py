@@ -37,22 +37,18 @@ from tqdm.auto import tqdm
 
 from leffa.app.checkpoints import ensure_files
 from preprocess.masks import agnostic_mask
-from preprocess.openpose import NoPersonError, OpenPoseDetector
+from leffa.common import IMAGE_SUFFIXES, NoPersonError
+from preprocess.openpose import OpenPoseDetector
 from preprocess.parsing import HumanParser
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SKIPPED_FILE = "prepare_skipped.txt"
 
 MaskFn = Callable[[Image.Image], np.ndarray]
-"""Person photo -> (H, W) bool agnostic mask at the photo's size; raises :class:`NoPersonFound`."""
+"""Person photo -> (H, W) bool agnostic mask at the photo's size; raises ``NoPersonError`` (skipped)."""
 DensePoseFn = Callable[[Image.Image], np.ndarray]
-"""Person photo -> (H, W, 3) uint8 densepose render at the photo's size; raises :class:`NoPersonFound`."""
-
-
-class NoPersonFound(Exception):
-    """A model found nobody in the photo: the image is skipped, not fatal."""
+"""Person photo -> (H, W, 3) uint8 densepose render at the photo's size; raises ``NoPersonError`` (skipped)."""
 
 
 @dataclass
@@ -140,7 +136,7 @@ def prepare_split(
         try:
             mask = _check_output(mask_fn(person), person, "mask_fn", None) if todo_mask else None
             dense = _check_output(densepose_fn(person), person, "densepose_fn", 3) if todo_dense else None
-        except NoPersonFound as error:
+        except NoPersonError as error:
             summary.skipped.append((photo.name, str(error)))
             continue
         if mask is not None:
@@ -160,16 +156,6 @@ def prepare_split(
 # ----------------------------------------------------------------------------- released models
 
 
-def _no_person_as_skip(function: Callable, errors: tuple[type[Exception], ...]) -> Callable:
-    def call(person: Image.Image):
-        try:
-            return function(person)
-        except errors as error:
-            raise NoPersonFound(str(error)) from error
-
-    return call
-
-
 def load_mask_fn(ckpt_dir: str | Path | None, device: str, *, download: bool = False) -> MaskFn:
     """SCHP parsing + OpenPose from the released weights, as a :data:`MaskFn`."""
     files = ensure_files("parsing", ckpt_dir, download=download)
@@ -178,19 +164,17 @@ def load_mask_fn(ckpt_dir: str | Path | None, device: str, *, download: bool = F
     detector = OpenPoseDetector(files["openpose"], device=device)
     return mask_from_models(
         lambda person: parser(person).labels,
-        _no_person_as_skip(lambda person: detector(person).keypoints, (NoPersonError,)),
+        lambda person: detector(person).keypoints,
     )
 
 
 def load_densepose_fn(ckpt_dir: str | Path | None, device: str, *, download: bool = False) -> DensePoseFn:
     """DensePose R50-FPN from the released weights, rendering the VITON-HD part-index image."""
-    from preprocess.densepose import DensePoseModel, NoPersonFoundError, render_segmentation
+    from preprocess.densepose import DensePoseModel, render_segmentation
 
     files = ensure_files("densepose", ckpt_dir, download=download)
     model = DensePoseModel.from_checkpoint(files["densepose_weights"], device=device)
-    return _no_person_as_skip(
-        lambda person: render_segmentation(model.predict(person)), (NoPersonFoundError,)
-    )
+    return lambda person: render_segmentation(model.predict(person))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,6 @@
 
 from .chart import PersonChart
 from .checkpoint import (
-    CheckpointMismatchError,
     UnsafePickleError,
     read_detectron2_checkpoint,
     write_detectron2_checkpoint,
@@ -10,18 +9,16 @@ from .checkpoint import (
 from .model import CHECKPOINT_FILE, HF_REPO_ID, DensePoseModel
 from .network import DensePoseRCNN
 from .render import parula_lut, render_dresscode, render_iuv, render_segmentation
-from .result import DensePoseResult, NoPersonFoundError
+from .result import DensePoseResult
 from .settings import DensePoseSettings
 
 __all__ = [
     "CHECKPOINT_FILE",
     "HF_REPO_ID",
-    "CheckpointMismatchError",
     "DensePoseModel",
     "DensePoseRCNN",
     "DensePoseResult",
     "DensePoseSettings",
-    "NoPersonFoundError",
     "PersonChart",
     "UnsafePickleError",
     "parula_lut",

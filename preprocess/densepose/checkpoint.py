@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from leffa.common import check_state_dict
+
 MODEL_KEY = "model"
 _SHOWN_NAMES = 5
 
@@ -60,10 +62,6 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The checkpoint names a global outside the numpy/container allow-list."""
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensor names or shapes differ from the network's."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -115,37 +113,9 @@ def write_detectron2_checkpoint(
         pickle.dump({MODEL_KEY: weights, "__author__": "leffa-preprocess"}, handle, protocol=protocol)
 
 
-def _describe(label: str, names: list[str]) -> str:
-    more = f", ... ({len(names) - _SHOWN_NAMES} more)" if len(names) > _SHOWN_NAMES else ""
-    return f"{label} ({len(names)}): {', '.join(names[:_SHOWN_NAMES])}{more}"
-
-
-def check_weights(module: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
-    """Raise CheckpointMismatchError naming missing, unexpected and wrongly shaped tensors."""
-    expected = module.state_dict()
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    wrong_shape = [
-        f"{name} {tuple(weights[name].shape)} != {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
-    ]
-    problems = [
-        _describe(label, names)
-        for label, names in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("wrong shapes", wrong_shape),
-        )
-        if names
-    ]
-    if problems:
-        raise CheckpointMismatchError("checkpoint does not match DensePose R50-FPN: " + "; ".join(problems))
-
-
 def load_weights(module: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Module:
     """Strictly load numpy weights as float32 (works on meta-device modules) and freeze them."""
-    check_weights(module, weights)
+    check_state_dict(module.state_dict(), weights, what="DensePose R50-FPN")
     tensors = {name: torch.tensor(np.asarray(array), dtype=torch.float32) for name, array in weights.items()}
     module.load_state_dict(tensors, strict=True, assign=True)
     module.requires_grad_(False)

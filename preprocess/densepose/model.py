@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from leffa.common import check_device
+
 from .boxes import clip_boxes, nonempty
 from .chart import chart_to_person
 from .checkpoint import load_weights, read_detectron2_checkpoint
@@ -30,14 +32,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"Face repo {HF_REPO_ID}: python -m leffa download densepose --ckpt-dir <checkpoint dir>"
         )
     return candidate
-
-
-def _check_device(device: torch.device) -> None:
-    """Fail early, with a hint, on a device this machine does not have."""
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device} requested but Apple MPS is not available here; use device='cpu'")
 
 
 class DensePoseModel:
@@ -80,7 +74,7 @@ class DensePoseModel:
     ) -> DensePoseModel:
         """Move (and optionally cast) the network in place; returns self."""
         if device is not None:
-            _check_device(torch.device(device))
+            check_device(torch.device(device))
         self.network.to(device=device, dtype=dtype)
         fast_layout = self.device.type in ("cpu", "cuda")
         self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format

@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from leffa.common import NoPersonError
+
 from .chart import PersonChart, paste_region
-
-
-class NoPersonFoundError(ValueError):
-    """DensePose detected nobody above the score threshold."""
 
 
 @dataclass
@@ -32,9 +30,9 @@ class DensePoseResult:
         return len(self.people)
 
     def require_person(self) -> DensePoseResult:
-        """Return self, or raise NoPersonFoundError when nothing was detected."""
+        """Return self, or raise NoPersonError when nothing was detected."""
         if not self.people:
-            raise NoPersonFoundError(
+            raise NoPersonError(
                 f"no person found: DensePose detected nobody with a score above {self.score_threshold} in "
                 f"the {self.image_size[1]}x{self.image_size[0]} image; use a photo showing one person clearly"
             )
