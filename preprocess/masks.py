@@ -2,39 +2,69 @@
 
 Two released algorithms are reproduced, one per try-on checkpoint: "viton_hd" (VITON-HD model)
 and "dress_code" (DressCode model). Both work on the 384x512 parse (`preprocess.parsing`, ATR labels
-plus neck) and the OpenPose keypoints in that frame, and run the same steps:
+plus neck) and the OpenPose keypoints in that frame. Sizes are in pixels at the 512 px frame height;
+morphology uses all-ones square kernels, OpenCV's default borders (the image border neither erodes
+nor dilates) and its anchor (an even kernel such as the garment's 10x10 grows 5 px down/right and
+4 px up/left per pass). "Other garment" below is the garment that is not being replaced: skirt and
+pants for upper_body, upper clothes and both arms for lower_body, nothing for dresses.
 
-1. fixed: labels always kept (shoes, hat, sunglasses, bag; DressCode also scarf) plus the garment
-   that is not being replaced (pants and skirt for upper_body; upper clothes and arms for lower_body);
-2. cloth: labels of the garment to replace;
-3. arms (upper_body, dresses): thick lines through the arm keypoints. Arm pixels outside them are the
-   hands, which join fixed;
-4. head: labels of the head join fixed. DressCode cuts the neck off the head geometrically: head
-   pixels below the shoulder line raised by 20 px;
-5. garment region = dilate(cloth | arms), then the neck (VITON-HD: the neck label; DressCode: the
-   cut-off part of the head) joins it;
-6. fixed is eroded slightly, so the mask may take a thin rim off the kept regions next to it;
-7. mask = garment region minus the eroded fixed region, i.e. NOT(everything outside the garment
-   region OR fixed); holes are filled (this also fills in fixed regions the mask encloses, e.g. a
-   hand in front of the shirt, as the release does; `protect_fixed=True` keeps them instead);
-8. VITON-HD only: only the largest connected region is kept.
+VITON-HD, the released algorithm step by step (equal to the release pixel for pixel on its golden
+cases):
 
-All sizes are in pixels at the 512 px frame height. From the reference: arm widths 60 (VITON-HD)
-and 30 (DressCode), wrist extension 1.2, garment dilation 10x10 x5 (OpenCV's even kernel grows
-5 px down/right and 4 px up/left per pass), neck raise 20. Chosen here where the reference is
-silent: DressCode arm dilation 5x5 x5, fixed erosion 3x3 x1, holes = 4-connected unmasked regions
-not touching the border, largest region by 8-connectivity. Deterministic: numpy/OpenCV/scipy only.
+1. head = hat, sunglasses, face (not hair); fixed = shoes, hat, sunglasses, bag and the other
+   garment; changeable = everything else, background included;
+2. garment = the garment labels (upper clothes, dress | pants, legs, skirt | dress, upper clothes,
+   skirt, pants) dilated 10x10 x5;
+3. upper_body and dresses, per side: the drawn arm is a Pillow polyline 60 px wide (joint "curve")
+   through shoulder, elbow and the wrist moved to elbow + 1.2 (wrist - elbow), coordinates truncated
+   to uint16, right side drawn shoulder first, left side wrist first, plus a Pillow ring (full arc)
+   of 30 px width in the 60 px box around the shoulder (a missing shoulder or elbow is drawn at
+   [0, 0], as the release does); without a wrist it is that side's arm label instead.
+   Arm-label pixels outside the drawn arm are the hand, which joins fixed. The neck label dilated
+   5x5 x1 minus the head, and the drawn arms dilated 5x5 x4, join the garment;
+4. fixed is eroded 5x5 x1, then the head joins it (not eroded);
+5. mask = NOT((changeable AND NOT garment) OR fixed). The pixels the erosion took off fixed are
+   neither, so a 2 px rim of the fixed regions is masked (of the hands only inside the garment:
+   they were changeable before they joined fixed);
+6. the one-pixel image frame is unmasked, then holes (unmasked regions not 4-connected to the
+   frame) are filled: where a rim closes around a fixed region, all of that region is masked. This
+   is why the release masks the upper clothes and arms for lower_body, and the pants or skirt for
+   upper_body unless they reach the image edge;
+7. of all contours (OpenCV RETR_CCOMP, TC89_L1 approximation; outer and hole contours alike) the one
+   of largest absolute area is drawn filled: that is the mask.
+
+DressCode:
+
+1. fixed = shoes, hat, sunglasses, bag, scarf and the other garment;
+2. cloth = upper clothes | pants, legs | dress, legs;
+3. upper_body and dresses: the arms are one 30 px polyline (flat ends, round joints) through the
+   detected keypoints left wrist, elbow, shoulder, right shoulder, elbow, wrist, dilated 5x5 x5.
+   Arm-label pixels outside them are the hands, which join fixed. Head = hat, hair, sunglasses,
+   face, neck; its pixels below the line through the shoulders raised by 20 px are the neck, the
+   rest joins fixed (without the arms, all of the head does);
+4. garment region = dilate(cloth | arms, 10x10 x5) | neck; fixed is eroded 3x3 x1;
+5. mask = garment region AND NOT fixed, holes (4-connected unmasked regions not touching the
+   border) filled.
+
+From the reference for DressCode: arm width 30, garment dilation, neck raise 20. Chosen here where
+it is silent, and matching the release to IoU >= 0.98 on its golden cases: arm dilation 5x5 x5,
+fixed erosion 3x3 x1, 4-connected holes.
+
+Options beyond the release, off by default: `protect_fixed=True` unmasks every fixed pixel as
+labelled (before the erosion, so rims included: hands, bag, shoes, head, the other garment) after
+the steps above, which e.g. keeps the shirt and arms out of the VITON-HD lower_body mask; `dilate`
+grows or shrinks the final mask. Deterministic: numpy/OpenCV/scipy/Pillow only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import pairwise
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from preprocess.parsing import LABEL, PARSE_HEIGHT, PARSE_LABELS, PARSE_WIDTH
@@ -42,55 +72,61 @@ from preprocess.parsing import LABEL, PARSE_HEIGHT, PARSE_LABELS, PARSE_WIDTH
 CATEGORIES = ("upper_body", "lower_body", "dresses")
 VARIANTS = ("viton_hd", "dress_code")
 
-VITON_ARM_WIDTH = 60
-WRIST_EXTENSION = 1.2
+GARMENT_DILATION = (np.ones((10, 10), np.uint8), 5)
+
+# The release computes int(60 * height / 512) for its arm width; the parse is always 512 px high.
+VITON_HD_ARM_WIDTH = 60
+VITON_HD_WRIST_EXTENSION = 1.2
+VITON_HD_FIXED_EROSION = (np.ones((5, 5), np.uint8), 1)
+VITON_HD_NECK_DILATION = (np.ones((5, 5), np.uint8), 1)
+VITON_HD_ARM_DILATION = (np.ones((5, 5), np.uint8), 4)
+
 DRESS_CODE_ARM_WIDTH = 30
 DRESS_CODE_ARM_DILATION = (np.ones((5, 5), np.uint8), 5)
-GARMENT_DILATION = (np.ones((10, 10), np.uint8), 5)
-FIXED_EROSION = (np.ones((3, 3), np.uint8), 1)
+DRESS_CODE_FIXED_EROSION = (np.ones((3, 3), np.uint8), 1)
 DRESS_CODE_NECK_RAISE = 20
 
 _R_SHOULDER, _R_ELBOW, _R_WRIST, _L_SHOULDER, _L_ELBOW, _L_WRIST = 2, 3, 4, 5, 6, 7
 _SUBPIXEL_BITS = 4
 _MAX_COORDINATE = 100_000.0
 
-
-@dataclass(frozen=True)
-class _Rules:
-    """Label names per role for one variant."""
-
-    always_fixed: tuple[str, ...]
-    head: tuple[str, ...]
-    cloth: dict[str, tuple[str, ...]]
-
-
-# DressCode's head includes the neck label: its algorithm predates the neck split (its "face" is
-# ATR's, neck included) and finds the neck itself from the shoulder line.
-_RULES = {
-    "viton_hd": _Rules(
-        always_fixed=("left_shoe", "right_shoe", "hat", "sunglasses", "bag"),
-        head=("hat", "sunglasses", "face"),
-        cloth={
-            "upper_body": ("upper_clothes", "dress"),
-            "lower_body": ("pants", "left_leg", "right_leg", "skirt"),
-            "dresses": ("dress", "upper_clothes", "skirt", "pants"),
-        },
-    ),
-    "dress_code": _Rules(
-        always_fixed=("left_shoe", "right_shoe", "hat", "sunglasses", "bag", "scarf"),
-        head=("hat", "hair", "sunglasses", "face", "neck"),
-        cloth={
-            "upper_body": ("upper_clothes",),
-            "lower_body": ("pants", "left_leg", "right_leg"),
-            "dresses": ("dress", "left_leg", "right_leg"),
-        },
-    ),
-}
 _OTHER_GARMENT = {
     "upper_body": ("skirt", "pants"),
     "lower_body": ("upper_clothes", "left_arm", "right_arm"),
     "dresses": (),
 }
+_VITON_HD_FIXED = ("left_shoe", "right_shoe", "hat", "sunglasses", "bag")
+_VITON_HD_HEAD = ("hat", "sunglasses", "face")
+_VITON_HD_CLOTH = {
+    "upper_body": ("upper_clothes", "dress"),
+    "lower_body": ("pants", "left_leg", "right_leg", "skirt"),
+    "dresses": ("dress", "upper_clothes", "skirt", "pants"),
+}
+# DressCode's head includes the neck label: its algorithm predates the neck split (its "face" is
+# ATR's, neck included) and finds the neck itself from the shoulder line.
+_DRESS_CODE_FIXED = ("left_shoe", "right_shoe", "hat", "sunglasses", "bag", "scarf")
+_DRESS_CODE_HEAD = ("hat", "hair", "sunglasses", "face", "neck")
+_DRESS_CODE_CLOTH = {
+    "upper_body": ("upper_clothes",),
+    "lower_body": ("pants", "left_leg", "right_leg"),
+    "dresses": ("dress", "left_leg", "right_leg"),
+}
+
+
+class _Arm(NamedTuple):
+    """One side's keypoint indices and parse label; `wrist_first`: the release draws it wrist first."""
+
+    shoulder: int
+    elbow: int
+    wrist: int
+    label: str
+    wrist_first: bool
+
+
+_VITON_HD_ARMS = (
+    _Arm(_R_SHOULDER, _R_ELBOW, _R_WRIST, "right_arm", wrist_first=False),
+    _Arm(_L_SHOULDER, _L_ELBOW, _L_WRIST, "left_arm", wrist_first=True),
+)
 
 
 def agnostic_mask(
@@ -107,30 +143,18 @@ def agnostic_mask(
     `parse`: (512, 384) uint8 label map (`PARSE_LABELS`); `keypoints`: (18, 2) OpenPose `[x, y]` in
     the same frame, [0, 0] when missing; `category` in `CATEGORIES`; `variant` in `VARIANTS`.
     `dilate` grows (positive) or shrinks (negative) the final mask by that many pixels; 0 gives the
-    released behaviour. `protect_fixed` (not in the release) unmasks the kept regions again after
-    hole filling. The mask can be empty when the parse shows nothing of the category.
+    released behaviour. `protect_fixed` (not in the release) unmasks every fixed pixel (hands, bag,
+    shoes, head, the garment not being replaced; rims included) after hole filling and region
+    selection. The mask can be empty when the parse shows nothing of the category.
     """
     parse, keypoints = _validate(parse, keypoints, category, variant)
-    rules = _RULES[variant]
-    has_arms = category in ("upper_body", "dresses")
-
-    fixed = _labels(parse, rules.always_fixed + _OTHER_GARMENT[category])
-    cloth = _labels(parse, rules.cloth[category])
-    arms = _draw_arms(keypoints, variant) if has_arms else np.zeros_like(cloth)
-    if has_arms:
-        fixed |= _labels(parse, ("left_arm", "right_arm")) & ~arms
-
-    head = _labels(parse, rules.head)
-    neck = _neck(parse, keypoints, head, variant) if has_arms else np.zeros_like(head)
-    fixed |= head & ~neck
-
-    garment = _morph(cloth | arms, cv2.dilate, GARMENT_DILATION) | neck
-    fixed = _morph(fixed, cv2.erode, FIXED_EROSION)
-    mask = ndimage.binary_fill_holes(garment & ~fixed)
+    if variant == "viton_hd":
+        filled, fixed = _viton_hd_regions(parse, keypoints, category)
+        mask = _largest_contour(filled)
+    else:
+        mask, fixed = _dress_code_mask(parse, keypoints, category)
     if protect_fixed:
         mask &= ~fixed
-    if variant == "viton_hd":
-        mask = _largest_region(mask)
     return grow(mask, dilate)
 
 
@@ -205,26 +229,96 @@ def _present(point: np.ndarray) -> bool:
     return not (point[0] <= 1.0 and point[1] <= 1.0)
 
 
-def _draw_arms(keypoints: np.ndarray, variant: str) -> np.ndarray:
-    """The arm region of step 3, drawn from the arm keypoints that were detected."""
+def _viton_hd_regions(
+    parse: np.ndarray, keypoints: np.ndarray, category: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """VITON-HD steps 1-6 (module docstring): the hole-filled mask before the contour step, and
+    the fixed region before the erosion, head included."""
+    head = _labels(parse, _VITON_HD_HEAD)
+    fixed = _labels(parse, _VITON_HD_FIXED + _OTHER_GARMENT[category])
+    changeable = ~fixed  # the background and every label not fixed at this point (hands stay in it)
+    garment = _morph(_labels(parse, _VITON_HD_CLOTH[category]), cv2.dilate, GARMENT_DILATION)
+    if category in ("upper_body", "dresses"):
+        arms = np.zeros_like(fixed)
+        for arm in _VITON_HD_ARMS:
+            label = parse == LABEL[arm.label]
+            if _present(keypoints[arm.wrist]):
+                drawn = _viton_hd_arm(
+                    keypoints[arm.shoulder], keypoints[arm.elbow], keypoints[arm.wrist], arm.wrist_first
+                )
+            else:
+                drawn = label
+            fixed |= label & ~drawn
+            arms |= drawn
+        neck = _morph(parse == LABEL["neck"], cv2.dilate, VITON_HD_NECK_DILATION) & ~head
+        garment |= neck | _morph(arms, cv2.dilate, VITON_HD_ARM_DILATION)
+    protected = fixed | head
+    fixed = _morph(fixed, cv2.erode, VITON_HD_FIXED_EROSION) | head
+    mask = ~((changeable & ~garment) | fixed)
+    mask[[0, -1], :] = False
+    mask[:, [0, -1]] = False
+    return ndimage.binary_fill_holes(mask), protected
+
+
+def _viton_hd_arm(
+    shoulder: np.ndarray, elbow: np.ndarray, wrist: np.ndarray, wrist_first: bool
+) -> np.ndarray:
+    """One drawn arm of VITON-HD step 3, drawn with Pillow as the release does."""
+    wrist = elbow + VITON_HD_WRIST_EXTENSION * (wrist - elbow)
+    chain = (wrist, elbow, shoulder) if wrist_first else (shoulder, elbow, wrist)
+    image = Image.new("L", (PARSE_WIDTH, PARSE_HEIGHT))
+    draw = ImageDraw.Draw(image)
+    draw.line(_as_uint16(np.concatenate(chain)).tolist(), fill=255, width=VITON_HD_ARM_WIDTH, joint="curve")
+    half = VITON_HD_ARM_WIDTH // 2
+    draw.arc(np.concatenate([shoulder - half, shoulder + half]).tolist(), 0, 360, fill=255, width=half)
+    return np.asarray(image) > 0
+
+
+def _as_uint16(values: np.ndarray) -> np.ndarray:
+    """The release's cast to uint16, made explicit: truncated toward zero, then wrapped mod 2**16."""
+    return np.mod(np.trunc(values).astype(np.int64), 1 << 16)
+
+
+def _largest_contour(mask: np.ndarray) -> np.ndarray:
+    """VITON-HD step 7: the contour of largest absolute area (the first on ties), drawn filled.
+
+    The approximation matters: on the golden cases TC89_L1 gives the release exactly, while
+    CHAIN_APPROX_NONE or _SIMPLE differ by 130-490 pixels per case (IoU down to 0.990).
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_TC89_L1)
+    filled = np.zeros(mask.shape, np.uint8)
+    if contours:
+        largest = int(np.argmax([cv2.contourArea(contour) for contour in contours]))
+        cv2.drawContours(filled, contours, largest, 1, thickness=cv2.FILLED)
+    return filled > 0
+
+
+def _dress_code_mask(
+    parse: np.ndarray, keypoints: np.ndarray, category: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """DressCode (module docstring, steps 1-5); also the fixed region before the erosion."""
+    has_arms = category in ("upper_body", "dresses")
+    fixed = _labels(parse, _DRESS_CODE_FIXED + _OTHER_GARMENT[category])
+    cloth = _labels(parse, _DRESS_CODE_CLOTH[category])
+    head = _labels(parse, _DRESS_CODE_HEAD)
+    if has_arms:
+        arms = _dress_code_arms(keypoints)
+        fixed |= _labels(parse, ("left_arm", "right_arm")) & ~arms
+        neck = head & _below_shoulder_line(keypoints)
+    else:
+        arms = neck = np.zeros_like(head)
+    fixed |= head & ~neck
+    garment = _morph(cloth | arms, cv2.dilate, GARMENT_DILATION) | neck
+    eroded = _morph(fixed, cv2.erode, DRESS_CODE_FIXED_EROSION)
+    return ndimage.binary_fill_holes(garment & ~eroded), fixed
+
+
+def _dress_code_arms(keypoints: np.ndarray) -> np.ndarray:
+    """DressCode step 3: one polyline through the arm keypoints that were detected, dilated."""
     canvas = np.zeros((PARSE_HEIGHT, PARSE_WIDTH), np.uint8)
-    if variant == "dress_code":
-        chain = [_L_WRIST, _L_ELBOW, _L_SHOULDER, _R_SHOULDER, _R_ELBOW, _R_WRIST]
-        _draw_polyline(canvas, [keypoints[i] for i in chain if _present(keypoints[i])], DRESS_CODE_ARM_WIDTH)
-        return _morph(canvas > 0, cv2.dilate, DRESS_CODE_ARM_DILATION)
-    for shoulder, elbow, wrist in ((_R_SHOULDER, _R_ELBOW, _R_WRIST), (_L_SHOULDER, _L_ELBOW, _L_WRIST)):
-        _draw_viton_arm(canvas, keypoints[shoulder], keypoints[elbow], keypoints[wrist])
-    return canvas > 0
-
-
-def _draw_viton_arm(canvas: np.ndarray, shoulder: np.ndarray, elbow: np.ndarray, wrist: np.ndarray) -> None:
-    """Shoulder -> elbow -> wrist pushed 20% further from the elbow (covers the cuff); round shoulder cap."""
-    if _present(elbow) and _present(wrist):
-        wrist = elbow + WRIST_EXTENSION * (wrist - elbow)
-    points = [point for point in (shoulder, elbow, wrist) if _present(point)]
-    _draw_polyline(canvas, points, VITON_ARM_WIDTH)
-    if _present(shoulder):
-        _draw_disc(canvas, shoulder, VITON_ARM_WIDTH / 2.0)
+    chain = [_L_WRIST, _L_ELBOW, _L_SHOULDER, _R_SHOULDER, _R_ELBOW, _R_WRIST]
+    _draw_polyline(canvas, [keypoints[i] for i in chain if _present(keypoints[i])], DRESS_CODE_ARM_WIDTH)
+    return _morph(canvas > 0, cv2.dilate, DRESS_CODE_ARM_DILATION)
 
 
 def _draw_polyline(canvas: np.ndarray, points: list[np.ndarray], width: float) -> None:
@@ -258,13 +352,6 @@ def _fixed_point(points: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(points) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
 
 
-def _neck(parse: np.ndarray, keypoints: np.ndarray, head: np.ndarray, variant: str) -> np.ndarray:
-    """The neck region that joins the garment (step 5): VITON-HD's neck label, DressCode's cut-off head."""
-    if variant == "viton_hd":
-        return parse == LABEL["neck"]
-    return head & _below_shoulder_line(keypoints)
-
-
 def _below_shoulder_line(keypoints: np.ndarray) -> np.ndarray:
     """Pixels below the line through both shoulders raised by 20 px (DressCode's neck cut, step 4).
 
@@ -286,15 +373,6 @@ def _morph(
 ) -> np.ndarray:
     kernel, iterations = kernel_and_iterations
     return operation(mask.astype(np.uint8), kernel, iterations=iterations) > 0
-
-
-def _largest_region(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected region of `mask` (the lowest-numbered one on ties)."""
-    count, regions, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return mask
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return regions == largest
 
 
 def _grey(user_mask: Image.Image | np.ndarray) -> np.ndarray:
