@@ -21,19 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from leffa.common import check_grid_size
+
+
+#: Regions the Leffa loss can score, and its reductions (see :func:`leffa_loss`).
+LEFFA_MASKS = ("inpainting", "garment")
+LEFFA_REDUCTIONS = ("element_mean", "mask_mean")
+
 
 @dataclass(frozen=True)
 class LeffaLossConfig:
     """Paper defaults for the Leffa loss: ``L = L_diffusion + weight * L_leffa``.
 
     ``theta_resolution`` selects layers with ``h_l / H >= theta_resolution``; samples whose timestep is
-    ``>= theta_timestep`` get no Leffa loss; ``temperature`` divides the attention logits.
+    ``>= theta_timestep`` get no Leffa loss; ``temperature`` divides the attention logits. Beyond the paper,
+    for ablations: ``mask`` ``garment`` scores only the garment pixels (synthetic data, which knows them)
+    instead of the inpainting mask, and ``reduction`` picks :func:`leffa_loss`'s normalisation.
     """
 
     weight: float = 1e-3
     theta_resolution: float = 1 / 32
     theta_timestep: int = 500
     temperature: float = 2.0
+    mask: str = "inpainting"
+    reduction: str = "element_mean"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and self.weight >= 0):
@@ -49,6 +60,32 @@ class LeffaLossConfig:
             raise ValueError(
                 f"LeffaLossConfig.temperature must be a finite number > 0, got {self.temperature}"
             )
+        if self.mask not in LEFFA_MASKS:
+            raise ValueError(f"LeffaLossConfig.mask must be one of {LEFFA_MASKS}, got {self.mask!r}")
+        if self.reduction not in LEFFA_REDUCTIONS:
+            raise ValueError(
+                f"LeffaLossConfig.reduction must be one of {LEFFA_REDUCTIONS}, got {self.reduction!r}"
+            )
+
+
+@dataclass(frozen=True)
+class FlowSupervisionConfig:
+    """The teacher term of :func:`flow_supervision_loss` (not in the paper; synthetic data only):
+    ``L += weight * L_flow``, attention read at ``temperature``, samples with ``t >= theta_timestep`` skipped."""
+
+    weight: float = 1.0
+    temperature: float = 1.0
+    theta_timestep: int = 1000
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"FlowSupervisionConfig.weight must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(
+                f"FlowSupervisionConfig.temperature must be a finite number > 0, got {self.temperature}"
+            )
+        if self.theta_timestep < 0:
+            raise ValueError(f"FlowSupervisionConfig.theta_timestep must be >= 0, got {self.theta_timestep}")
 
 
 @dataclass
@@ -57,12 +94,6 @@ class LeffaLossOutput:
 
     total: Tensor
     per_layer: dict[str, Tensor]
-
-
-def _check_size(size: tuple[int, int], name: str) -> tuple[int, int]:
-    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
-        raise ValueError(f"{name} must be a pair of positive ints (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
 
 
 def _check_flow(flow: Tensor, name: str = "flow") -> None:
@@ -81,7 +112,7 @@ def reference_grid(
     h: int, w: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> Tensor:
     """Normalised ``(x, y)`` positions of an ``h x w`` token map in row-major order, shape ``(h*w, 2)``."""
-    h, w = _check_size((h, w), "reference_grid size")
+    h, w = check_grid_size((h, w), "reference_grid size")
     ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)
     xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -93,8 +124,8 @@ def attention_to_flow(attn: Tensor, query_size: tuple[int, int], key_size: tuple
 
     Returns absolute positions of shape ``(B, h_q, w_q, 2)``.
     """
-    h_q, w_q = _check_size(query_size, "query_size")
-    h_k, w_k = _check_size(key_size, "key_size")
+    h_q, w_q = check_grid_size(query_size, "query_size")
+    h_k, w_k = check_grid_size(key_size, "key_size")
     if not isinstance(attn, Tensor) or attn.ndim != 3:
         shape = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
         raise ValueError(f"attn must be a tensor of shape (B, n_q, n_k) averaged over heads, got {shape}")
@@ -112,7 +143,7 @@ def attention_to_flow(attn: Tensor, query_size: tuple[int, int], key_size: tuple
 def upsample_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinearly resize a flow of absolute positions to ``size`` (positions need no rescaling)."""
     _check_flow(flow)
-    height, width = _check_size(size, "size")
+    height, width = check_grid_size(size, "size")
     if flow.shape[1:3] == (height, width):
         return flow
     resized = F.interpolate(
@@ -139,6 +170,7 @@ def leffa_loss(
     timesteps: Tensor,
     *,
     theta_timestep: int = LeffaLossConfig.theta_timestep,
+    reduction: str = "element_mean",
 ) -> LeffaLossOutput:
     """Leffa loss: how well each layer's flow warps the reference onto the target inside the mask.
 
@@ -150,8 +182,12 @@ def leffa_loss(
     elements, not over the mask area, so a small mask gives a small loss. Per-element means keep the value
     independent of image size (images in [-1, 1] give at most 4 per layer), which is the scale on which
     the paper's weight 1e-3 is applied by the caller. ``mask=None`` means all ones (pose transfer).
+    ``reduction="mask_mean"`` divides by ``C`` times the mask's pixel count instead (a mean over the masked
+    elements, so the scale no longer shrinks with the mask's share of the image; empty masks count 0).
     Computed in float32; differentiable with respect to the flows.
     """
+    if reduction not in LEFFA_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LEFFA_REDUCTIONS}, got {reduction!r}")
     if not flows:
         raise ValueError("flows is empty: select at least one layer to compute the Leffa loss")
     _check_image(reference, "reference")
@@ -182,7 +218,11 @@ def leffa_loss(
         error = target - warp(reference, flow.float())
         if mask is not None:
             error = error * mask
-        per_sample = error.square().mean(dim=(1, 2, 3))
+        if reduction == "mask_mean" and mask is not None:
+            elements = mask.sum(dim=(1, 2, 3)) * error.shape[1]
+            per_sample = error.square().sum(dim=(1, 2, 3)) / elements.clamp(min=1)
+        else:
+            per_sample = error.square().mean(dim=(1, 2, 3))
         per_layer[name] = (per_sample * gate).sum() / batch
     total = torch.stack(list(per_layer.values())).sum()
     return LeffaLossOutput(total=total, per_layer=per_layer)
@@ -198,7 +238,7 @@ def select_layers_by_resolution(
         raise ValueError(f"theta must be in (0, 1] (a fraction of the image height), got {theta}")
     selected = []
     for name, size in layer_sizes.items():
-        layer_height, _ = _check_size(tuple(size), f"layer_sizes[{name!r}]")
+        layer_height, _ = check_grid_size(tuple(size), f"layer_sizes[{name!r}]")
         if layer_height >= theta * image_height * (1 - 1e-9):
             selected.append(name)
     return selected
@@ -226,7 +266,7 @@ def end_point_error(
             f"got {tuple(valid.shape)}"
         )
     image_height, image_width = (
-        _check_size(image_size, "image_size") if image_size is not None else (height, width)
+        check_grid_size(image_size, "image_size") if image_size is not None else (height, width)
     )
     scale = flow_pred.new_tensor([(image_width - 1) / 2, (image_height - 1) / 2])
     distance = ((flow_pred - flow_true) * scale).norm(dim=-1)
@@ -240,3 +280,52 @@ def attention_entropy(attn: Tensor) -> Tensor:
         shape = tuple(attn.shape) if isinstance(attn, Tensor) else type(attn).__name__
         raise ValueError(f"attn must be a tensor of shape (..., n_q, n_k), got {shape}")
     return -torch.special.xlogy(attn, attn).sum(dim=-1).mean(dim=-1)
+
+
+def flow_supervision_loss(
+    flows: Mapping[str, Tensor],
+    true_flow: Tensor,
+    valid: Tensor,
+    timesteps: Tensor,
+    *,
+    theta_timestep: int = 1000,
+) -> LeffaLossOutput:
+    """Teacher term, not in the paper: end-point error of each layer's flow against a known true flow.
+
+    Why: the Leffa loss can only sharpen correspondence a model already has (it scores a warp, whose
+    gradient vanishes under near-uniform attention); where the true flow is known (synthetic data) this term
+    gives a model that correspondence to start from. For each layer ``l`` and sample ``b``,
+    ``e[l, b]`` is the mean over ``valid`` pixels of ``|| upsample(F_l) - F_true ||_2`` in normalised units
+    (the flow is upsampled bilinearly to the true flow's ``H x W``, as :func:`warp` does); samples without
+    valid pixels or with ``timesteps[b] >= theta_timestep`` count 0. Each layer's value is
+    ``sum_b e[l, b] / B`` and ``total`` is the mean over layers, so the weight does not grow with the layer
+    count. ``true_flow`` is (B, H, W, 2), ``valid`` (B, 1, H, W) or (B, H, W). Computed in float32.
+    """
+    if not flows:
+        raise ValueError("flows is empty: select at least one layer to supervise")
+    _check_flow(true_flow, "true_flow")
+    batch, height, width, _ = true_flow.shape
+    if valid.shape == (batch, 1, height, width):
+        valid = valid[:, 0]
+    if valid.shape != (batch, height, width):
+        raise ValueError(
+            f"valid must have shape {(batch, 1, height, width)} or {(batch, height, width)}, "
+            f"got {tuple(valid.shape)}"
+        )
+    if not isinstance(timesteps, Tensor) or timesteps.shape not in ((batch,), ()):
+        shape = tuple(timesteps.shape) if isinstance(timesteps, Tensor) else type(timesteps).__name__
+        raise ValueError(f"timesteps must be a tensor of shape ({batch},) or a scalar tensor, got {shape}")
+    weights = valid.float()
+    pixels = weights.sum(dim=(1, 2))
+    gate = (timesteps.to(true_flow.device) < theta_timestep).float().expand(batch) * (pixels > 0).float()
+    true_flow = true_flow.float()
+    per_layer: dict[str, Tensor] = {}
+    for name, flow in flows.items():
+        _check_flow(flow, f"flows[{name!r}]")
+        if flow.shape[0] != batch:
+            raise ValueError(f"flows[{name!r}] has batch size {flow.shape[0]}, the true flow has {batch}")
+        distance = (upsample_flow(flow.float(), (height, width)) - true_flow).norm(dim=-1)
+        per_sample = (distance * weights).sum(dim=(1, 2)) / pixels.clamp(min=1)
+        per_layer[name] = (per_sample * gate).sum() / batch
+    total = torch.stack(list(per_layer.values())).mean()
+    return LeffaLossOutput(total=total, per_layer=per_layer)
