@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from leffa.app.callbacks import (
-    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, AppCallbacks, GenerationSettings, TryOnInputs, display_to_model,
-    editor_value, mark_point, mask_from_editor, previews, thumbnail,
+    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, AppCallbacks, GenerationSettings, TryOnInputs, category_note,
+    display_to_model, editor_value, mark_point, mask_from_editor, previews, thumbnail,
 )
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore
@@ -277,3 +277,13 @@ def test_mark_point_draws_a_crosshair_only_near_the_point():
 def test_status_names_the_device_and_the_notice(actions):
     assert "device cpu" in actions.status() and "weights are missing" in actions.status()
     assert actions.legend(32).shape == (32, 32, 3)
+
+
+def test_category_note_only_for_viton_hd_with_lower_body_or_dresses():
+    for category in ("lower_body", "dresses"):
+        note = category_note("viton_hd", category)
+        assert note.startswith("Note: the VITON-HD model was trained on upper-body garments only")
+        assert "\n" not in note
+    assert category_note("viton_hd", "upper_body") == ""
+    for category in ("upper_body", "lower_body", "dresses"):
+        assert category_note("dress_code", category) == ""
