@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import html
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,6 @@ from typing import Any
 
 import gradio as gr
 
-from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
 from leffa.app.callbacks import (
     ALL, MASK_COLOR, AppCallbacks, GenerationSettings, InspectorView, MaskStep, TryOnInputs, category_note,
     editor_value, mask_from_editor, previews,
@@ -52,17 +52,15 @@ RESULT_BUTTONS = ["download", "fullscreen"]
 
 
 def _shown(fn: Callable) -> Callable:
-    """Turn the library's errors into ``gr.Error`` so the user sees the message, not a bare 'Error'.
-
-    The message goes as plain text: API clients read it verbatim, and the page keeps its line breaks
-    (``CSS``)."""
+    """Turn the library's errors into ``gr.Error`` so the user sees the message, not a bare 'Error'."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as error:
-            raise gr.Error(str(error), duration=None, print_exception=False) from error
+            message = html.escape(str(error)).replace("\n", "<br>")
+            raise gr.Error(message, duration=None, print_exception=False) from error
 
     return wrapper
 
@@ -83,9 +81,9 @@ def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
 def _settings_controls(prefix: str) -> list[gr.components.Component]:
     """Sampling controls of one tab: steps, guidance, seed, reference acceleration, recording."""
     with gr.Row():
-        steps = RawSlider(1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
-        guidance = RawSlider(0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
-        seed = RawNumber(-1, precision=0, label="Seed (−1 = random)")
+        steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
+        guidance = gr.Slider(0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
+        seed = gr.Number(-1, precision=0, label="Seed (−1 = random)")
     with gr.Row():
         acceleration = gr.Checkbox(False, label="Reference acceleration (≈30% faster)")
         inspect = gr.Checkbox(False, label="Record attention for the inspector", elem_id=f"{prefix}-record")
@@ -110,8 +108,10 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the two buttons, the mask editor, the result and previews of the try-on tab."""
     ui = SimpleNamespace()
     with gr.Row():
-        ui.person = UploadedImage(label="Person photo", elem_id="tryon-person", height=400)
-        ui.garment = UploadedImage(label="Garment photo", elem_id="tryon-garment", height=400)
+        ui.person = gr.Image(type="pil", label="Person photo", elem_id="tryon-person", height=400)
+        ui.garment = gr.Image(
+            type="pil", image_mode="RGBA", label="Garment photo", elem_id="tryon-garment", height=400
+        )
         with gr.Column():
             ui.model_type = gr.Radio(MODEL_TYPES, value="viton_hd", label="Model")
             ui.category = gr.Radio(
@@ -132,8 +132,8 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     ui.controls = _settings_controls("tryon")
     with gr.Accordion("Your own mask / DensePose (optional)", open=runtime.tiny):
         with gr.Row():
-            ui.mask = UploadedImage(label="Mask (white = replace)", elem_id="tryon-mask")
-            ui.densepose = UploadedImage(label="DensePose render", elem_id="tryon-densepose")
+            ui.mask = gr.Image(type="pil", label="Mask (white = replace)", elem_id="tryon-mask")
+            ui.densepose = gr.Image(type="pil", label="DensePose render", elem_id="tryon-densepose")
     with gr.Row():
         ui.make_mask = gr.Button("1. Make mask", elem_id="make-mask")
         ui.run = gr.Button("2. Try on", variant="primary", elem_id="tryon-run")
@@ -143,7 +143,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     brush_size = max(1, min(ui.editor_size) // 40)
     mask_colour = (f"rgb{MASK_COLOR[:3]}", MASK_COLOR[3] / 255)
     with gr.Row():
-        ui.editor = MaskEditor(
+        ui.editor = gr.ImageEditor(
             type="numpy", image_mode="RGBA", sources=[], transforms=(), layers=False, format="png",
             label="Mask: brush adds, eraser removes; then press Try on", elem_id="mask-editor", height=480,
             brush=gr.Brush(default_size=brush_size, colors=[mask_colour], color_mode="fixed"),
@@ -166,8 +166,8 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the button, the result and the DensePose preview of the pose-transfer tab."""
     ui = SimpleNamespace()
     with gr.Row():
-        ui.person = UploadedImage(label="Person (appearance)", elem_id="pose-person", height=400)
-        ui.target = UploadedImage(label="Target pose", elem_id="pose-target", height=400)
+        ui.person = gr.Image(type="pil", label="Person (appearance)", elem_id="pose-person", height=400)
+        ui.target = gr.Image(type="pil", label="Target pose", elem_id="pose-target", height=400)
         ui.result = gr.Image(
             label="Result", format="png", interactive=False, elem_id="pose-result", height=400,
             buttons=RESULT_BUTTONS,
@@ -177,7 +177,7 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     )
     ui.controls = _settings_controls("pose")
     with gr.Accordion("Your own DensePose of the target (optional)", open=runtime.tiny):
-        ui.densepose = UploadedImage(label="DensePose (IUV) of the target", elem_id="pose-densepose")
+        ui.densepose = gr.Image(type="pil", label="DensePose (IUV) of the target", elem_id="pose-densepose")
     with gr.Row():
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
         ui.seed = gr.Number(label="Seed used", precision=0, interactive=False)
