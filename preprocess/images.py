@@ -63,6 +63,8 @@ def _read(source: ImageSource, max_pixels: int) -> Image.Image:
             f"expected a file path, PIL image or numpy array, got {type(source).__name__}"
         )
     path = Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not an image file; pass an image inside it")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:

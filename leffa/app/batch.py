@@ -1,15 +1,17 @@
 """Batch runs for the command line: which input pairs to process, and a log line per processed pair.
 
 Inputs are either two paths (each a file or a folder of images) or a pairs file whose lines read
-``first second [extra ...]`` (paths relative to a root folder; ``-`` leaves an extra out; ``#`` starts a
-comment). With folders, a folder × a file pairs every image with the file; two folders pair images of
-the same name. Extras (mask, DensePose) are files used for every pair, or folders holding one image per
-first input, named like it.
+``first second [extra ...]`` (paths relative to a root folder, separated by spaces or tabs; quote a path
+holding spaces or ``#`` with ``"..."`` or ``'...'``; ``-`` leaves an extra out; ``#`` starts a comment).
+With folders, a folder × a file pairs every image with the file; two folders pair images of the same name.
+Extras (mask, DensePose) are files used for every pair, or folders holding one image per first input,
+named like it. Every job of a batch gets its own output name, so no result replaces another.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +28,31 @@ class BatchInputError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One pair to process: first (person) and second (garment or target pose) plus optional extras."""
+    """One pair to process: first (person) and second (garment or target pose) plus optional extras.
+
+    ``name`` is the output name, unique within the batch (see :func:`unique_names`).
+    """
 
     first: Path
     second: Path
     extras: dict[str, Path] = field(default_factory=dict)
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        """Output name: both input names, so results of a batch never collide."""
-        return f"{self.first.stem}__{self.second.stem}"
+
+def unique_names(pairs: Sequence[tuple[Path, Path, dict[str, Path]]]) -> list[Job]:
+    """Jobs named ``<first stem>__<second stem>``; a name already taken in the batch (``a/p.png`` and
+    ``b/p.png``, ``p.png`` and ``p.jpg``, a pair listed twice) gets ``-2``, ``-3``, ... appended."""
+    taken: set[str] = set()
+    jobs = []
+    for first, second, extras in pairs:
+        stem = f"{first.stem}__{second.stem}"
+        name, count = stem, 1
+        while name in taken:
+            count += 1
+            name = f"{stem}-{count}"
+        taken.add(name)
+        jobs.append(Job(first, second, extras, name))
+    return jobs
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -77,18 +94,30 @@ def jobs_from_paths(first: Path, second: Path, extras: dict[str, Path | None]) -
     _existing(first, "input")
     _existing(second, "input")
     given = {name: _existing(path, name) for name, path in extras.items() if path is not None}
-    return [
-        Job(a, b, {name: _extra_for(path, a, name) for name, path in given.items()})
+    return unique_names([
+        (a, b, {name: _extra_for(path, a, name) for name, path in given.items()})
         for a, b in _pair_paths(first, second)
-    ]
+    ])
+
+
+def _fields(line: str, where: str) -> list[str]:
+    """Whitespace-separated fields; quotes group a path with spaces; backslashes stay (Windows paths)."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    lexer.escape = ""
+    try:
+        return list(lexer)
+    except ValueError as error:
+        raise BatchInputError(f"{where}: {str(error).lower()} in {line.strip()!r}; close the quote") from None
 
 
 def jobs_from_pairs_file(pairs: Path, extra_names: Sequence[str], root: Path | None = None) -> list[Job]:
     """Pairs from a pairs file: ``first second [extras in the order of extra_names]`` per line."""
     root = root or _existing(pairs, "pairs file").parent
-    jobs = []
+    found = []
     for number, line in enumerate(_existing(pairs, "pairs file").read_text().splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
+        fields = _fields(line, f"{pairs}:{number}")
         if not fields:
             continue
         if not 2 <= len(fields) <= 2 + len(extra_names):
@@ -99,19 +128,20 @@ def jobs_from_pairs_file(pairs: Path, extra_names: Sequence[str], root: Path | N
         if paths[0] is None or paths[1] is None:
             raise BatchInputError(f"{pairs}:{number}: the first two columns cannot be '-'")
         extras = {name: path for name, path in zip(extra_names, paths[2:]) if path is not None}
-        jobs.append(Job(paths[0], paths[1], extras))
-    if not jobs:
+        found.append((paths[0], paths[1], extras))
+    if not found:
         raise BatchInputError(f"{pairs} lists no pairs; write one 'first second' pair per line")
-    return jobs
+    return unique_names(found)
 
 
 @dataclass
 class BatchReport:
-    """How a batch went: counts, and whether it stopped early."""
+    """How a batch went: counts, and whether it stopped early (a fatal error, or Ctrl-C)."""
 
     done: int = 0
     failed: int = 0
     stopped: str | None = None
+    interrupted: bool = False
 
 
 def run_jobs(
@@ -127,14 +157,15 @@ def run_jobs(
     """Run ``work`` per job, appending one JSON line per job to ``out_dir/log.jsonl``.
 
     A ``recoverable`` error fails that job only; a ``fatal`` one (e.g. missing weights, the same for every
-    job) stops the batch. ``work`` returns what to log (output path, seed, ...).
+    job) stops the batch, and so does Ctrl-C (logged as ``interrupted``). ``work`` returns what to log
+    (output path, seed, ...).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
     with (out_dir / LOG_NAME).open("a") as log:
         for index, job in enumerate(jobs, start=1):
             started = time.perf_counter()
-            entry: dict[str, Any] = {"first": str(job.first), "second": str(job.second)}
+            entry: dict[str, Any] = {"name": job.name, "first": str(job.first), "second": str(job.second)}
             entry.update({name: str(path) for name, path in job.extras.items()})
             try:
                 entry.update(work(job))
@@ -147,6 +178,9 @@ def run_jobs(
             except recoverable as error:
                 entry.update(status="error", error=str(error) or type(error).__name__)
                 report.failed += 1
+            except KeyboardInterrupt:
+                entry.update(status="interrupted", error="interrupted (Ctrl-C)")
+                report.interrupted = True
             entry["seconds"] = round(time.perf_counter() - started, 3)
             log.write(json.dumps(entry) + "\n")
             log.flush()
@@ -155,6 +189,6 @@ def run_jobs(
                 print(f"{counter}: {entry.get('output', '')} ({entry['seconds']:.1f} s)", file=stdout)
             else:
                 print(f"{counter} failed: {entry['error']}", file=stderr)
-            if report.stopped is not None:
+            if report.stopped is not None or report.interrupted:
                 break
     return report

@@ -1,13 +1,16 @@
 """Command line: ``python -m leffa <command>``. Each command has ``--help``.
 
 Exit codes: 0 on success, 1 on a runtime error or when any pair of a batch failed (messages on stderr,
-one line per pair in ``log.jsonl``), 2 on bad arguments.
+one line per pair in ``log.jsonl``), 2 on bad arguments, 130 when stopped by Ctrl-C. No command replaces a
+file that already exists unless given ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leffa.app.callbacks import ALL, AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.callbacks import ALL, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
 from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.runtime import (
@@ -24,27 +27,56 @@ from leffa.app.runtime import (
 )
 from leffa.app.service import TRYON_MODELS, Generation
 from leffa.inspect.visualize import side_by_side
+from preprocess.images import load_image
 from preprocess.masks import CATEGORIES
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-EXIT_CODES = "exit codes: 0 done, 1 runtime error or a failed pair (see stderr, log.jsonl), 2 bad arguments"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = (
+    "exit codes: 0 done, 1 runtime error or a failed pair (see stderr, log.jsonl), 2 bad arguments, "
+    "130 interrupted (Ctrl-C)"
+)
+_OVERWRITE_HINT = "pass --overwrite to replace it, or choose another output"
 _DEFAULT_OUT = Path("outputs")
 
 
 # ------------------------------------------------------------------------------------------- convert
 def _convert(args: argparse.Namespace) -> int:
+    """Check strictly, then copy; the model configs go into a ``.safetensors`` header so the copy loads alone."""
     import torch
 
-    from leffa.core.model import LeffaModel, detect_base
-    from leffa.core.serialization import check_state_dict, read_state_dict, save_state_dict
+    from leffa.core.model import LeffaModel, checkpoint_configs
+    from leffa.core.serialization import SAFETENSORS_SUFFIX, check_state_dict, read_state_dict, save_state_dict
 
-    state = read_state_dict(args.input)
-    base = detect_base(state) if args.base == "auto" else args.base
-    expected = {name: t.shape for name, t in LeffaModel.from_base(base, device="meta").state_dict().items()}
-    check_state_dict(expected, state, hint=f"model base: {base}")
-    out = save_state_dict(state, args.output, dtype=torch.float16 if args.fp16 else None)
-    print(f"wrote {out} ({base}, {len(state)} tensors{', fp16' if args.fp16 else ''})")
+    source, out = Path(args.input), Path(args.output)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"output {out} is the input checkpoint; write the copy to another file")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; {_OVERWRITE_HINT}")
+    state = read_state_dict(source)
+    configs = checkpoint_configs(source, state, args.base)
+    expected = {name: t.shape for name, t in LeffaModel.from_base(configs, device="meta").state_dict().items()}
+    check_state_dict(expected, state, hint=f"model base: {configs.name}")
+    stored = configs if out.suffix == SAFETENSORS_SUFFIX else None
+    if stored is None and not _detected_as(state, configs):
+        raise ValueError(
+            f"{source} has model configs of its own, which a {out.suffix} file cannot hold; write a "
+            f"{SAFETENSORS_SUFFIX} file (its header keeps them)"
+        )
+    save_state_dict(state, out, dtype=torch.float16 if args.fp16 else None, configs=stored)
+    print(f"wrote {out} ({configs.name}, {len(state)} tensors{', fp16' if args.fp16 else ''})")
     return EXIT_OK
+
+
+def _detected_as(state: dict, configs) -> bool:
+    """Whether a file holding only ``state`` (a ``.pth``) would load as ``configs`` by base detection."""
+    from leffa.core.configs import load_base_configs
+    from leffa.core.model import detect_base
+
+    try:
+        shipped = load_base_configs(detect_base(state))
+    except ValueError:
+        return False
+    return (shipped.unet, shipped.vae, shipped.scheduler) == (configs.unet, configs.vae, configs.scheduler)
 
 
 # ------------------------------------------------------------------------------------------ download
@@ -88,10 +120,12 @@ def _jobs(args: argparse.Namespace, extra_names: Sequence[str]) -> list[Job]:
     return jobs_from_paths(args.first, args.second, {name: getattr(args, name) for name in extra_names})
 
 
+def _settings(args: argparse.Namespace, inspect: bool = False) -> GenerationSettings:
+    return GenerationSettings(args.steps, args.guidance, args.seed, args.ref_acceleration, args.repaint, inspect)
+
+
 def _generate(args: argparse.Namespace, actions: AppCallbacks, job: Job, inspect: bool = False) -> Generation:
-    settings = GenerationSettings(
-        args.steps, args.guidance, args.seed, args.ref_acceleration, args.repaint, inspect
-    )
+    settings = _settings(args, inspect)
     densepose = job.extras.get("densepose")
     if args.task == "pose-transfer":
         return actions.pose_transfer(
@@ -104,19 +138,53 @@ def _generate(args: argparse.Namespace, actions: AppCallbacks, job: Job, inspect
     return actions.try_on(inputs, settings)
 
 
+def _output(args: argparse.Namespace, job: Job) -> Path:
+    """Where a job's result goes: ``NAME.png``, or the folder ``NAME`` for ``trace``."""
+    return args.out_dir / (job.name if args.command == "trace" else f"{job.name}.png")
+
+
+def _refuse_existing_outputs(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
+    """Before any model loads: results the user already has are replaced only with ``--overwrite``."""
+    existing = [_output(args, job).name for job in jobs if _output(args, job).exists()]
+    if existing and not args.overwrite:
+        shown = ", ".join(existing[:5]) + (f" (and {len(existing) - 5} more)" if len(existing) > 5 else "")
+        raise FileExistsError(
+            f"{len(existing)} of the results already exist in {args.out_dir}: {shown}; pass --overwrite to "
+            "replace them, or choose another --out-dir"
+        )
+
+
 def _run_batch(args: argparse.Namespace, work: Work) -> int:
     extras = ("densepose",) if args.task == "pose-transfer" else ("mask", "densepose")
     jobs = _jobs(args, extras)
+    _refuse_existing_outputs(args, jobs)
     actions = AppCallbacks(_runtime(args).store)
     report = run_jobs(
         jobs, lambda job: work(actions, job), args.out_dir, fatal=(MissingWeightsError,), stdout=sys.stdout,
         stderr=sys.stderr,
     )
     summary = f"{report.done} of {len(jobs)} done, {report.failed} failed; log: {args.out_dir / LOG_NAME}"
+    if report.interrupted:
+        print(f"interrupted: {summary}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if report.stopped is not None:
         summary += " (stopped early)"
     print(summary, file=sys.stderr if report.failed else sys.stdout)
     return EXIT_ERROR if report.failed else EXIT_OK
+
+
+def _save_new(image: Image.Image, path: Path, overwrite: bool) -> None:
+    """Write a PNG without replacing an existing file (unless ``overwrite``) or leaving a partial one."""
+    try:
+        file = path.open("wb" if overwrite else "xb")
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; {_OVERWRITE_HINT}") from None
+    try:
+        with file:
+            image.save(file, format="PNG")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _generation(args: argparse.Namespace) -> int:
@@ -124,8 +192,8 @@ def _generation(args: argparse.Namespace) -> int:
 
     def work(actions: AppCallbacks, job: Job) -> dict[str, Any]:
         generation = _generate(args, actions, job)
-        out = args.out_dir / f"{job.name}.png"
-        generation.image.save(out)
+        out = _output(args, job)
+        _save_new(generation.image, out, args.overwrite)
         return {"output": str(out), "seed": generation.seed, "size": list(generation.image.size)}
 
     return _run_batch(args, work)
@@ -135,15 +203,32 @@ def _trace(args: argparse.Namespace) -> int:
     return _run_batch(args, lambda actions, job: _write_trace(args, actions, job))
 
 
+def _trace_points(args: argparse.Namespace, job: Job) -> list[tuple[float, float]]:
+    """The ``--point`` values (default: the centre), checked against the result's size before sampling.
+
+    The result has the framing of the person photo (try-on) or of the target-pose photo (pose transfer).
+    """
+    width, height = load_image(job.second if args.task == "pose-transfer" else job.first).size
+    points = args.point or [((width - 1) / 2, (height - 1) / 2)]
+    for x, y in points:
+        if not (x < width and y < height):
+            raise ValueError(
+                f"point ({x:g}, {y:g}) lies outside the result image of {width}x{height} pixels; give X below "
+                f"{width} and Y below {height}"
+            )
+    return points
+
+
 def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> dict[str, Any]:
-    """Result, an overview (all layers averaged) and one panel per layer: heatmaps per point, flow, warp."""
+    """Result, an overview (all layers averaged) and one panel per layer: heatmaps per point, flow, warp.
+
+    Everything is drawn before the folder is written, so a failure leaves no partial trace behind.
+    """
+    points = _trace_points(args, job)
     generation = _generate(args, actions, job, inspect=True)
     recorded = generation.trace
-    width, height = generation.image.size
-    points = args.point or [((width - 1) / 2, (height - 1) / 2)]
-    folder = args.out_dir / job.name
-    (folder / "layers").mkdir(parents=True, exist_ok=True)
-    generation.image.save(folder / "result.png")
+    height = generation.image.size[1]
+    folder = _output(args, job)
 
     def panel(layer: str) -> np.ndarray:
         views = [actions.inspect(generation, point, layer) for point in points]
@@ -154,15 +239,27 @@ def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> d
             labels = [f"point ({x:.0f}, {y:.0f})" for x, y in points] + labels + ["flow legend"]
         return side_by_side(images, labels)
 
-    Image.fromarray(panel(ALL)).save(folder / "overview.png")
     names = {f"{index:02d}.png": layer for index, layer in enumerate(recorded.layers)}
-    for name, layer in names.items():
-        Image.fromarray(panel(layer)).save(folder / "layers" / name)
+    images = {"result.png": generation.image, "overview.png": Image.fromarray(panel(ALL))}
+    images.update({f"layers/{name}": Image.fromarray(panel(layer)) for name, layer in names.items()})
     summary = {
         "seed": generation.seed, "points": [list(p) for p in points], "timesteps": recorded.timesteps,
         "layers": names,
     }
-    (folder / "trace.json").write_text(json.dumps(summary, indent=2))
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=args.overwrite)
+    except FileExistsError:
+        raise FileExistsError(f"{folder} already exists; {_OVERWRITE_HINT}") from None
+    try:
+        (folder / "layers").mkdir(exist_ok=True)
+        for name, image in images.items():
+            _save_new(image, folder / name, overwrite=True)
+        (folder / "trace.json").write_text(json.dumps(summary, indent=2))
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return {"output": str(folder), "seed": generation.seed}
 
 
@@ -171,6 +268,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -1 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be -1 (random) or from 0 to {MAX_SEED}, got {value}")
     return value
 
 
@@ -185,6 +289,8 @@ def _point(text: str) -> tuple[float, float]:
         x, y = (float(part) for part in text.split(","))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected X,Y in pixels of the result, got {text!r}") from error
+    if not all(math.isfinite(value) and value >= 0 for value in (x, y)):
+        raise argparse.ArgumentTypeError(f"X and Y must be finite pixel positions >= 0, got {text!r}")
     return x, y
 
 
@@ -202,7 +308,7 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
     group.add_argument("--guidance", type=float, default=2.5, help="guidance scale (default 2.5)")
-    group.add_argument("--seed", type=int, default=-1, help="-1 (default) picks one at random; it is logged")
+    group.add_argument("--seed", type=_seed, default=-1, help="-1 (default) picks one at random; it is logged")
     group.add_argument("--ref-acceleration", action="store_true", help="run the reference UNet once (faster)")
     group.add_argument(
         "--resolution", default="full", choices=RESOLUTIONS, help="the model's size, or half of it for speed"
@@ -215,9 +321,15 @@ def _input_options(parser: argparse.ArgumentParser, first: str, second: str, ext
         parser.add_argument(dest, nargs="?", type=Path, metavar=name.upper(), help=f"{name} photo or folder")
     group = parser.add_argument_group("batch")
     columns = " ".join([first, second, *(f"[{name}]" for name in extras)])
-    group.add_argument("--pairs", type=Path, help=f"text file, one pair per line: {columns} ('-' = none)")
+    group.add_argument(
+        "--pairs", type=Path,
+        help=f"text file, one pair per line: {columns} ('-' = none; quote paths with spaces: \"my photo.jpg\")",
+    )
     group.add_argument("--root", type=Path, help="folder of the pairs file's paths (default: the file's own)")
     group.add_argument("-o", "--out-dir", type=Path, help="results and log.jsonl (default: outputs/COMMAND)")
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace results already in the output folder (default: refuse)"
+    )
     for name, text in extras.items():
         help_text = f"{text}: one file, or a folder of them named as the persons"
         group.add_argument(f"--{name}", type=Path, help=help_text)
@@ -240,6 +352,7 @@ def _add_convert(commands) -> None:
     convert.add_argument("input", help="released .pth (or .safetensors) checkpoint")
     convert.add_argument("output", help="output path ending in .safetensors (or .pth)")
     convert.add_argument("--fp16", action="store_true", help="store floating point tensors as float16")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     convert.add_argument(
         "--base", default="auto", choices=["auto", "sd15-inpainting", "sdxl-inpainting", "tiny"],
         help="model base (default: detected from the keys)",
@@ -321,6 +434,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"{args.command}: with --pairs, put masks and DensePose in the pairs file's columns")
     if args.task == "pose-transfer" and getattr(args, "mask", None) is not None:
         parser.error(f"{args.command}: --mask is for try-on; pose transfer takes --densepose only")
+    try:
+        _settings(args).checked()
+    except ValueError as error:
+        parser.error(f"{args.command}: {error}")
     args.out_dir = args.out_dir or _DEFAULT_OUT / args.command
 
 
@@ -334,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing more was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ synthetic people and garments in ``assets/examples/``; real photos are far outsi
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,17 +16,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from leffa.core.model import LeffaModel, resolve_device
-from leffa.core.serialization import read_state_dict
+from leffa.core.configs import BaseConfigs
+from leffa.core.model import LeffaModel
+from leffa.core.serialization import CONFIG_PARTS, MODEL_FILE, read_config_files
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 DEMO_MODEL_DIR = ASSETS_DIR / "demo-model"
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 #: (height, width) the demo model was trained at; its examples have this size.
 DEMO_IMAGE_SIZE: tuple[int, int] = (128, 96)
-#: The config files of a model folder (``<name>.json``), besides its ``model.safetensors``.
-MODEL_CONFIG_NAMES = ("unet", "vae", "scheduler")
-DEMO_FILES = (*(f"{name}.json" for name in MODEL_CONFIG_NAMES), "model.safetensors")
+#: The files of a model folder: a config per part (``<part>.json``) and the weights.
+DEMO_FILES = (*(f"{part}.json" for part in CONFIG_PARTS), MODEL_FILE)
 EXAMPLE_PARTS = ("person", "garment", "mask", "densepose")
 _EXAMPLE_NAME = re.compile(r"^person_(\d+)\.png$")
 
@@ -57,7 +56,7 @@ def load_demo_model(
 
 def read_model_configs(folder: str | os.PathLike) -> dict[str, dict]:
     """The ``unet``, ``vae`` and ``scheduler`` config dicts of a model folder."""
-    return {name: json.loads((Path(folder) / f"{name}.json").read_text()) for name in MODEL_CONFIG_NAMES}
+    return read_config_files(folder)
 
 
 def load_model_folder(
@@ -68,16 +67,14 @@ def load_model_folder(
     base: str,
     hint: str,
 ) -> LeffaModel:
-    """A model folder (configs + ``model.safetensors`` in the released key format), built on the meta device
-    and loaded strictly; ``base`` labels the model, ``hint`` ends the error that names missing files."""
+    """A model folder (configs + ``model.safetensors`` in the released key format), loaded strictly by
+    ``LeffaModel.from_pretrained``; ``base`` labels the model, ``hint`` ends the error that names missing files."""
     folder = Path(folder)
     missing = _missing(folder, DEMO_FILES)
     if missing:
         raise FileNotFoundError(f"model incomplete in {folder}: missing {', '.join(missing)}; {hint}")
-    configs = read_model_configs(folder)
-    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base=base, device="meta")
-    model.load_state_dict(read_state_dict(folder / "model.safetensors"), assign=True)
-    return model.place(resolve_device(device), dtype).eval()
+    configs = BaseConfigs(**read_model_configs(folder), name=base)
+    return LeffaModel.from_pretrained(folder / MODEL_FILE, configs, device=device, dtype=dtype).eval()
 
 
 def demo_examples(path: str | os.PathLike | None = None) -> list[dict[str, Image.Image]]:

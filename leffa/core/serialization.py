@@ -3,20 +3,36 @@
 Released ``.pth`` files are plain pickled ``dict[str, Tensor]``; they are read with
 ``torch.load(weights_only=True, mmap=True)`` so nothing but tensors can be unpickled and nothing is copied
 into memory before it is needed. ``.safetensors`` files are read and written with the safetensors library.
+
+A checkpoint's model configs travel with it so that any file this project writes loads with
+``LeffaModel.from_pretrained``: in the ``.safetensors`` header (:func:`save_state_dict` with ``configs``) or as
+``unet.json``/``vae.json``/``scheduler.json`` beside the weights (a model folder). Released ``.pth`` files carry
+none; their base is detected from the keys.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from leffa.core.configs import BaseConfigs
 
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+#: The weights file of a model folder.
+MODEL_FILE = "model.safetensors"
+#: The config files of a model folder (``<part>.json`` beside the weights) and header keys (``leffa.<part>``).
+CONFIG_PARTS = ("unet", "vae", "scheduler")
+_METADATA_PREFIX = "leffa."
+_BASE_KEY = _METADATA_PREFIX + "base"
 _MAX_LISTED = 5
+_REDOWNLOAD = "the file is damaged or was cut short; download, convert or export it again"
 
 
 class CheckpointMismatchError(ValueError):
@@ -33,44 +49,114 @@ def _torch_load_tensors(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.pth``/``.pt``/``.bin`` (tensors only) or ``.safetensors`` state dict onto the CPU."""
+def _checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` as an existing, non-empty checkpoint file of a supported type, or a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory; pass the weights file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == SAFETENSORS_SUFFIX:
-        return load_file(str(path), device="cpu")
-    if path.suffix not in TORCH_SUFFIXES:
+    if path.suffix not in TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,):
         raise ValueError(
             f"unsupported checkpoint type {path.suffix!r} for {path}; expected one of "
             f"{', '.join(TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))}"
         )
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); {_REDOWNLOAD}")
+    return path
+
+
+def _unreadable_safetensors(path: Path, error: SafetensorError) -> ValueError:
+    return ValueError(f"could not read {path} as a safetensors checkpoint ({error}); {_REDOWNLOAD}")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.pth``/``.pt``/``.bin`` (tensors only) or ``.safetensors`` state dict onto the CPU."""
+    path = _checkpoint_file(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise _unreadable_safetensors(path, error) from error
     try:
         state = _torch_load_tensors(path)
     except Exception as error:  # unpickling errors come in many types; all mean "not a tensor dict"
-        raise ValueError(f"could not read {path} as a tensor checkpoint: {error}") from error
+        reason = str(error) or type(error).__name__
+        raise ValueError(f"could not read {path} as a tensor checkpoint ({reason}); {_REDOWNLOAD}") from error
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a plain dict of tensors (the released checkpoint format)")
     return dict(state)
 
 
 def save_state_dict(
-    state: Mapping[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    *,
+    configs: BaseConfigs | None = None,
 ) -> Path:
-    """Write ``state`` as ``.safetensors`` or ``.pth`` (chosen by suffix), optionally cast to ``dtype``."""
+    """Write ``state`` as ``.safetensors`` or ``.pth`` (chosen by suffix), optionally cast to ``dtype``.
+
+    ``configs`` go into the ``.safetensors`` header, so ``LeffaModel.from_pretrained`` rebuilds the same model;
+    a ``.pth`` (the released format: tensors only) cannot hold them.
+    """
     path = Path(path)
+    if path.suffix not in TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,):
+        raise ValueError(f"unsupported output type {path.suffix!r}; use .safetensors or .pth")
+    if configs is not None and path.suffix != SAFETENSORS_SUFFIX:
+        raise ValueError(f"{path}: a {path.suffix} file cannot store the model configs; write .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in state.items()
     }
     if path.suffix == SAFETENSORS_SUFFIX:
-        save_file(tensors, str(path))
-    elif path.suffix in TORCH_SUFFIXES:
-        torch.save(tensors, path)
+        save_file(tensors, str(path), metadata=None if configs is None else _configs_metadata(configs))
     else:
-        raise ValueError(f"unsupported output type {path.suffix!r}; use .safetensors or .pth")
+        torch.save(tensors, path)
     return path
+
+
+def _configs_metadata(configs: BaseConfigs) -> dict[str, str]:
+    parts = {part: getattr(configs, part) for part in CONFIG_PARTS}
+    return {_BASE_KEY: configs.name, **{_METADATA_PREFIX + part: json.dumps(c) for part, c in parts.items()}}
+
+
+def read_config_files(folder: str | os.PathLike) -> dict[str, dict]:
+    """The ``unet``, ``vae`` and ``scheduler`` config dicts of a model folder (``<part>.json`` files)."""
+    configs = {}
+    for part in CONFIG_PARTS:
+        file = Path(folder) / f"{part}.json"
+        try:
+            configs[part] = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model config {file} is not valid JSON ({error}); restore or rewrite it") from error
+    return configs
+
+
+def stored_configs(path: str | os.PathLike) -> BaseConfigs | None:
+    """The model configs stored with a checkpoint, or ``None`` when it carries none (released ``.pth``).
+
+    Looked for in the ``.safetensors`` header first, then as the three config files beside the weights.
+    """
+    path = _checkpoint_file(path)
+    metadata = {}
+    if path.suffix == SAFETENSORS_SUFFIX:
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+        except SafetensorError as error:
+            raise _unreadable_safetensors(path, error) from error
+    name = metadata.get(_BASE_KEY, "custom")
+    if all(_METADATA_PREFIX + part in metadata for part in CONFIG_PARTS):
+        try:
+            parts = {part: json.loads(metadata[_METADATA_PREFIX + part]) for part in CONFIG_PARTS}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: the model configs in its header are not valid JSON ({error})") from error
+        return BaseConfigs(**parts, name=name)
+    if all((path.parent / f"{part}.json").is_file() for part in CONFIG_PARTS):
+        return BaseConfigs(**read_config_files(path.parent), name=name)
+    return None
 
 
 def _listing(names: list[str]) -> str:
