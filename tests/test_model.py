@@ -6,9 +6,16 @@ import math
 
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor
 
-from leffa.core.attention import PassthroughProcessor, ReferenceAttentionProcessor, ReferenceState, layer_sort_key
+from leffa.core.attention import (
+    PassthroughProcessor,
+    ReferenceAttentionProcessor,
+    ReferenceCaptureProcessor,
+    ReferenceInputs,
+    layer_sort_key,
+)
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
 from leffa.core.serialization import CheckpointMismatchError, read_state_dict, save_state_dict
@@ -45,26 +52,69 @@ def test_reference_processor_equals_naive_concat_attention(tiny_model):
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(2, 48, 32, generator=gen)
     reference = torch.randn(2, 48, 32, generator=gen)
-    state = ReferenceState(features={name: reference})
     with torch.no_grad():
-        ours = ReferenceAttentionProcessor(name, state)(attn, hidden)
+        ours = ReferenceAttentionProcessor(name)(attn, hidden, reference=ReferenceInputs({name: reference}))
         naive = _naive_reference_attention(attn, hidden, reference)
         stock = AttnProcessor()(attn, torch.cat([hidden, reference], dim=1))[:, :48]
     torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
 
 
+def _heads(attn, x):
+    return x.view(x.shape[0], x.shape[1], attn.heads, -1).transpose(1, 2)
+
+
+def _previous_processor(attn, hidden, reference=None):
+    """The processors before they were built on AttnProcessor2_0: reference keys projected on their own,
+    then concatenated; SDPA with the layer's explicit scale."""
+    tokens = hidden if reference is None else torch.cat([hidden, reference], dim=1)
+    key = _heads(attn, attn.to_k(hidden))
+    if reference is not None:
+        key = torch.cat([key, _heads(attn, attn.to_k(reference))], dim=2)
+    out = F.scaled_dot_product_attention(
+        _heads(attn, attn.to_q(hidden)), key, _heads(attn, attn.to_v(tokens)), scale=attn.scale
+    )
+    out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+@pytest.mark.parametrize(("channels", "heads", "tokens"), [(32, 8, 48), (320, 8, 192), (128, 2, 96)])
+def test_processors_are_bit_identical_to_the_previous_formulation(channels, heads, tokens):
+    torch.manual_seed(0)
+    attn = Attention(channels, heads=heads, dim_head=channels // heads).eval()
+    hidden, reference = torch.randn(2, tokens, channels), torch.randn(2, tokens // 2, channels)
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    with torch.no_grad():
+        inputs = ReferenceInputs({name: reference})
+        generative = ReferenceAttentionProcessor(name)(attn, hidden, reference=inputs)
+        plain = ReferenceCaptureProcessor(name)(attn, hidden)
+        assert torch.equal(generative, _previous_processor(attn, hidden, reference))
+        assert torch.equal(plain, _previous_processor(attn, hidden))
+
+
+def test_processors_keep_only_their_layer_name(tiny_model):
+    for unet in (tiny_model.unet, tiny_model.unet_encoder):
+        for key, processor in unet.attn_processors.items():
+            layer = key.removesuffix(".processor")
+            assert vars(processor) == ({"name": layer} if layer.endswith("attn1") else {})
+
+
+def test_generative_unet_without_reference_inputs_is_a_clear_error(tiny_model):
+    block = _first_block(tiny_model)
+    with pytest.raises(RuntimeError, match="no reference features for layer down_blocks.0.attentions.0"):
+        block.attn1(torch.randn(1, 48, 32))
+    with pytest.raises(ValueError, match="attention masks are not supported"):
+        block.attn1(torch.randn(1, 48, 32), attention_mask=torch.ones(1, 48))
+
+
 def test_cross_attention_returns_input_so_block_adds_norm2(tiny_model):
     block = _first_block(tiny_model)
     assert isinstance(block.attn2.processor, PassthroughProcessor)
     hidden = torch.randn(1, 48, 32)
+    kwargs = {"reference": ReferenceInputs({block.attn1.processor.name: torch.randn(1, 48, 32)})}
     with torch.no_grad():
-        tiny_model.state.features = {block.attn1.processor.name: torch.randn(1, 48, 32)}
-        try:
-            out = block(hidden)
-            h1 = hidden + block.attn1(block.norm1(hidden))
-        finally:
-            tiny_model.state.features = None
+        out = block(hidden, cross_attention_kwargs=kwargs)
+        h1 = hidden + block.attn1(block.norm1(hidden), **kwargs)
         h2 = h1 + block.norm2(h1)
         expected = h2 + block.ff(block.norm3(h2))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

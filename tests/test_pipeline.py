@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -255,8 +257,9 @@ def test_sizes_that_are_multiples_of_8_but_not_64_work(tiny_model):
     gen = torch.Generator().manual_seed(0)
     src = torch.rand(1, 3, 72, 40, generator=gen) * 2 - 1
     mask = torch.ones(1, 1, 72, 40)
-    with record_attention(tiny_model, flows=True) as rec:
-        out = LeffaPipeline(tiny_model)(src, src, mask, src, num_inference_steps=1, seed=0, output_type="pt")
+    rec = record_attention(tiny_model, flows=True)
+    pipe = LeffaPipeline(tiny_model)
+    out = pipe(src, src, mask, src, num_inference_steps=1, seed=0, output_type="pt", observer=rec)
     assert out.images.shape == (1, 3, 72, 40)
     assert {tuple(f.shape[1:3]) for f in rec.flows_at(out.timesteps[0]).values()} == {(9, 5), (5, 3)}
 
@@ -270,3 +273,61 @@ def test_fp16_keeps_vae_in_fp32_when_its_config_asks():
     assert upcast.unet.dtype == torch.float16 and upcast.vae.dtype == torch.float32
     plain = LeffaModel.from_config(configs.unet, configs.vae, configs.scheduler, dtype="fp16")
     assert plain.vae.dtype == torch.float16
+
+
+def _other_inputs(tiny_inputs):
+    src, ref, mask, dense = tiny_inputs
+    return src.flip(-1), ref.flip(-2), 1 - mask, dense.roll(5, -1)
+
+
+def test_two_pipelines_on_one_model_in_threads_equal_sequential_runs(tiny_model, tiny_inputs):
+    from leffa.core.recording import record_attention
+
+    jobs = [(tiny_inputs, {"seed": 1}), (_other_inputs(tiny_inputs), {"seed": 2, "ref_acceleration": True})]
+    sequential = [_run(LeffaPipeline(tiny_model), inputs, **kw).images for inputs, kw in jobs]
+    alone = record_attention(tiny_model, flows=True)
+    _run(LeffaPipeline(tiny_model), jobs[0][0], observer=alone, **jobs[0][1])
+
+    barrier = threading.Barrier(2, timeout=60)  # both threads run every step at the same time
+    results, errors = [None, None], []
+    observed = record_attention(tiny_model, flows=True)
+
+    def work(index):
+        inputs, kw = jobs[index]
+        try:
+            results[index] = _run(
+                LeffaPipeline(tiny_model), inputs, callback=lambda *_: barrier.wait(),
+                observer=observed if index == 0 else None, **kw,
+            ).images
+        except Exception as error:
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(torch.equal(a, b) for a, b in zip(results, sequential))
+    assert observed.flow_records.keys() == alone.flow_records.keys()
+    assert all(torch.equal(observed.flow_records[k], v) for k, v in alone.flow_records.items())
+
+
+def test_exception_inside_a_step_leaves_nothing_behind(tiny_model, tiny_inputs):
+    from leffa.core.recording import record_attention
+
+    pipe = LeffaPipeline(tiny_model)
+    rec = record_attention(tiny_model, flows=True)
+
+    def fail(index, total, timestep):
+        raise RuntimeError(f"stopped at step {index}")
+
+    with pytest.raises(RuntimeError, match="stopped at step 1"):
+        _run(pipe, tiny_inputs, seed=1, callback=fail, observer=rec)
+    recorded = dict(rec.flow_records)
+    assert len(recorded) == len(tiny_model.layers)  # the first step only
+    after = _run(pipe, _other_inputs(tiny_inputs), seed=2)
+    fresh = _run(LeffaPipeline(tiny_model), _other_inputs(tiny_inputs), seed=2)
+    assert torch.equal(after.images, fresh.images)
+    assert rec.flow_records.keys() == recorded.keys()  # the later call was not observed

@@ -55,12 +55,13 @@ def test_recorded_maps_flows_rows_equal_explicit_attention(tiny_model, temperatu
     t = torch.tensor(300)
     seen, hooks = _capture_attn1_inputs(tiny_model)
     points = [(0.0, 0.0), (1.0, 0.5), (0.4, 0.9)]
+    rec = record_attention(
+        tiny_model, flows=True, maps=True, rows=points, map_size=None, temperature=temperature
+    )
     try:
-        with torch.no_grad(), record_attention(
-            tiny_model, flows=True, maps=True, rows=points, map_size=None, temperature=temperature
-        ) as rec:
+        with torch.no_grad():
             features = tiny_model.reference_features(ref, t)
-            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+            tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=rec)
     finally:
         for hook in hooks:
             hook.remove()
@@ -80,10 +81,10 @@ def test_pooled_maps_keep_row_mass_and_match_manual_pooling(tiny_model):
     t = torch.tensor(10)
     with torch.no_grad():
         features = tiny_model.reference_features(ref, t)
-        with record_attention(tiny_model, maps=True, map_size=None) as full:
-            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
-        with record_attention(tiny_model, maps=True, map_size=(2, 3)) as pooled:
-            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+        full = record_attention(tiny_model, maps=True, map_size=None)
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=full)
+        pooled = record_attention(tiny_model, maps=True, map_size=(2, 3))
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=pooled)
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"  # 8×6 tokens
     small = pooled.map_records[(None, name)].float()
     assert small.shape == (1, 6, 6) and pooled.map_size_of(name) == (2, 3)
@@ -93,20 +94,23 @@ def test_pooled_maps_keep_row_mass_and_match_manual_pooling(tiny_model):
     torch.testing.assert_close(small[0], manual, atol=2e-3, rtol=1e-2)
 
 
-def test_recording_restores_observer_on_error(tiny_model):
-    assert tiny_model.state.observer is None
-    with pytest.raises(RuntimeError, match="boom"):
-        with record_attention(tiny_model, flows=True):
-            assert tiny_model.state.observer is not None
-            raise RuntimeError("boom")
-    assert tiny_model.state.observer is None
+def test_recorder_sees_only_the_calls_it_is_passed_to(tiny_model):
+    latents, mask, masked, dense, ref = _inputs(tiny_model)
+    t = torch.tensor(10)
+    rec = record_attention(tiny_model, flows=True)
+    with torch.no_grad():
+        features = tiny_model.reference_features(ref, t)
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+        assert rec.flow_records == {}
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=rec, sampler_timestep=10)
+    assert sorted(rec.flow_records) == sorted((10, name) for name in tiny_model.layers)
 
 
 def test_recording_does_not_change_sampler_output(tiny_model, tiny_inputs):
     pipe = LeffaPipeline(tiny_model)
     plain = pipe(*tiny_inputs, num_inference_steps=2, seed=1, output_type="pt").images
-    with record_attention(tiny_model, flows=True, maps=True, rows=[(0.5, 0.5)]) as rec:
-        recorded = pipe(*tiny_inputs, num_inference_steps=2, seed=1, output_type="pt").images
+    rec = record_attention(tiny_model, flows=True, maps=True, rows=[(0.5, 0.5)])
+    recorded = pipe(*tiny_inputs, num_inference_steps=2, seed=1, output_type="pt", observer=rec).images
     assert torch.equal(plain, recorded)
     assert len(rec.flow_records) == 2 * len(tiny_model.layers)
 
@@ -114,28 +118,24 @@ def test_recording_does_not_change_sampler_output(tiny_model, tiny_inputs):
 def test_timestep_and_layer_gating(tiny_model, tiny_inputs):
     pipe = LeffaPipeline(tiny_model)
     layer = tiny_model.layers[1]
-    with record_attention(tiny_model, [layer], timesteps=[601], flows=True) as rec:
-        out = pipe(*tiny_inputs, num_inference_steps=5, seed=1)
+    rec = record_attention(tiny_model, [layer], timesteps=[601], flows=True)
+    out = pipe(*tiny_inputs, num_inference_steps=5, seed=1, observer=rec)
     assert 601 in out.timesteps
     assert list(rec.flow_records) == [(601, layer)]
     assert rec.flows_at(601)[layer].shape == (2, 4, 3, 2)  # CFG batch: uncond + cond
-    with record_attention(tiny_model, lambda name: name.startswith("up_blocks"), flows=True) as rec:
-        assert all(name.startswith("up_blocks") for name in rec.layers) and len(rec.layers) == 4
+    rec = record_attention(tiny_model, lambda name: name.startswith("up_blocks"), flows=True)
+    assert all(name.startswith("up_blocks") for name in rec.layers) and len(rec.layers) == 4
 
 
 def test_bad_recording_options(tiny_model):
     with pytest.raises(ValueError, match="unknown layers"):
-        with record_attention(tiny_model, ["nope"], flows=True):
-            pass
+        record_attention(tiny_model, ["nope"], flows=True)
     with pytest.raises(ValueError, match="nothing to record"):
-        with record_attention(tiny_model):
-            pass
+        record_attention(tiny_model)
     with pytest.raises(ValueError, match="temperature"):
-        with record_attention(tiny_model, flows=True, temperature=0):
-            pass
+        record_attention(tiny_model, flows=True, temperature=0)
     with pytest.raises(ValueError, match="layers must be"):
-        with record_attention(tiny_model, "some", flows=True):
-            pass
+        record_attention(tiny_model, "some", flows=True)
 
 
 def test_layer_selection_by_resolution_counts():
@@ -155,9 +155,9 @@ def _training_loss(model, registers=None):
     latents, mask, masked, dense, ref = _inputs(model, batch=2)
     images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(9)) * 2 - 1
     t = torch.tensor([100, 800])
-    with record_attention(model, model.layers[:2], flows=True, temperature=2.0, registers=registers) as rec:
-        features = model.reference_features(ref, t)
-        model.predict_noise(latents, mask, masked, dense, t, features)
+    rec = record_attention(model, model.layers[:2], flows=True, temperature=2.0, registers=registers)
+    features = model.reference_features(ref, t)
+    model.predict_noise(latents, mask, masked, dense, t, features, observer=rec)
     return leffa_loss(rec.flows_at(None), images.flip(-1), images, None, t).total
 
 
@@ -248,9 +248,9 @@ def test_batch_rows_record_only_those_samples(tiny_model):
     t = torch.tensor([10, 20, 30])
     with torch.no_grad():
         features = tiny_model.reference_features(ref, t)
-        with record_attention(tiny_model, flows=True) as full:
-            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
-        with record_attention(tiny_model, flows=True, batch_rows=torch.tensor([2, 0])) as part:
-            tiny_model.predict_noise(latents, mask, masked, dense, t, features)
+        full = record_attention(tiny_model, flows=True)
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=full)
+        part = record_attention(tiny_model, flows=True, batch_rows=torch.tensor([2, 0]))
+        tiny_model.predict_noise(latents, mask, masked, dense, t, features, observer=part)
     for name, flow in full.flows_at(None).items():
         torch.testing.assert_close(part.flows_at(None)[name], flow[[2, 0]])

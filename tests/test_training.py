@@ -85,6 +85,28 @@ def test_same_generator_same_loss(model):
     assert float(run().loss.detach()) == float(run().loss.detach())
 
 
+def test_gradient_checkpointing_recomputes_with_the_same_features_and_observer(model):
+    def run():
+        model.zero_grad()
+        losses = training_losses(
+            model, _batch(size=3), model.make_scheduler(), generator=torch.Generator().manual_seed(2),
+            leffa=LeffaLossConfig(theta_timestep=1000), reference_dropout=0.3,
+        )
+        losses.loss.backward()
+        return losses, {name: grad.clone() for name, grad in _grads(model).items()}
+
+    plain, plain_grads = run()
+    model.unet.enable_gradient_checkpointing()
+    model.unet_encoder.enable_gradient_checkpointing()
+    model.train()
+    checkpointed, grads = run()
+    assert float(checkpointed.leffa) > 0
+    assert torch.equal(checkpointed.loss, plain.loss)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-6, rtol=1e-5)
+
+
 def test_bad_training_inputs(model):
     with pytest.raises(KeyError, match="missing"):
         training_losses(model, {"image": torch.zeros(1, 3, 64, 48)}, model.make_scheduler())

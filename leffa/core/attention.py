@@ -1,31 +1,38 @@
 """Attention processors: the whole Leffa mechanism on stock diffusers UNets.
 
-Three processors, installed by :func:`install_processors`:
+Three processors, installed by :func:`install_processors`. They keep only their layer name: everything one
+forward pass needs travels in the UNet call as ``cross_attention_kwargs`` (how diffusers hands processors
+their inputs), so two calls on one model never share anything and an exception leaves nothing behind.
 
-* :class:`ReferenceCaptureProcessor` on the reference UNet's ``attn1``: stores its input tokens (the
-  block's ``norm1`` output) under the layer name, then attends as usual. After the last layer the generative
-  UNet needs it stops the forward pass (nothing after it is used).
-* :class:`ReferenceAttentionProcessor` on the generative UNet's ``attn1``: queries from the layer's own
-  tokens, keys/values from ``concat([own tokens, reference tokens of the same layer])``. This equals the
-  released model (which attends over the concatenation and keeps the first ``h*w`` outputs) while computing
-  only the outputs that are kept. When an observer is attached it also hands the queries and reference keys
+* :class:`ReferenceCaptureProcessor` on the reference UNet's ``attn1``: given
+  ``cross_attention_kwargs={"capture": ReferenceCapture(...)}`` it stores its input tokens (the block's
+  ``norm1`` output) under the layer name, then attends as diffusers' :class:`AttnProcessor2_0` does. After
+  the last layer the generative UNet needs it stops the forward pass (nothing after it is used).
+* :class:`ReferenceAttentionProcessor` on the generative UNet's ``attn1``: given
+  ``cross_attention_kwargs={"reference": ReferenceInputs(...)}``, queries come from the layer's own tokens,
+  keys/values from ``concat([own tokens, reference tokens of the same layer])``: :class:`AttnProcessor2_0`
+  with the concatenation as ``encoder_hidden_states``. This equals the released model (which attends over
+  the concatenation and keeps the first ``h*w`` outputs) while computing only the outputs that are kept.
+  When the call carries an observer that wants the layer, the queries and reference keys are also handed
   to it: the same processor serves the Leffa loss and the attention inspector.
 * :class:`PassthroughProcessor` on every ``attn2``: returns its input, as the released weights expect
   (each transformer block then computes ``h = h + norm2(h)`` where cross-attention would be).
 
-Layers are matched by name (``down_blocks.0.attentions.0.transformer_blocks.0.attn1``), never by a counter.
+Passing the inputs through the call also makes gradient checkpointing recompute blocks with the same
+features and observer in the backward pass. Layers are matched by name
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn1``), never by a counter.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 _SECTION_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 _LAYER_RE = re.compile(
@@ -40,35 +47,46 @@ class ReferencePassComplete(Exception):
 class AttentionObserver(Protocol):
     """Receives the attention inputs of selected generative layers (see :mod:`leffa.core.recording`)."""
 
-    def wants(self, layer: str) -> bool: ...
+    def wants(self, layer: str, timestep: int | None) -> bool: ...
 
-    def observe(self, layer: str, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
-        """``query`` (B, heads, n_q, d) from the target tokens, ``key`` (B, heads, n_k, d) from the reference."""
+    def observe(
+        self,
+        layer: str,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scale: float,
+        *,
+        timestep: int | None,
+        latent_size: tuple[int, int],
+    ) -> None:
+        """``query`` (B, heads, n_q, d) from the target tokens, ``key`` (B, heads, n_k, d) from the reference;
+        ``timestep`` and ``latent_size`` as in :class:`ReferenceInputs`."""
 
 
 @dataclass(frozen=True)
 class ReferenceInputs:
     """What one generative forward pass attends to, passed as ``cross_attention_kwargs={"reference": ...}``.
 
-    Passing it through the UNet call (rather than only through shared state) means gradient checkpointing
-    recomputes blocks with the same features and observer in the backward pass.
+    ``timestep`` is the sampler's current timestep (``None`` outside the sampler, e.g. in training where
+    every sample has its own); with ``latent_size`` it tells the observer where a record belongs.
     """
 
-    features: dict[str, torch.Tensor]
-    observer: AttentionObserver | None = None
-
-
-@dataclass
-class ReferenceState:
-    """State shared by the processors of one model: captured features and the optional observer."""
-
-    features: dict[str, torch.Tensor] | None = None
-    capture: dict[str, torch.Tensor] | None = None
-    stop_after: str | None = None
+    features: Mapping[str, torch.Tensor]
     observer: AttentionObserver | None = None
     timestep: int | None = None
     latent_size: tuple[int, int] | None = None
-    layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReferenceCapture:
+    """One reference pass, passed as ``cross_attention_kwargs={"capture": ...}``: collects layer tokens.
+
+    A layer already captured is not captured again, so gradient checkpointing's recomputation neither
+    replaces the features nor stops the pass a second time.
+    """
+
+    stop_after: str | None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def layer_sort_key(name: str) -> tuple[int, int, int, int]:
@@ -86,29 +104,18 @@ def self_attention_layers(unet: UNet2DConditionModel) -> list[str]:
     return sorted(names, key=layer_sort_key)
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, tokens, channels = x.shape
-    return x.view(batch, tokens, heads, channels // heads).transpose(1, 2)
-
-
-def _finish(attn: Attention, out: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-    batch, heads, tokens, dim = out.shape
-    out = out.transpose(1, 2).reshape(batch, tokens, heads * dim).to(hidden_states.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + hidden_states
-    return out / attn.rescale_output_factor
-
-
-def _check_plain(attn: Attention, hidden_states: torch.Tensor, name: str) -> None:
+def _check_plain(attn: Attention, hidden_states: torch.Tensor, attention_mask, name: str) -> None:
     if hidden_states.ndim != 3:
         raise ValueError(f"{name}: expected tokens (batch, n, channels), got shape {tuple(hidden_states.shape)}")
     if attn.group_norm is not None or attn.spatial_norm is not None:
         raise ValueError(f"{name}: attention layers with group/spatial norm are not supported")
+    if attention_mask is not None:
+        raise ValueError(f"{name}: attention masks are not supported (Leffa attends over all tokens)")
 
 
 def _project_heads(attn: Attention, x: torch.Tensor, proj: torch.nn.Linear, norm) -> torch.Tensor:
-    out = _split_heads(proj(x), attn.heads)
+    batch, tokens, _ = x.shape
+    out = proj(x).view(batch, tokens, attn.heads, -1).transpose(1, 2)
     return norm(out) if norm is not None else out
 
 
@@ -116,70 +123,84 @@ class PassthroughProcessor:
     """Cross-attention as released: the ``attn2`` module returns its input unchanged."""
 
     def __call__(
-        self, attn: Attention, hidden_states: torch.Tensor, *args, reference: ReferenceInputs | None = None, **kwargs
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        *args,
+        reference: ReferenceInputs | None = None,
+        capture: ReferenceCapture | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         return hidden_states
 
 
-class ReferenceCaptureProcessor:
+class ReferenceCaptureProcessor(AttnProcessor2_0):
     """Reference UNet ``attn1``: capture the input tokens, then plain self-attention."""
 
-    def __init__(self, name: str, state: ReferenceState) -> None:
+    def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
-        self.state = state
-
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        _check_plain(attn, hidden_states, self.name)
-        if self.state.capture is not None:
-            self.state.capture[self.name] = hidden_states
-            if self.state.stop_after == self.name:
-                raise ReferencePassComplete
-        query = _project_heads(attn, hidden_states, attn.to_q, attn.norm_q)
-        key = _project_heads(attn, hidden_states, attn.to_k, attn.norm_k)
-        value = _split_heads(attn.to_v(hidden_states), attn.heads)
-        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        return _finish(attn, out, hidden_states)
-
-
-class ReferenceAttentionProcessor:
-    """Generative UNet ``attn1``: target queries attend over target and reference tokens of this layer."""
-
-    def __init__(self, name: str, state: ReferenceState) -> None:
-        self.name = name
-        self.state = state
 
     def __call__(
-        self, attn: Attention, hidden_states: torch.Tensor, *args, reference: ReferenceInputs | None = None, **kwargs
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        capture: ReferenceCapture | None = None,
     ) -> torch.Tensor:
-        _check_plain(attn, hidden_states, self.name)
-        features = reference.features if reference is not None else self.state.features
-        observer = reference.observer if reference is not None else self.state.observer
-        if features is None or self.name not in features:
+        _check_plain(attn, hidden_states, attention_mask, self.name)
+        if capture is not None and self.name not in capture.features:
+            capture.features[self.name] = hidden_states
+            if capture.stop_after == self.name:
+                raise ReferencePassComplete
+        return super().__call__(attn, hidden_states)
+
+
+class ReferenceAttentionProcessor(AttnProcessor2_0):
+    """Generative UNet ``attn1``: target queries attend over target and reference tokens of this layer."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        reference: ReferenceInputs | None = None,
+    ) -> torch.Tensor:
+        _check_plain(attn, hidden_states, attention_mask, self.name)
+        if reference is None or self.name not in reference.features:
             raise RuntimeError(
                 f"no reference features for layer {self.name}; run the generative UNet through "
-                "LeffaModel.predict_noise (or set model.state.features)"
+                "LeffaModel.predict_noise (or pass cross_attention_kwargs={'reference': ReferenceInputs(...)})"
             )
-        reference = features[self.name].to(hidden_states.dtype)
-        if reference.shape[0] != hidden_states.shape[0] or reference.shape[2] != hidden_states.shape[2]:
+        tokens = reference.features[self.name].to(hidden_states.dtype)
+        if tokens.shape[0] != hidden_states.shape[0] or tokens.shape[2] != hidden_states.shape[2]:
             raise ValueError(
-                f"{self.name}: reference tokens {tuple(reference.shape)} do not match target tokens "
+                f"{self.name}: reference tokens {tuple(tokens.shape)} do not match target tokens "
                 f"{tuple(hidden_states.shape)} (batch and channels must agree)"
             )
-        query = _project_heads(attn, hidden_states, attn.to_q, attn.norm_q)
-        key_own = _project_heads(attn, hidden_states, attn.to_k, attn.norm_k)
-        key_ref = _project_heads(attn, reference, attn.to_k, attn.norm_k)
-        value = _split_heads(attn.to_v(torch.cat([hidden_states, reference], dim=1)), attn.heads)
-        key = torch.cat([key_own, key_ref], dim=2)
-        if observer is not None and observer.wants(self.name):
-            observer.observe(self.name, query, key_ref, attn.scale)
-        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        return _finish(attn, out, hidden_states)
+        observer = reference.observer
+        if observer is not None and observer.wants(self.name, reference.timestep):
+            query = _project_heads(attn, hidden_states, attn.to_q, attn.norm_q)
+            key = _project_heads(attn, tokens, attn.to_k, attn.norm_k)
+            observer.observe(
+                self.name, query, key, attn.scale, timestep=reference.timestep, latent_size=reference.latent_size
+            )
+        own_and_reference = torch.cat([hidden_states, tokens], dim=1)
+        return super().__call__(attn, hidden_states, encoder_hidden_states=own_and_reference)
 
 
 def install_processors(
-    reference_unet: UNet2DConditionModel, generative_unet: UNet2DConditionModel, state: ReferenceState
-) -> None:
-    """Install the Leffa processors on both UNets and record the shared layer list in ``state``.
+    reference_unet: UNet2DConditionModel, generative_unet: UNet2DConditionModel
+) -> list[str]:
+    """Install the Leffa processors on both UNets; return their shared self-attention layers, in order.
 
     Raises ``ValueError`` when the two UNets do not have the same self-attention layers.
     """
@@ -187,11 +208,10 @@ def install_processors(
     gen_layers = self_attention_layers(generative_unet)
     if ref_layers != gen_layers:
         raise ValueError("reference and generative UNets must have the same transformer layers")
-    state.layers = gen_layers
-    state.stop_after = gen_layers[-1] if gen_layers else None
     for unet, make in ((reference_unet, ReferenceCaptureProcessor), (generative_unet, ReferenceAttentionProcessor)):
         processors = {}
         for key in unet.attn_processors:
             layer = key.removesuffix(".processor")
-            processors[key] = make(layer, state) if layer.endswith("attn1") else PassthroughProcessor()
+            processors[key] = make(layer) if layer.endswith("attn1") else PassthroughProcessor()
         unet.set_attn_processor(processors)
+    return gen_layers

@@ -1,7 +1,9 @@
 """The Leffa model: a VAE, a reference UNet and a generative UNet, all stock diffusers classes.
 
 ``LeffaModel.state_dict()`` keys are exactly the released checkpoint keys (``vae.*``, ``unet_encoder.*``,
-``unet.*``), so released files load strictly and exported files are loadable by the released code.
+``unet.*``), so released files load strictly and exported files are loadable by the released code. The model
+holds no per-call state: :meth:`LeffaModel.reference_features` and :meth:`LeffaModel.predict_noise` pass what
+the attention processors need through the UNet call, so one model can serve concurrent calls.
 """
 
 from __future__ import annotations
@@ -9,18 +11,21 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from leffa.core.attention import ReferenceInputs, ReferencePassComplete, ReferenceState, install_processors
-from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
-from leffa.core.serialization import (
-    MODEL_FILE, CheckpointMismatchError, check_state_dict, read_state_dict, stored_configs,
+from leffa.core.attention import (
+    AttentionObserver,
+    ReferenceCapture,
+    ReferenceInputs,
+    ReferencePassComplete,
+    install_processors,
 )
+from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
+from leffa.core.serialization import check_state_dict, read_state_dict
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -64,23 +69,6 @@ def detect_base(state: Mapping[str, torch.Tensor]) -> str:
     return "sdxl-inpainting" if "unet.add_embedding.linear_1.weight" in state else "sd15-inpainting"
 
 
-def checkpoint_configs(
-    path: str | os.PathLike, state: Mapping[str, torch.Tensor], base: str | BaseConfigs = "auto"
-) -> BaseConfigs:
-    """What to build the model of checkpoint ``path`` (weights ``state``) from: ``base`` when given, else the
-    configs stored with the file (:func:`~leffa.core.serialization.stored_configs`), else the shipped base
-    its keys match (:func:`detect_base`)."""
-    if base != "auto":
-        return load_base_configs(base) if isinstance(base, str) else base
-    stored = stored_configs(path)
-    if stored is not None:
-        return stored
-    try:
-        return load_base_configs(detect_base(state))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
 def _build_unet(config: Mapping[str, Any], in_channels: int) -> UNet2DConditionModel:
     unet = UNet2DConditionModel.from_config({**config, "in_channels": in_channels})
     # Built with the base's added-embedding layers (their weights are in the checkpoints) but run with no
@@ -109,8 +97,7 @@ class LeffaModel(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.base = base
         self.vae_force_upcast = vae_force_upcast
-        self.state = ReferenceState()
-        install_processors(unet_encoder, unet, self.state)
+        self._layers = tuple(install_processors(unet_encoder, unet))
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -158,22 +145,13 @@ class LeffaModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> LeffaModel:
-        """Load a released ``.pth`` (or our ``.safetensors``, or a model folder) strictly into a model built on
-        the meta device.
+        """Load a released ``.pth`` (or our ``.safetensors``) strictly into a model built on the meta device.
 
-        ``base="auto"`` uses the configs stored with the checkpoint (see
-        :func:`~leffa.core.serialization.stored_configs`), else picks a shipped base by the keys
-        (:func:`detect_base`). Every error names the file.
+        ``base="auto"`` picks the base from the checkpoint's keys (see :func:`detect_base`).
         """
-        path = Path(path)
-        if path.is_dir():
-            path = path / MODEL_FILE
         state = read_state_dict(path)
-        model = cls.from_base(checkpoint_configs(path, state, base), device="meta")
-        try:
-            model.load_state_dict(state, assign=True)
-        except CheckpointMismatchError as error:
-            raise CheckpointMismatchError(f"{path}: {error}") from None
+        model = cls.from_base(detect_base(state) if base == "auto" else base, device="meta")
+        model.load_state_dict(state, assign=True)
         return model.place(resolve_device(device), dtype)
 
     def place(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> LeffaModel:
@@ -211,7 +189,7 @@ class LeffaModel(nn.Module):
     @property
     def layers(self) -> list[str]:
         """Self-attention layer names shared by both UNets, in execution order."""
-        return list(self.state.layers)
+        return list(self._layers)
 
     def make_scheduler(self) -> DDPMScheduler:
         """A fresh DDPM scheduler from the base config (each pipeline call owns its own)."""
@@ -231,14 +209,17 @@ class LeffaModel(nn.Module):
 
     def reference_features(self, reference_latents: torch.Tensor, timestep: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the reference UNet up to its last used layer; return each layer's ``attn1`` input tokens."""
-        self.state.capture = {}
+        capture = ReferenceCapture(stop_after=self._layers[-1] if self._layers else None)
         try:
-            self.unet_encoder(reference_latents.to(self.dtype), timestep, encoder_hidden_states=None)
+            self.unet_encoder(
+                reference_latents.to(self.dtype),
+                timestep,
+                encoder_hidden_states=None,
+                cross_attention_kwargs={"capture": capture},
+            )
         except ReferencePassComplete:
             pass
-        finally:
-            captured, self.state.capture = self.state.capture, None
-        return captured
+        return dict(capture.features)
 
     def predict_noise(
         self,
@@ -248,11 +229,19 @@ class LeffaModel(nn.Module):
         densepose: torch.Tensor,
         timestep: torch.Tensor,
         features: Mapping[str, torch.Tensor],
+        *,
+        observer: AttentionObserver | None = None,
+        sampler_timestep: int | None = None,
     ) -> torch.Tensor:
-        """Generative UNet on the 12-channel input, attending to the given reference features."""
+        """Generative UNet on the 12-channel input, attending to the given reference features.
+
+        ``observer`` (e.g. :func:`leffa.core.recording.record_attention`) sees this call's attention;
+        ``sampler_timestep`` is the sampler's current timestep it keys and gates its records by (``None``
+        outside the sampler).
+        """
         sample = torch.cat([noisy_latents, mask, masked_latents, densepose], dim=1).to(self.dtype)
-        self.state.latent_size = (sample.shape[-2], sample.shape[-1])
-        reference = ReferenceInputs(dict(features), self.state.observer)
+        latent_size = (sample.shape[-2], sample.shape[-1])
+        reference = ReferenceInputs(dict(features), observer, sampler_timestep, latent_size)
         return self.unet(
             sample, timestep, encoder_hidden_states=None, cross_attention_kwargs={"reference": reference}
         ).sample

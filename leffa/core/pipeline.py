@@ -4,11 +4,15 @@ Per step: the reference UNet encodes the reference latent (the unconditional hal
 whose features depend only on the timestep and are cached), the generative UNet predicts noise for
 ``[uncond, cond]``, classifier-free guidance and the guidance rescale of Lin et al. (2023) are applied, and
 a DDPM step follows. See ``shared/reference/README.md`` §3 for the released behaviour this reproduces.
+
+A call keeps its state (scheduler, features, timestep, observer) to itself and hands it to the model per
+step, so pipelines on one model may run concurrently and a failed call leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,9 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
+from leffa.core.attention import AttentionObserver
 from leffa.core.model import LeffaModel
 from leffa.core.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
-from leffa.core.validation import check_finite, check_generated, check_sampling_settings, check_seed
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
@@ -53,6 +57,8 @@ def rescale_noise_cfg(guided: torch.Tensor, conditional: torch.Tensor, factor: f
     """Guidance rescale (Lin et al. 2023): match the std of the guided prediction to the conditional one.
 
     ``factor`` is φ in ``φ·guided·std(c)/std(guided) + (1-φ)·guided``; stds per sample over C, H, W.
+    Not diffusers' ``rescale_noise_cfg``: it computes ``φ·(guided·ratio)`` where this computes
+    ``(φ·guided)·ratio``, which differs in the last bit for about a third of the elements.
     """
     dims = list(range(1, guided.ndim))
     std_cond = conditional.std(dim=dims, keepdim=True)
@@ -78,7 +84,9 @@ def resolve_seed(seed: int | None) -> int:
     """``None`` or ``-1`` picks a random seed (reported in the output); otherwise the seed is kept."""
     if seed is None or seed == -1:
         return random.SystemRandom().randrange(0, 2**31 - 1)
-    return check_seed(seed)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or -1 for random, got {seed!r}")
+    return int(seed)
 
 
 class LeffaPipeline:
@@ -93,6 +101,7 @@ class LeffaPipeline:
         self.uncond_cache_bytes = uncond_cache_bytes
         self._uncond_cache: dict[tuple, dict[str, torch.Tensor]] = {}
         self._cache_used = 0
+        self._cache_lock = threading.Lock()
 
     @property
     def default_densepose_format(self) -> DensePoseFormat:
@@ -100,8 +109,9 @@ class LeffaPipeline:
         return "iuv" if self.model.base == "sdxl-inpainting" else "rgb"
 
     def clear_cache(self) -> None:
-        self._uncond_cache.clear()
-        self._cache_used = 0
+        with self._cache_lock:
+            self._uncond_cache.clear()
+            self._cache_used = 0
 
     # ------------------------------------------------------------------------------------ inputs
     def _to_batch(self, value, name: str, kind: str, size, fmt: DensePoseFormat) -> torch.Tensor:
@@ -152,7 +162,6 @@ class LeffaPipeline:
                 raise ValueError(
                     f"{name}: expected shape (batch, {channels}, height, width), got {tuple(tensor.shape)}"
                 )
-            check_finite(tensor, name)
         h, w = src.shape[-2:]
         factor = self.model.vae_scale_factor
         if h % factor or w % factor:
@@ -184,9 +193,10 @@ class LeffaPipeline:
             zeros = torch.zeros(1, 4, *latent_hw, device=model.device, dtype=model.dtype)
             features = model.reference_features(zeros, timestep)
             size = sum(t.numel() * t.element_size() for t in features.values())
-            if self._cache_used + size <= self.uncond_cache_bytes:
-                self._uncond_cache[key] = features
-                self._cache_used += size
+            with self._cache_lock:
+                if key not in self._uncond_cache and self._cache_used + size <= self.uncond_cache_bytes:
+                    self._uncond_cache[key] = features
+                    self._cache_used += size
         return {name: t.expand(batch, -1, -1) for name, t in features.items()}
 
     def _features(self, ref_latents: torch.Tensor, timestep: torch.Tensor, cfg: bool):
@@ -218,17 +228,22 @@ class LeffaPipeline:
         width: int | None = None,
         densepose_format: DensePoseFormat | None = None,
         callback: StepCallback | None = None,
+        observer: AttentionObserver | None = None,
     ) -> LeffaOutput:
         """Generate images. Tensor inputs use the released normalisation; PIL inputs are converted.
 
         ``generator`` (or else ``seed``; ``-1``/``None`` = random) drives the initial noise, VAE posterior
         samples and DDPM noise, so equal seeds give equal images on one device. ``guidance_rescale`` defaults
-        to ``guidance_scale`` as released; 0 disables it.
+        to ``guidance_scale`` as released; 0 disables it. ``observer`` (e.g.
+        :func:`leffa.core.recording.record_attention`) sees the attention of every step, keyed by timestep.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         model = self.model
-        check_sampling_settings(num_inference_steps, guidance_scale, guidance_rescale, model.scheduler_config)
         device = model.device
         src, ref, mask_t, dense = self.prepare_inputs(
             src_image, ref_image, mask, densepose, height=height, width=width, densepose_format=densepose_format
@@ -245,8 +260,6 @@ class LeffaPipeline:
             latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
-        else:
-            check_finite(latents, "latents")
         scheduler = model.make_scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
@@ -266,11 +279,12 @@ class LeffaPipeline:
         if ref_acceleration:
             features = self._features(ref_latents, timesteps[num_inference_steps // 2], cfg)
         for index, t in enumerate(timesteps):
-            model.state.timestep = int(t)
             if not ref_acceleration:
                 features = self._features(ref_latents, t, cfg)
             model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
-            noise = model.predict_noise(model_input, *static, t, features).float()
+            noise = model.predict_noise(
+                model_input, *static, t, features, observer=observer, sampler_timestep=int(t)
+            ).float()
             if cfg:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
@@ -279,11 +293,8 @@ class LeffaPipeline:
             latents = scheduler.step(noise, t, latents, generator=generator).prev_sample
             if callback is not None:
                 callback(index + 1, num_inference_steps, int(t))
-        model.state.timestep = None
 
-        images = model.decode_latents(latents)
-        check_generated(images, model.dtype)
-        images = images.clamp(-1, 1)
+        images = model.decode_latents(latents).clamp(-1, 1)
         if repaint:
             images = repaint_images(src.float(), images, mask_t)
         return LeffaOutput(self._format(images, output_type), seed, [int(t) for t in timesteps])

@@ -1,9 +1,10 @@
 """Recording attention over the reference keys, for the Leffa loss and the inspector.
 
-``with record_attention(model, layers=..., timesteps=...) as rec:`` attaches an :class:`AttentionRecorder`
-to the model's reference-attention processors (the same processors that inject the reference; see
-:mod:`leffa.core.attention`) and always detaches it on exit. Nothing is recorded outside the block, so plain
-inference keeps the fused SDPA path.
+``rec = record_attention(model, layers=..., timesteps=...)`` builds an :class:`AttentionRecorder`; pass it
+to one call as ``observer=rec`` (``LeffaPipeline.__call__``, ``LeffaModel.predict_noise``) and the
+reference-attention processors of that call (the same processors that inject the reference; see
+:mod:`leffa.core.attention`) hand it their queries and reference keys. Nothing is attached to the model, so
+other calls, concurrent ones included, keep the plain fused SDPA path.
 
 For each selected layer the recorder computes ``A = softmax(Q K_refᵀ / (√d · τ))`` over the reference keys
 only, averaged over heads, in query chunks so no layer ever holds all heads' full maps at once. What is kept
@@ -20,8 +21,7 @@ is bounded by the caller's choice:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -129,10 +129,10 @@ def attention_flow(
 class AttentionRecorder:
     """Observer for :class:`~leffa.core.attention.ReferenceAttentionProcessor` (see module docstring).
 
-    Records are keyed by ``(timestep, layer)``; the timestep is the sampler's current one (``None`` during
-    training, where every sample has its own). ``keep_last`` keeps only the last samples of each batch (the
-    conditional half under classifier-free guidance); ``batch_rows`` (indices) records only those samples
-    (training skips the work for samples the Leffa loss ignores).
+    Records are keyed by ``(timestep, layer)``; the timestep is the sampler's current one, as the call passes
+    it (``None`` during training, where every sample has its own). ``keep_last`` keeps only the last samples
+    of each batch (the conditional half under classifier-free guidance); ``batch_rows`` (indices) records only
+    those samples (training skips the work for samples the Leffa loss ignores).
     """
 
     model: LeffaModel
@@ -151,10 +151,10 @@ class AttentionRecorder:
     row_records: dict[tuple[int | None, str], Tensor] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def wants(self, layer: str) -> bool:
+    def wants(self, layer: str, timestep: int | None) -> bool:
         if layer not in self._layer_set:
             return False
-        return self.timesteps is None or self.model.state.timestep in self.timesteps
+        return self.timesteps is None or timestep in self.timesteps
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.layers) - set(self.model.layers))
@@ -169,14 +169,23 @@ class AttentionRecorder:
         self._layer_set = set(self.layers)
 
     # ------------------------------------------------------------------------------------- observing
-    def observe(self, layer: str, query: Tensor, key: Tensor, scale: float) -> None:
+    def observe(
+        self,
+        layer: str,
+        query: Tensor,
+        key: Tensor,
+        scale: float,
+        *,
+        timestep: int | None,
+        latent_size: tuple[int, int],
+    ) -> None:
         if self.keep_last is not None:
             query, key = query[-self.keep_last :], key[-self.keep_last :]
         if self.batch_rows is not None:
             query, key = query[self.batch_rows], key[self.batch_rows]
-        size = self._grid(layer, query.shape[2])
+        size = self._grid(layer, query.shape[2], latent_size)
         self.sizes[layer] = size
-        record_key = (self.model.state.timestep, layer)
+        record_key = (timestep, layer)
         scale = scale / self.temperature
         registers = self.registers.for_layer(layer) if self.registers is not None else None
         if self.flows:
@@ -188,11 +197,10 @@ class AttentionRecorder:
         if self.maps:
             self.map_records[record_key] = self._pooled_map(query, key, scale, registers, size).detach()
 
-    def _grid(self, layer: str, tokens: int) -> tuple[int, int]:
-        latent = self.model.state.latent_size
-        size = level_size(latent, layer_level(layer, len(self.model.unet.config.block_out_channels)))
+    def _grid(self, layer: str, tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+        size = level_size(latent_size, layer_level(layer, len(self.model.unet.config.block_out_channels)))
         if size[0] * size[1] != tokens:
-            raise RuntimeError(f"{layer}: {tokens} tokens do not fit the latent size {latent}")
+            raise RuntimeError(f"{layer}: {tokens} tokens do not fit the latent size {latent_size}")
         return size
 
     @staticmethod
@@ -245,26 +253,19 @@ def _resolve_layers(model: LeffaModel, layers: LayerSelection) -> list[str]:
     return list(layers)
 
 
-@contextmanager
 def record_attention(
     model: LeffaModel,
     layers: LayerSelection = "all",
     timesteps: Iterable[int] | None = None,
     **options,
-) -> Iterator[AttentionRecorder]:
-    """Attach a recorder to ``model`` for the duration of the block (restored even on error).
+) -> AttentionRecorder:
+    """A recorder for ``model``'s attention; pass it as ``observer=`` to the call(s) to record.
 
     ``layers``: ``"all"``, names, or a predicate (see :func:`select_layers` for the θ_res rule);
     ``timesteps``: record only at these sampler timesteps (``None`` = all). Other options are
     :class:`AttentionRecorder` fields (``flows``, ``maps``, ``rows``, ``temperature``, ``map_size``,
     ``keep_last``, ``batch_rows``, ``registers``).
     """
-    recorder = AttentionRecorder(
+    return AttentionRecorder(
         model, _resolve_layers(model, layers), set(timesteps) if timesteps is not None else None, **options
     )
-    previous = model.state.observer
-    model.state.observer = recorder
-    try:
-        yield recorder
-    finally:
-        model.state.observer = previous

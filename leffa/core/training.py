@@ -119,14 +119,13 @@ def training_losses(
     active = (
         torch.nonzero(keep.to(device) & (timesteps < leffa.theta_timestep)).squeeze(1) if leffa is not None else None
     )
-    if active is None or active.numel() == 0:
-        prediction = model.predict_noise(*inputs)
-    else:
+    rec = None
+    if active is not None and active.numel() > 0:
         layers = select_layers(model, tuple(image.shape[-2:]), leffa.theta_resolution)
-        with record_attention(
+        rec = record_attention(
             model, layers, flows=True, temperature=leffa.temperature, registers=registers, batch_rows=active
-        ) as rec:
-            prediction = model.predict_noise(*inputs)
+        )
+    prediction = model.predict_noise(*inputs, observer=rec)
     diffusion = F.mse_loss(prediction.float(), _target(scheduler, latents.float(), noise, timesteps))
     if leffa is None:
         return TrainingLosses(loss=diffusion, diffusion=diffusion.detach())

@@ -128,10 +128,10 @@ def trace(
     reference = inputs[1]
     if reference.shape[0] != 1:
         raise ValueError("trace works on one image at a time; pass a batch of one")
-    with record_attention(
+    recorder = record_attention(
         pipe.model, layers, chosen, flows=True, maps=True, map_size=map_size, temperature=temperature, keep_last=1
-    ) as recorder:
-        output = pipe(*inputs, num_inference_steps=num_inference_steps, **kwargs)
+    )
+    output = pipe(*inputs, num_inference_steps=num_inference_steps, observer=recorder, **kwargs)
     images = ((reference[0].float().permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().byte().cpu().numpy()
     return Trace(
         output=output,

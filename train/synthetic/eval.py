@@ -246,8 +246,8 @@ def teacher_forced(
         step = torch.full((latents.shape[0],), int(t), dtype=torch.long)
         noisy = scheduler.add_noise(latents, noise, step)
         features = model.reference_features(ref_latents, step)
-        with record_attention(model, "all", flows=True, rows=rows, temperature=temperature) as recorder:
-            eps = model.predict_noise(noisy, mask, masked, densepose, step, features).float()
+        recorder = record_attention(model, "all", flows=True, rows=rows, temperature=temperature)
+        eps = model.predict_noise(noisy, mask, masked, densepose, step, features, observer=recorder).float()
         alpha = scheduler.alphas_cumprod[int(t)].float()
         x0 = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()
         results[int(t)] = {
@@ -270,20 +270,21 @@ def sample(
     pipe = LeffaPipeline(model, uncond_cache_bytes=0)
     count = batch["image"].shape[0]
     timesteps = () if ref_acceleration else settings.sampler_trace_timesteps
-    with record_attention(
+    recorder = record_attention(
         model, "all", timesteps, flows=True, temperature=settings.temperature, keep_last=count
-    ) as recorder:
-        output = pipe(
-            batch["image"],
-            batch["reference"],
-            batch["mask"],
-            batch["densepose"],
-            num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            generator=torch.Generator().manual_seed(settings.seed),
-            ref_acceleration=ref_acceleration,
-            output_type="pt",
-        )
+    )
+    output = pipe(
+        batch["image"],
+        batch["reference"],
+        batch["mask"],
+        batch["densepose"],
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=torch.Generator().manual_seed(settings.seed),
+        ref_acceleration=ref_acceleration,
+        output_type="pt",
+        observer=recorder,
+    )
     flows = {t: recorder.flows_at(t) for t in timesteps}
     return output.images.float(), flows
 
