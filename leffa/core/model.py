@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ from leffa.core.attention import (
     install_processors,
 )
 from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
-from leffa.core.serialization import check_state_dict, read_state_dict
+from leffa.core.serialization import (
+    MODEL_FILE, CheckpointMismatchError, check_state_dict, read_state_dict, stored_configs,
+)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,6 +70,23 @@ def detect_base(state: Mapping[str, torch.Tensor]) -> str:
     if conv_in.shape[0] == 32:
         return "tiny"
     return "sdxl-inpainting" if "unet.add_embedding.linear_1.weight" in state else "sd15-inpainting"
+
+
+def checkpoint_configs(
+    path: str | os.PathLike, state: Mapping[str, torch.Tensor], base: str | BaseConfigs = "auto"
+) -> BaseConfigs:
+    """What to build the model of checkpoint ``path`` (weights ``state``) from: ``base`` when given, else the
+    configs stored with the file (:func:`~leffa.core.serialization.stored_configs`), else the shipped base
+    its keys match (:func:`detect_base`)."""
+    if base != "auto":
+        return load_base_configs(base) if isinstance(base, str) else base
+    stored = stored_configs(path)
+    if stored is not None:
+        return stored
+    try:
+        return load_base_configs(detect_base(state))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _build_unet(config: Mapping[str, Any], in_channels: int) -> UNet2DConditionModel:
@@ -145,13 +165,22 @@ class LeffaModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> LeffaModel:
-        """Load a released ``.pth`` (or our ``.safetensors``) strictly into a model built on the meta device.
+        """Load a released ``.pth`` (or our ``.safetensors``, or a model folder) strictly into a model built on
+        the meta device.
 
-        ``base="auto"`` picks the base from the checkpoint's keys (see :func:`detect_base`).
+        ``base="auto"`` uses the configs stored with the checkpoint (see
+        :func:`~leffa.core.serialization.stored_configs`), else picks a shipped base by the keys
+        (:func:`detect_base`). Every error names the file.
         """
+        path = Path(path)
+        if path.is_dir():
+            path = path / MODEL_FILE
         state = read_state_dict(path)
-        model = cls.from_base(detect_base(state) if base == "auto" else base, device="meta")
-        model.load_state_dict(state, assign=True)
+        model = cls.from_base(checkpoint_configs(path, state, base), device="meta")
+        try:
+            model.load_state_dict(state, assign=True)
+        except CheckpointMismatchError as error:
+            raise CheckpointMismatchError(f"{path}: {error}") from None
         return model.place(resolve_device(device), dtype)
 
     def place(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> LeffaModel:

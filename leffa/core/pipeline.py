@@ -26,6 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 from leffa.core.attention import AttentionObserver
 from leffa.core.model import LeffaModel
 from leffa.core.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
+from leffa.core.validation import check_finite, check_generated, check_sampling_settings, check_seed
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
@@ -84,9 +85,7 @@ def resolve_seed(seed: int | None) -> int:
     """``None`` or ``-1`` picks a random seed (reported in the output); otherwise the seed is kept."""
     if seed is None or seed == -1:
         return random.SystemRandom().randrange(0, 2**31 - 1)
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or -1 for random, got {seed!r}")
-    return int(seed)
+    return check_seed(seed)
 
 
 class LeffaPipeline:
@@ -162,6 +161,7 @@ class LeffaPipeline:
                 raise ValueError(
                     f"{name}: expected shape (batch, {channels}, height, width), got {tuple(tensor.shape)}"
                 )
+            check_finite(tensor, name)
         h, w = src.shape[-2:]
         factor = self.model.vae_scale_factor
         if h % factor or w % factor:
@@ -239,11 +239,8 @@ class LeffaPipeline:
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         model = self.model
+        check_sampling_settings(num_inference_steps, guidance_scale, guidance_rescale, model.scheduler_config)
         device = model.device
         src, ref, mask_t, dense = self.prepare_inputs(
             src_image, ref_image, mask, densepose, height=height, width=width, densepose_format=densepose_format
@@ -260,6 +257,8 @@ class LeffaPipeline:
             latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
+        else:
+            check_finite(latents, "latents")
         scheduler = model.make_scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
@@ -294,7 +293,9 @@ class LeffaPipeline:
             if callback is not None:
                 callback(index + 1, num_inference_steps, int(t))
 
-        images = model.decode_latents(latents).clamp(-1, 1)
+        images = model.decode_latents(latents)
+        check_generated(images, model.dtype)
+        images = images.clamp(-1, 1)
         if repaint:
             images = repaint_images(src.float(), images, mask_t)
         return LeffaOutput(self._format(images, output_type), seed, [int(t) for t in timesteps])
