@@ -17,13 +17,13 @@ from train.synthetic.data import (
     PATTERNS,
     SyntheticSample,
     SyntheticTryOnDataset,
-    apply_thin_plate_spline,
     check_size,
-    fit_thin_plate_spline,
     make_examples,
     make_sample,
     render_densepose,
+    sample_at_flow,
     sample_seed,
+    thin_plate_spline,
     write_vitonhd_layout,
 )
 
@@ -209,32 +209,66 @@ def test_agnostic_is_person_with_grey_mask(samples: list[SyntheticSample]) -> No
 # ------------------------------------------------------------------------------------------ thin-plate spline
 
 
-def test_thin_plate_spline_interpolates_control_points() -> None:
+def _naive_thin_plate_spline(src: np.ndarray, dst: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Textbook TPS: kernel r^2 log r^2 plus an affine part, solved with the side conditions."""
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        r2 = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return r2 * np.log(np.maximum(r2, 1e-300))
+
+    n = len(src)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = kernel(src, src)
+    system[:n, n] = system[n, :n] = 1.0
+    system[:n, n + 1 :] = src
+    system[n + 1 :, :n] = src.T
+    coef = np.linalg.solve(system, np.concatenate([dst, np.zeros((3, 2))]))
+    return kernel(points, src) @ coef[:n] + coef[n] + points @ coef[n + 1 :]
+
+
+def test_thin_plate_spline_interpolates_and_matches_the_textbook_spline() -> None:
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 1, (9, 2))
     dst = src + rng.normal(0, 0.05, src.shape)
-    coef = fit_thin_plate_spline(src, dst)
-    np.testing.assert_allclose(apply_thin_plate_spline(src, coef, src), dst, atol=1e-9)
+    spline = thin_plate_spline(src, dst)
+    np.testing.assert_allclose(spline(src), dst, atol=1e-9)
+    points = rng.uniform(-0.5, 1.5, (200, 2))
+    np.testing.assert_allclose(spline(points), _naive_thin_plate_spline(src, dst, points), atol=1e-9)
 
 
 def test_thin_plate_spline_reproduces_affine_maps() -> None:
     rng = np.random.default_rng(1)
     src = rng.uniform(0, 1, (7, 2))
     matrix, shift = np.array([[1.2, 0.3], [-0.1, 0.9]]), np.array([0.5, -0.2])
-    coef = fit_thin_plate_spline(src, src @ matrix.T + shift)
     points = rng.uniform(-1, 2, (50, 2))
     np.testing.assert_allclose(
-        apply_thin_plate_spline(src, coef, points), points @ matrix.T + shift, atol=1e-9
+        thin_plate_spline(src, src @ matrix.T + shift)(points), points @ matrix.T + shift, atol=1e-9
     )
-    np.testing.assert_allclose(coef[:7], 0.0, atol=1e-9)
 
 
-def test_thin_plate_spline_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError, match=r"\(n, 2\)"):
-        fit_thin_plate_spline(np.zeros((4, 2)), np.zeros((5, 2)))
-    coef = fit_thin_plate_spline(np.eye(3, 2), np.eye(3, 2))
-    with pytest.raises(ValueError, match="points"):
-        apply_thin_plate_spline(np.eye(3, 2), coef, np.zeros((4, 3)))
+def _naive_bilinear(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """grid_sample's bilinear rule written out per pixel: align_corners=True, zeros outside the image."""
+    h, w = image.shape[:2]
+    out = np.zeros(flow.shape[:2] + image.shape[2:])
+    for (i, j), (fx, fy) in zip(np.ndindex(flow.shape[:2]), flow.reshape(-1, 2), strict=True):
+        x, y = (fx + 1) / 2 * (w - 1), (fy + 1) / 2 * (h - 1)
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        for dx, dy in itertools.product((0, 1), (0, 1)):
+            if 0 <= x0 + dx < w and 0 <= y0 + dy < h:
+                weight = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy))
+                out[i, j] += weight * image[y0 + dy, x0 + dx]
+    return out
+
+
+def test_sample_at_flow_is_bilinear_with_zeros_outside() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (6, 5, 3)).astype(np.uint8)
+    flow = rng.uniform(-1.3, 1.3, (4, 7, 2)).astype(np.float32)
+    np.testing.assert_allclose(sample_at_flow(image, flow), _naive_bilinear(image.astype(np.float64), flow), atol=1e-3)
+    grey = sample_at_flow(image[..., 0], flow)
+    assert grey.shape == (4, 7) and grey.dtype == np.float32
+    corners = np.array([[[-1.0, -1.0], [1.0, 1.0]]], np.float32)
+    np.testing.assert_array_equal(sample_at_flow(image, corners, mode="nearest")[0], image[[0, -1], [0, -1]])
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -306,6 +340,23 @@ def test_dataset_is_deterministic_and_splits_differ() -> None:
     assert train[0]["seed"] != test[0]["seed"]
     with pytest.raises(IndexError, match="out of range"):
         train[3]
+
+
+def test_cached_dataset_renders_once_and_gives_the_same_items_without_flows(tmp_path) -> None:
+    plain = SyntheticTryOnDataset("test", size=(64, 48), length=3, seed=1)
+    cached = SyntheticTryOnDataset("test", size=(64, 48), length=3, seed=1, cache_dir=tmp_path)
+    (stored,) = tmp_path.iterdir()
+    assert stored.name == "test-64x48-n3-s1.npz"
+    stamp = stored.stat().st_mtime_ns
+    again = SyntheticTryOnDataset("test", size=(64, 48), length=3, seed=1, cache_dir=tmp_path)
+    assert stored.stat().st_mtime_ns == stamp  # read back, not rendered again
+    for index in (0, 2, -1):
+        expected = plain[index]
+        for item in (cached[index], again[index]):
+            assert set(item) == {"image", "reference", "mask", "densepose", "seed"}
+            assert item["seed"] == expected["seed"]
+            for key in ("image", "reference", "mask", "densepose"):
+                assert torch.equal(item[key], expected[key]), key
 
 
 def test_dataset_batches_with_default_collate() -> None:

@@ -15,14 +15,17 @@ from PIL import Image
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
 
+from leffa.app.demo import load_model_folder
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
-from train.config import ConfigError, ModelConfig, config_from_dict, load_config
+from train.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 from train.checkpoints import find_checkpoint, read_checkpoint_weights
 from train.data_order import EpochSampler
-from train.ema import EMA
 from train.model_setup import build_model
+from train.optimization import make_lr_scheduler, make_optimizer
+from train.synthetic.vae import VaeTrainConfig
+from train.trackers import read_jsonl_log
 from train.train import Trainer, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +86,19 @@ TRAINING_CONFIGS = (
 )
 
 
-@pytest.mark.parametrize("name", TRAINING_CONFIGS)
-def test_shipped_configs_are_valid(name):
-    config = load_config(CONFIGS / f"{name}.yaml")
+SHIPPED_CONFIGS = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+
+
+def test_the_paper_stages_are_shipped():
+    assert set(TRAINING_CONFIGS) <= set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_config_validates_and_round_trips(name):
+    schema = VaeTrainConfig if name == "synthetic-vae" else TrainConfig
+    config = load_config(CONFIGS / f"{name}.yaml", schema=schema)
     assert config.optim.learning_rate > 0 and config.output_dir
+    assert config_from_dict(config_to_dict(config), schema=schema) == config
 
 
 def test_shipped_accelerate_configs_load_in_accelerate():
@@ -123,16 +135,20 @@ def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
             "train.mixed_precision=fp8",
             r"train\.mixed_precision must be one of 'no', 'fp16', 'bf16'; got 'fp8'",
         ),
-        ("train.max_steps=many", r"train\.max_steps must be a int, got 'many'"),
+        ("train.max_steps=many", r"train\.max_steps must be an integer; got 'many'"),
+        ("train.max_steps=2.5", r"train\.max_steps must be an integer; got 2\.5"),
+        ("train.gradient_checkpointing=1", r"train\.gradient_checkpointing must be true or false; got 1"),
         ("train.max_steps=0", r"train\.max_steps must be >= 1"),
-        ("train.reference_dropout=2", r"train\.reference_dropout must be in \[0\.0, 1\.0\]"),
+        ("train.reference_dropout=2", r"train\.reference_dropout must be <= 1\.0; got 2"),
+        ("optim.learning_rate=0", r"optim\.learning_rate must be > 0\.0; got 0"),
+        ("optim.learning_rate=.inf", r"optim\.learning_rate must be a finite number"),
         ("data.size=[60, 48]", r"data\.size must be \[height, width\], positive multiples of 8"),
         ("data.size=[64]", r"data\.size must be a list of 2 values"),
         ("data.root=/data", r"data\.root does not apply to type synthetic"),
         ("data.type=vitonhd", r"data\.root is required for type vitonhd"),
         ("model.init=base", r"model\.init is 'base' and needs model\.init_path"),
         ("leffa.temperature=0", r"leffa: LeffaLossConfig\.temperature must be"),
-        ("optim.betas=[0.9, 2]", r"optim\.betas\[1\] must be in"),
+        ("optim.betas=[0.9, 2]", r"optim\.betas\[1\] must be < 1\.0; got 2"),
         ("optim", r"override 'optim' must look like section\.key=value"),
         ("seed.value=1", r"override 'seed\.value=1': seed is not a section"),
     ],
@@ -140,6 +156,24 @@ def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
 def test_bad_configs_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(tmp_path, override)
+
+
+def test_errors_of_several_keys_are_all_reported(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        tiny_config(tmp_path, "optim.lr=1", "optim.decay=2", "train.max_steps=0", "data.type=vitonhd")
+    lines = str(error.value).splitlines()
+    assert lines[0].endswith("unknown config key optim.lr, optim.decay; valid keys in optim: learning_rate, "
+                             "betas, weight_decay, epsilon, lr_schedule, warmup_steps, max_grad_norm")
+    assert lines[1:] == [
+        "data.root is required for type vitonhd (the dataset folder)",
+        "train.max_steps must be >= 1; got 0",
+    ]
+    with pytest.raises(ConfigError, match=r"data\.cache_dir applies only to type synthetic"):
+        tiny_config(
+            tmp_path,
+            *("data.type=vitonhd", "data.root=/data", "data.length=null", "data.synthetic_seed=null"),
+            "data.cache_dir=/tmp",
+        )
 
 
 def test_config_file_errors(tmp_path):
@@ -219,20 +253,22 @@ def test_gradient_checkpointing_matches_plain_training(tmp_path, extra):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_ema_matches_a_naive_average():
-    param = torch.nn.Parameter(torch.zeros(3))
-    ema = EMA({"w": param}, decay=0.9)
-    expected = torch.zeros(3)
-    for update in range(1, 6):
-        with torch.no_grad():
-            param.add_(1.0)
-        decay = min(0.9, (1 + update) / (10 + update))
-        expected = decay * expected + (1 - decay) * param.detach()
-        ema.update({"w": param})
-    torch.testing.assert_close(ema.shadow["w"], expected)
-    with ema.applied({"w": param}):
-        assert torch.equal(param.detach(), ema.shadow["w"])
-    assert torch.equal(param.detach(), torch.full((3,), 5.0))
+def test_trainer_ema_matches_a_naive_average_and_samples_with_it(tmp_path):
+    """diffusers' EMAModel warm-up: the first update copies the weights, update n > 1 keeps
+    min(decay, n / (n + 9)) of the average; sampling swaps the average in and the trained weights back."""
+    trainer = Trainer(tiny_config(tmp_path, "train.ema.enabled=true", "train.ema.decay=0.7"))
+    name = "unet.conv_in.weight"
+    expected = None
+    for update in range(1, 5):
+        trainer.train_step()
+        weight = dict(trainer.model.named_parameters())[name].detach().clone()
+        decay = 0.0 if update == 1 else min(0.7, update / (update + 9))
+        expected = weight if expected is None else decay * expected + (1 - decay) * weight
+    torch.testing.assert_close(trainer.ema_weights()[name], expected, rtol=1e-5, atol=1e-7)
+    assert set(trainer.ema_weights()) == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    with trainer._ema_applied():
+        assert torch.equal(dict(trainer.model.named_parameters())[name], trainer.ema_weights()[name])
+    assert torch.equal(dict(trainer.model.named_parameters())[name], weight)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -305,6 +341,37 @@ def test_separate_vae_weights_replace_the_vae(tmp_path):
         build_model(ModelConfig(base="tiny", vae_path=str(tmp_path / "partial.safetensors")))
 
 
+def test_a_trained_vae_config_beside_the_weights_must_match(tmp_path):
+    _, vae = write_base_model(tmp_path / "base")
+    save_file(vae, str(tmp_path / "vae.safetensors"))
+    tiny_vae = load_base_configs("tiny").vae
+    (tmp_path / "vae.json").write_text(json.dumps({**tiny_vae, "scaling_factor": 0.5}))
+    with pytest.raises(ValueError, match=r"scaling_factor is 0\.18215 but the VAE at .* measured 0\.50000"):
+        build_model(ModelConfig(base="tiny", vae_path=str(tmp_path / "vae.safetensors")))
+    (tmp_path / "vae.json").write_text(json.dumps({**tiny_vae, "latent_channels": 8}))
+    with pytest.raises(ValueError, match=r"model\.vae_config\.latent_channels is 4 but the VAE at .* has 8"):
+        build_model(ModelConfig(base="tiny", vae_path=str(tmp_path / "vae.safetensors")))
+    (tmp_path / "vae.json").write_text(json.dumps({**tiny_vae, "scaling_factor": 0.18}))  # within 5 %
+    build_model(ModelConfig(base="tiny", vae_path=str(tmp_path / "vae.safetensors")))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_schedules_match_the_formulas(schedule):
+    optim = config_from_dict(
+        {"output_dir": "x", "data": {"type": "synthetic", "length": 1}},
+        [f"optim.lr_schedule={schedule}", "optim.warmup_steps=4", "optim.learning_rate=2e-3"],
+    ).optim
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], optim)
+    scheduler = make_lr_scheduler(optimizer, optim, max_steps=20)
+    for step in range(20):
+        progress = (step - 4) / 16
+        decay = {"constant": 1.0, "linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}
+        expected = 2e-3 * (step / 4 if step < 4 else decay[schedule])
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+
+
 # ---------------------------------------------------------------------------------- longer runs
 
 
@@ -357,8 +424,9 @@ def test_resume_gives_the_same_weights_and_export_loads_identically(tmp_path):
 
     for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b), name
-    for name, shadow in straight.ema.shadow.items():
-        assert torch.equal(shadow, resumed.ema.shadow[name]), name
+    assert resumed.ema.optimization_step == straight.ema.optimization_step == 4
+    for name, shadow in straight.ema_weights().items():
+        assert torch.equal(shadow, resumed.ema_weights()[name]), name
     assert find_checkpoint(tmp_path / "a" / "run").name == "step-00000004"
 
     checkpoint = tmp_path / "b" / "run" / "checkpoints" / "step-00000004"
@@ -382,7 +450,7 @@ def test_resume_gives_the_same_weights_and_export_loads_identically(tmp_path):
         assert torch.equal(loaded.state_dict()[name], tensor), name
     ema_file = load_file(str(tmp_path / "e.safetensors"))
     assert all(t.dtype == torch.float16 for t in ema_file.values())
-    assert torch.equal(ema_file["unet.conv_in.weight"], resumed.ema.shadow["unet.conv_in.weight"].half())
+    assert torch.equal(ema_file["unet.conv_in.weight"], resumed.ema_weights()["unet.conv_in.weight"].half())
     assert set(read_checkpoint_weights(checkpoint)) == set(resumed.model.state_dict())
 
     src = torch.rand(1, 3, 64, 48) * 2 - 1
@@ -394,6 +462,23 @@ def test_resume_gives_the_same_weights_and_export_loads_identically(tmp_path):
         for model in (resumed.model, loaded)
     ]
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_jsonl_logging_writes_every_logged_step_and_a_model_folder(tmp_path):
+    config = tiny_config(
+        tmp_path, "train.max_steps=3", "logging.log_with=jsonl", "logging.log_every=2", "model.unet_config={}"
+    )
+    Trainer(config).fit()
+    records = read_jsonl_log(tmp_path / "run" / "logs" / "synthetic-tiny" / "log.jsonl")
+    assert [r["step"] for r in records] == [2, 3]  # every log_every steps, and the last
+    assert {"loss/total", "loss/diffusion", "lr"} <= set(records[0]) and math.isfinite(records[0]["loss/total"])
+    assert not (tmp_path / "run" / "unet.json").exists()  # a shipped base needs no configs beside it
+    AcceleratorState._reset_state(reset_partial_state=True)
+    custom = tiny_config(tmp_path / "c", "train.max_steps=1", "model.vae_config={scaling_factor: 0.3}")
+    Trainer(custom).fit()
+    assert json.loads((tmp_path / "c" / "run" / "vae.json").read_text())["scaling_factor"] == 0.3
+    loaded = load_model_folder(tmp_path / "c" / "run", "cpu", base="custom", hint="")
+    assert loaded.vae.config.scaling_factor == 0.3
 
 
 def test_export_errors(tmp_path):

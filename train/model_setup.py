@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor, nn
 
 from leffa.core.configs import BaseConfigs, load_base_configs
@@ -44,8 +47,31 @@ def read_base_model(directory: str | Path) -> dict[str, Tensor]:
     return init_state_from_base(parts["unet"], parts["vae"])
 
 
+#: Keys of a VAE trainer's ``vae.json`` that the model's VAE config must repeat exactly.
+VAE_ARCHITECTURE_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+
+
+def check_trained_vae_config(path: str | Path, vae_config: dict) -> None:
+    """When ``vae.json`` lies beside VAE weights (``train/synthetic/vae.py`` writes it, with the latent
+    scaling factor it measured), the model's VAE config must agree with it: same architecture, and the
+    scaling factor within 5 %."""
+    stored = Path(path).parent / "vae.json"
+    if not stored.is_file():
+        return
+    trained = json.loads(stored.read_text())
+    for key in VAE_ARCHITECTURE_KEYS:
+        if list(np.atleast_1d(trained[key])) != list(np.atleast_1d(vae_config[key])):
+            raise ValueError(f"model.vae_config.{key} is {vae_config[key]} but the VAE at {path} has {trained[key]}")
+    if not math.isclose(trained["scaling_factor"], vae_config["scaling_factor"], rel_tol=0.05):
+        raise ValueError(
+            f"model.vae_config.scaling_factor is {vae_config['scaling_factor']} but the VAE at {path} measured "
+            f"{trained['scaling_factor']:.5f}; put the measured value in the config"
+        )
+
+
 def load_vae_weights(model: LeffaModel, path: str | Path) -> None:
     """Replace the VAE weights with an ``AutoencoderKL`` state dict (keys with or without ``vae.``)."""
+    check_trained_vae_config(path, dict(model.vae.config))
     state = {name.removeprefix("vae."): t for name, t in read_state_dict(path).items()}
     expected = set(model.vae.state_dict())
     if set(state) != expected:

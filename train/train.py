@@ -5,7 +5,8 @@
     python train/train.py export --checkpoint runs/x/checkpoints/step-00001000 --output model.safetensors
 
 The objective is :func:`leffa.core.training.training_losses`; this script adds data loading, AdamW, the LR
-schedule, gradient accumulation, mixed precision, EMA, resumable checkpoints, logging and export.
+schedule, gradient accumulation, mixed precision, EMA (diffusers' ``EMAModel``), resumable checkpoints,
+logging and export. It also trains the synthetic benchmark's stages (``data.type: synthetic``).
 Randomness is reproducible: the data order is a seeded permutation per epoch, and every micro-batch draws
 its noise, timesteps and reference dropout from a generator seeded by (seed, process, micro-batch index),
 so a resumed run continues exactly as an uninterrupted one.
@@ -28,8 +29,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import nullcontext
-from dataclasses import asdict
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_wandb_available, set_seed
-from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -50,14 +50,7 @@ from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import LeffaRegisters, select_layers
 from leffa.core.training import TrainingLosses, training_losses
 from leffa.core.transforms import tensor_to_uint8
-from train.config import (
-    ConfigError,
-    DataConfig,
-    TrainConfig,
-    config_to_dict,
-    flat_config,
-    load_config,
-)
+from train.config import ConfigError, DataConfig, TrainConfig, config_to_dict, flat_config, load_config
 from train.checkpoints import (
     CHECKPOINT_PREFIX,
     EMA_FILE,
@@ -66,12 +59,14 @@ from train.checkpoints import (
     export_checkpoint,
     find_checkpoint,
     list_checkpoints,
+    write_model_configs,
 )
 from train.data_order import EpochSampler, batch_stream, derived_seed
 from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
-from train.ema import EMA
-from train.model_setup import build_model, configure_trainable, trainable_parameters
+from train.model_setup import build_model, configure_trainable, model_configs, trainable_parameters
+from train.optimization import make_lr_scheduler, make_optimizer
 from train.synthetic.data import SyntheticTryOnDataset
+from train.trackers import JSONL_FILE, JsonLinesTracker
 
 logger = get_logger(__name__)
 
@@ -123,14 +118,14 @@ def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: boo
     size = tuple(config.size)
     augmentation = None
     if augment and config.augmentation.active:
-        augmentation = Augmentation(**asdict(config.augmentation), seed=seed)
+        augmentation = Augmentation(**config.augmentation.model_dump(), seed=seed)
     if config.type == "vitonhd":
         return VitonHDDataset(config.root, split, "paired", size, augmentation)
     if config.type == "dresscode":
         return DressCodeDataset(config.root, config.category, split, "paired", size, augmentation)
     if config.type == "deepfashion":
         return DeepFashionPoseDataset(config.root, split, size, augmentation)
-    return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0)
+    return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0, cache_dir=config.cache_dir)
 
 
 def stack_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
@@ -163,10 +158,14 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
             "logging.log_with is wandb but it is not installed: pip install wandb (or use tensorboard)"
         )
     output = Path(config.output_dir)
+    trackers = {
+        "none": None,
+        "jsonl": [JsonLinesTracker(output / "logs" / config.logging.project / JSONL_FILE)],
+    }
     return Accelerator(
         mixed_precision=config.train.mixed_precision,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-        log_with=None if log_with == "none" else log_with,
+        log_with=trackers.get(log_with, log_with),
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
         step_scheduler_with_optimizer=False,
         # Parts of both UNets never get gradients (attn2, the reference UNet's output layers).
@@ -191,25 +190,9 @@ class Trainer:
             registers = LeffaRegisters(model, layers, config.leffa.registers)
         module = LeffaTrainingModule(model, leffa, config.train.reference_dropout, registers)
         module.to(self.accelerator.device)
-        self.ema = (
-            EMA(trainable_parameters(model), config.train.ema.decay) if config.train.ema.enabled else None
-        )
-
-        optim = config.optim
-        optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad],
-            lr=optim.learning_rate,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-            eps=optim.epsilon,
-        )
-        schedule = "constant_with_warmup" if optim.lr_schedule == "constant" else optim.lr_schedule
-        lr_scheduler = get_scheduler(
-            schedule,
-            optimizer,
-            num_warmup_steps=optim.warmup_steps,
-            num_training_steps=config.train.max_steps,
-        )
+        self.ema = self._new_ema(model) if config.train.ema.enabled else None
+        optimizer = make_optimizer((p for p in module.parameters() if p.requires_grad), config.optim)
+        lr_scheduler = make_lr_scheduler(optimizer, config.optim, config.train.max_steps)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             plugin = self.accelerator.state.deepspeed_plugin
             if plugin.is_auto("train_micro_batch_size_per_gpu"):
@@ -244,6 +227,25 @@ class Trainer:
     def model(self) -> LeffaModel:
         """The (unwrapped) model being trained."""
         return self.accelerator.unwrap_model(self.module).model
+
+    def _new_ema(self, model: LeffaModel) -> EMAModel:
+        """An EMA of the trainable parameters starting at their current values."""
+        return EMAModel(trainable_parameters(model).values(), decay=self.config.train.ema.decay)
+
+    def ema_weights(self) -> dict[str, Tensor]:
+        """Released-format names -> the EMA's averaged weights (the EMA must be enabled)."""
+        return dict(zip(trainable_parameters(self.model), self.ema.shadow_params, strict=True))
+
+    @contextmanager
+    def _ema_applied(self) -> Iterator[None]:
+        """The EMA weights in the model for the duration (e.g. for sample images), then the trained ones."""
+        parameters = list(trainable_parameters(self.model).values())
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            yield
+        finally:
+            self.ema.restore(parameters)
 
     def _generator(self) -> torch.Generator:
         seed = derived_seed(self.config.seed, self.accelerator.process_index, self.micro_step)
@@ -280,7 +282,7 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + value / micro_batches
         self.step += 1
         if self.ema is not None:
-            self.ema.update(trainable_parameters(self.model))
+            self.ema.step(trainable_parameters(self.model).values())
         return {**totals, "lr": learning_rate}
 
     def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
@@ -323,6 +325,9 @@ class Trainer:
         exported = self.output_dir / WEIGHTS_FILE
         if accelerator.is_main_process:
             export_checkpoint(checkpoint, exported)
+            configs = model_configs(config.model)
+            if configs.name == "custom":  # not a shipped base: the configs travel with the weights
+                write_model_configs(configs, self.output_dir)
             if self.ema is not None:
                 export_checkpoint(checkpoint, self.output_dir / "model-ema.safetensors", ema=True)
             logger.info(f"exported {exported}")
@@ -342,7 +347,7 @@ class Trainer:
                 self._sample_batch = stack_items(dataset, logging_config.sample_count)
             batch = self._sample_batch
             model = self.model
-            swapped = self.ema.applied(trainable_parameters(model)) if self.ema is not None else nullcontext()
+            swapped = self._ema_applied() if self.ema is not None else nullcontext()
             with swapped, accelerator.autocast():
                 generated = LeffaPipeline(model, uncond_cache_bytes=0)(
                     batch["image"],
@@ -378,11 +383,12 @@ class Trainer:
             if weights is not None:  # DeepSpeed saves its own format; export reads this file
                 save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS_FILE))
             if self.ema is not None:
-                save_file(self.ema.shadow, str(directory / EMA_FILE))
+                weights = {name: t.contiguous() for name, t in self.ema_weights().items()}
+                save_file(weights, str(directory / EMA_FILE))
             state = {
                 "step": self.step,
                 "samples_seen": self.micro_step * self.config.train.batch_size * accelerator.num_processes,
-                "ema_updates": self.ema.updates if self.ema is not None else 0,
+                "ema_updates": self.ema.optimization_step if self.ema is not None else 0,
             }
             (directory / STATE_FILE).write_text(
                 json.dumps(state, indent=2) + "\n"
@@ -393,6 +399,12 @@ class Trainer:
                     shutil.rmtree(old)
         accelerator.wait_for_everyone()
         return directory
+
+    def _load_ema(self, shadow: Mapping[str, Tensor], updates: int) -> None:
+        names = list(trainable_parameters(self.model))
+        if set(shadow) != set(names):
+            raise ValueError("EMA weights in the checkpoint do not match the trainable parameters of this config")
+        self.ema.load_state_dict({"shadow_params": [shadow[name] for name in names], "optimization_step": updates})
 
     def resume(self, checkpoint: str | Path) -> Path | None:
         """Continue from a checkpoint directory, or ``"latest"`` of this run (none yet: start afresh)."""
@@ -420,11 +432,10 @@ class Trainer:
         if self.ema is not None:
             ema_path = directory / EMA_FILE
             if ema_path.is_file():
-                shadow = load_file(str(ema_path), device=str(self.accelerator.device))
-                self.ema.load(shadow, state["ema_updates"])
+                self._load_ema(load_file(str(ema_path), device=str(self.accelerator.device)), state["ema_updates"])
             else:
                 logger.warning(f"{directory} has no EMA weights; the EMA restarts from the current weights")
-                self.ema = EMA(trainable_parameters(self.model), self.config.train.ema.decay)
+                self.ema = self._new_ema(self.model)
         logger.info(f"resumed from {directory} at step {self.step}")
         return directory
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import colorsys
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from scipy.interpolate import RBFInterpolator
 from torch.utils.data import Dataset
 
 Size = tuple[int, int]
@@ -364,38 +367,9 @@ def _make_garment(rng: np.random.Generator, h: int, w: int, b: float) -> _Garmen
 # ---------------------------------------------------------------------------------------------- mapping
 
 
-def _tps_kernel(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """``U(r) = r^2 log r^2`` between every point (m, 2) and centre (n, 2), as an (m, n) matrix."""
-    r2 = (points[:, None, 0] - centres[None, :, 0]) ** 2 + (points[:, None, 1] - centres[None, :, 1]) ** 2
-    return r2 * np.log(np.maximum(r2, 1e-300))
-
-
-def fit_thin_plate_spline(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Coefficients ``(n + 3, 2)`` of the 2-D thin-plate spline mapping ``src`` points exactly to ``dst``."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 3:
-        raise ValueError(f"src and dst must both be (n, 2) with n >= 3, got {src.shape} and {dst.shape}")
-    n = len(src)
-    system = np.zeros((n + 3, n + 3))
-    system[:n, :n] = _tps_kernel(src, src)
-    system[:n, n] = system[n, :n] = 1.0
-    system[:n, n + 1 :] = src
-    system[n + 1 :, :n] = src.T
-    rhs = np.zeros((n + 3, 2))
-    rhs[:n] = dst
-    return np.linalg.solve(system, rhs)
-
-
-def apply_thin_plate_spline(src: np.ndarray, coef: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map ``points`` (m, 2) through the spline fitted on control points ``src`` (n, 2)."""
-    src, coef, points = (np.asarray(a, np.float64) for a in (src, coef, points))
-    n = len(src)
-    if coef.shape != (n + 3, 2) or points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(
-            f"expected coef ({n + 3}, 2) from fit_thin_plate_spline on the same src and points (m, 2), "
-            f"got coef {coef.shape} and points {points.shape}"
-        )
-    return _tps_kernel(points, src) @ coef[:n] + coef[n] + points @ coef[n + 1 :]
+def thin_plate_spline(src: np.ndarray, dst: np.ndarray) -> RBFInterpolator:
+    """The 2-D thin-plate spline through the control points: maps ``src`` (n, 2) exactly onto ``dst``."""
+    return RBFInterpolator(np.asarray(src, np.float64), np.asarray(dst, np.float64), kernel="thin_plate_spline")
 
 
 def _to_flow(g: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -403,35 +377,25 @@ def _to_flow(g: np.ndarray, h: int, w: int) -> np.ndarray:
     return (g * (2.0 / np.array([w - 1, h - 1])) - 1.0).astype(np.float32)
 
 
-def _from_flow(flow: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 grid_sample coordinates -> pixel coordinates, computed as grid_sample does."""
-    gx = (flow[..., 0] + np.float32(1)) / np.float32(2) * np.float32(w - 1)
-    gy = (flow[..., 1] + np.float32(1)) / np.float32(2) * np.float32(h - 1)
-    return gx, gy
+def sample_at_flow(image: np.ndarray, flow: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """``image`` (H, W) or (H, W, C) read at the positions of ``flow`` (h, w, 2) by ``grid_sample``
+    (``align_corners=True``, zero outside), as float32 (h, w) or (h, w, C).
+
+    The generator renders with this very call, so ``grid_sample(garment, flow)`` gives the person's
+    garment pixels back exactly (before their rounding to uint8).
+    """
+    planes = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    channels_last = planes.ndim == 3
+    planes = planes.permute(2, 0, 1) if channels_last else planes[None]
+    grid = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))[None]
+    out = F.grid_sample(planes[None], grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+    return (out.permute(1, 2, 0) if channels_last else out[0]).numpy()
 
 
 def _sample_bilinear(image: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Bilinear sample of ``image`` (H, W, C) at pixel coordinates, zero outside (grid_sample semantics).
-
-    A zero border (1 before, 2 after) makes every neighbour addressable; coordinates beyond it only ever
-    meet zeros, so clipping them there changes nothing.
-    """
+    """:func:`sample_at_flow` at pixel coordinates ``gx``, ``gy`` (the image's own size)."""
     h, w = image.shape[:2]
-    padded = np.pad(image, ((1, 2), (1, 2), (0, 0)))
-    gx, gy = np.clip(gx, -1, w), np.clip(gy, -1, h)
-    x0, y0 = np.floor(gx), np.floor(gy)
-    fx, fy = (gx - x0)[..., None], (gy - y0)[..., None]
-    xi, yi = x0.astype(np.intp) + 1, y0.astype(np.intp) + 1
-    top = padded[yi, xi] * (1 - fx) + padded[yi, xi + 1] * fx
-    bottom = padded[yi + 1, xi] * (1 - fx) + padded[yi + 1, xi + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
-def _nearest(labels: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    h, w = labels.shape
-    xi, yi = np.rint(gx).astype(np.intp), np.rint(gy).astype(np.intp)
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    return np.where(inside, labels[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], 0)
+    return sample_at_flow(image, _to_flow(np.stack([gx, gy], axis=-1), h, w))
 
 
 # ---------------------------------------------------------------------------------------------- person
@@ -603,10 +567,9 @@ def _garment_layer(garment: _Garment, g: np.ndarray, label: int, gate: np.ndarra
     """
     h, w = garment.silhouette.shape
     flow = _to_flow(g, h, w)
-    gx, gy = _from_flow(flow, h, w)
-    alpha = _sample_bilinear(garment.silhouette[..., None].astype(np.float32), gx, gy)[..., 0]
-    piece = _dilate(garment.labels == label, 1)
-    return _Layer(gate & (alpha >= 0.5) & _nearest(piece, gx, gy).astype(bool), flow)
+    alpha = sample_at_flow(garment.silhouette, flow)
+    piece = sample_at_flow(_dilate(garment.labels == label, 1), flow, mode="nearest")
+    return _Layer(gate & (alpha >= 0.5) & (piece > 0), flow)
 
 
 def _body_layer(canvas: _Canvas, garment: _Garment, fit: _Fit) -> _Layer:
@@ -616,9 +579,8 @@ def _body_layer(canvas: _Canvas, garment: _Garment, fit: _Fit) -> _Layer:
     hull = cv2.convexHull(np.round(fit.targets * 16).astype(np.int32))[:, 0] / 16.0
     gate = _dilate(_polygon_mask(canvas.shape, hull), 0.04 * b)
     pixels = np.stack([canvas.xx[gate], canvas.yy[gate]], axis=1)
-    coef = fit_thin_plate_spline(fit.targets / b, garment.landmarks / b)
     g = np.zeros(canvas.shape + (2,))
-    g[gate] = apply_thin_plate_spline(fit.targets / b, coef, pixels / b) * b
+    g[gate] = thin_plate_spline(fit.targets / b, garment.landmarks / b)(pixels / b) * b
     return _garment_layer(garment, g, 1, gate)
 
 
@@ -766,8 +728,7 @@ def _render(rng: np.random.Generator, garment: _Garment, h: int, w: int, b: floa
     for layer in [_body_layer(canvas, garment, fit), *arms.sleeves]:
         flow[layer.shows] = layer.flow[layer.shows]
         shows |= layer.shows
-    gx, gy = _from_flow(flow, h, w)
-    canvas.image[shows] = _sample_bilinear(garment.image.astype(np.float32), gx, gy)[shows]
+    canvas.image[shows] = sample_at_flow(garment.image, flow)[shows]
     canvas.image[arms.front] = body.skin
     head = _draw_head(rng, canvas, body)
 
@@ -825,9 +786,74 @@ def make_sample(seed: int, size: Size = (128, 96)) -> SyntheticSample:
 # ---------------------------------------------------------------------------------------------- torch / files
 
 
-def _to_signed_unit(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1], the released normalisation."""
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+def _stack(samples: list[SyntheticSample], with_flow: bool) -> dict[str, np.ndarray]:
+    arrays = {
+        "person": np.stack([s.person for s in samples]),
+        "garment": np.stack([s.garment for s in samples]),
+        "mask": np.stack([s.mask for s in samples]),
+        "densepose": np.stack([s.densepose for s in samples]),
+        "seed": np.array([s.seed for s in samples], dtype=np.int64),
+    }
+    if with_flow:
+        arrays["flow"] = np.stack([s.flow for s in samples])
+        arrays["flow_valid"] = np.stack([s.flow_valid for s in samples])
+    return arrays
+
+
+def render_split(
+    split: str,
+    count: int,
+    size: Size = (128, 96),
+    seed: int = 0,
+    *,
+    with_flow: bool = True,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Samples ``0..count-1`` of ``split`` (as ``SyntheticTryOnDataset`` numbers them), stacked as arrays.
+
+    Rendering costs ~25 ms a sample, so training runs cache the uint8 arrays in ``cache_dir`` (one ``.npz``
+    per split/count/size/seed) instead of re-rendering them every epoch.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    height, width = check_size(size)
+    path = None
+    if cache_dir is not None:
+        flows = "-flow" if with_flow else ""
+        path = Path(cache_dir) / f"{split}-{height}x{width}-n{count}-s{seed}{flows}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                return {key: stored[key] for key in stored.files}
+    samples = [make_sample(sample_seed(split, index, seed), (height, width)) for index in range(count)]
+    arrays = _stack(samples, with_flow)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+    return arrays
+
+
+def _signed(images: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, C) -> float32 (..., C, H, W) in [-1, 1], the released normalisation."""
+    return torch.from_numpy(images).movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def to_batch(split: dict[str, np.ndarray], indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors of the chosen samples in the released normalisation (the keys ``training_losses`` takes).
+
+    ``image``/``reference``/``densepose`` (B, 3, H, W) in [-1, 1], ``mask`` (B, 1, H, W) in {0, 1}; with
+    flows also ``flow`` (B, H, W, 2) and ``flow_valid`` (B, 1, H, W).
+    """
+    index = np.asarray(indices, dtype=np.int64)
+    batch = {
+        "image": _signed(split["person"][index]),
+        "reference": _signed(split["garment"][index]),
+        "mask": torch.from_numpy(split["mask"][index]).float()[:, None],
+        "densepose": _signed(split["densepose"][index]),
+    }
+    if "flow" in split:
+        batch["flow"] = torch.from_numpy(split["flow"][index])
+        batch["flow_valid"] = torch.from_numpy(split["flow_valid"][index]).float()[:, None]
+    return batch
 
 
 class SyntheticTryOnDataset(Dataset):
@@ -835,10 +861,19 @@ class SyntheticTryOnDataset(Dataset):
 
     Items: ``image`` (person) and ``reference`` (garment) (3, H, W) in [-1, 1]; ``mask`` and ``flow_valid``
     (1, H, W) float {0, 1}; ``densepose`` (3, H, W) in [-1, 1]; ``flow`` (H, W, 2) float32; ``seed`` int.
+    With ``cache_dir`` the whole split is rendered once (:func:`render_split`, stored in that folder and
+    read back by later runs) and kept in memory without flows: items then have no ``flow``/``flow_valid``
+    (training does not use them).
     """
 
     def __init__(
-        self, split: str = "train", size: Size = (128, 96), length: int = 1000, seed: int = 0
+        self,
+        split: str = "train",
+        size: Size = (128, 96),
+        length: int = 1000,
+        seed: int = 0,
+        *,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -854,6 +889,11 @@ class SyntheticTryOnDataset(Dataset):
             int(length),
             _check_seed(seed),
         )
+        self.cached = (
+            None
+            if cache_dir is None
+            else render_split(split, self.length, self.size, self.seed, with_flow=False, cache_dir=cache_dir)
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -861,16 +901,14 @@ class SyntheticTryOnDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
-        sample = make_sample(sample_seed(self.split, index % self.length, self.seed), self.size)
-        return {
-            "image": _to_signed_unit(sample.person),
-            "reference": _to_signed_unit(sample.garment),
-            "mask": torch.from_numpy(sample.mask).float()[None],
-            "densepose": _to_signed_unit(sample.densepose),
-            "flow": torch.from_numpy(sample.flow),
-            "flow_valid": torch.from_numpy(sample.flow_valid).float()[None],
-            "seed": sample.seed,
-        }
+        index %= self.length
+        if self.cached is not None:
+            arrays, row = self.cached, index
+        else:
+            arrays, row = _stack([make_sample(sample_seed(self.split, index, self.seed), self.size)], True), 0
+        item: dict[str, torch.Tensor | int] = {key: value[0] for key, value in to_batch(arrays, [row]).items()}
+        item["seed"] = int(arrays["seed"][row])
+        return item
 
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:

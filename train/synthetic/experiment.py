@@ -1,12 +1,10 @@
 """The synthetic benchmark of the Leffa loss: train the stages, evaluate them, draw the figures, ship the demo.
 
-Why its own small loop: the stages are tiny and CPU-bound, so a plain loop over cached samples (no
-accelerate, no data workers) around :func:`leffa.core.training.training_losses` keeps every run reproducible
-from its seed and shows exactly what is compared. Stage configs use the trainer's schema
-(``train/config.py``); this loop supports the subset listed in :func:`check_supported` and says so for the
-rest. Two rules go beyond the schema: ``model.vae_path`` must point at the ``vae.safetensors`` written by
-``train/synthetic/vae.py`` (its ``vae.json`` beside it must agree with ``model.vae_config``), and fine-tuning
-stages (``model.init: checkpoint``) start from a ``model.safetensors`` written here.
+The stages are ordinary trainer configs (``train/config.py``, ``data.type: synthetic``) trained by the one
+trainer of ``train/train.py``; seeds fix weights, data order, noise and timesteps. ``model.vae_path`` points
+at the ``vae.safetensors`` written by ``train/synthetic/vae.py`` (the trainer checks its ``vae.json`` against
+``model.vae_config``), and fine-tuning stages (``model.init: checkpoint``) start from a run's exported
+``model.safetensors``.
 
 Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the measured results)::
 
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -35,16 +32,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.core.configs import load_base_configs
 from leffa.app.demo import load_model_folder, read_model_configs
+from leffa.core.configs import BaseConfigs
 from leffa.core.flow import upsample_flow, warp
 from leffa.core.model import LeffaModel
 from leffa.core.recording import layer_sizes
-from leffa.core.serialization import read_state_dict, save_state_dict
-from leffa.core.training import training_losses
+from leffa.core.serialization import save_state_dict
 from leffa.inspect.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
-from train.config import TrainConfig, config_to_dict, load_config
-from train.synthetic.data import make_examples
+from train.checkpoints import WEIGHTS_FILE, write_model_configs
+from train.config import TrainConfig, load_config
+from train.synthetic.data import make_examples, render_split, to_batch
 from train.synthetic.eval import (
     CHECK_COUNT,
     CHECK_SETTINGS,
@@ -54,12 +51,12 @@ from train.synthetic.eval import (
     free_attention_study,
     evaluate_model,
     reference_flow_scores,
-    render_split,
     sample,
     teacher_forced,
-    to_batch,
 )
-from train.synthetic.vae import load_vae_config, train_vae
+from train.synthetic.vae import VaeTrainConfig, train_vae
+from train.trackers import JSONL_FILE, read_jsonl_log
+from train.train import Trainer
 
 CONFIG_DIR = Path("train/configs")
 RUN_DIR = Path("runs/synthetic")
@@ -80,158 +77,43 @@ LEFFA_STAGE = "leffa-w1-tau1"
 Log = Callable[[str], None]
 
 
-# ---------------------------------------------------------------------------------------------- model
-
-
-def check_supported(config: TrainConfig) -> None:
-    """Raise a ValueError for trainer options this small loop does not implement."""
-    unsupported = {
-        "data.type (must be synthetic)": config.data.type != "synthetic",
-        "model.init: base": config.model.init == "base",
-        "train.mixed_precision": config.train.mixed_precision != "no",
-        "train.gradient_accumulation_steps > 1": config.train.gradient_accumulation_steps != 1,
-        "train.freeze_reference_unet": config.train.freeze_reference_unet,
-        "train.ema": config.train.ema.enabled,
-        "leffa.registers": config.leffa.registers != 0,
-        "model.vae_path (required)": config.model.vae_path is None,
-    }
-    problems = [name for name, bad in unsupported.items() if bad]
-    if problems:
-        raise ValueError(
-            f"{config.output_dir}: the synthetic experiment loop does not support {', '.join(problems)}; "
-            "use train/train.py for those"
-        )
-
-
-def model_configs(config: TrainConfig) -> dict[str, dict]:
-    """UNet, VAE and scheduler configs: the tiny base's with the config's overrides applied."""
-    base = load_base_configs(config.model.base)
-    return {
-        "unet": {**base.unet, **config.model.unet_config},
-        "vae": {**base.vae, **config.model.vae_config},
-        "scheduler": {**base.scheduler, **config.model.scheduler_config},
-    }
-
-
-def _check_vae_config(vae_path: Path, vae_config: dict) -> None:
-    """The VAE stage measured the scaling factor; a stage config must use that VAE's exact config."""
-    trained = json.loads((vae_path.parent / "vae.json").read_text())
-    for key in ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
-        if list(np.atleast_1d(trained[key])) != list(np.atleast_1d(vae_config[key])):
-            raise ValueError(
-                f"model.vae_config.{key} is {vae_config[key]} but the VAE at {vae_path} has {trained[key]}"
-            )
-    if not math.isclose(trained["scaling_factor"], vae_config["scaling_factor"], rel_tol=0.05):
-        raise ValueError(
-            f"model.vae_config.scaling_factor is {vae_config['scaling_factor']} but the VAE at {vae_path} measured "
-            f"{trained['scaling_factor']:.5f}; put the measured value in the config"
-        )
-
-
-def build_model(config: TrainConfig) -> LeffaModel:
-    """The stage's starting model: seeded random UNets or a checkpoint, then the trained VAE's weights."""
-    configs = model_configs(config)
-    vae_path = Path(config.model.vae_path)
-    if not vae_path.is_file():
-        raise FileNotFoundError(f"model.vae_path {vae_path} not found; run python -m train.synthetic.vae first")
-    _check_vae_config(vae_path, configs["vae"])
-    torch.manual_seed(config.seed)
-    model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
-    if config.model.init == "checkpoint":
-        model.load_state_dict(read_state_dict(config.model.init_path))
-    model.vae.load_state_dict(read_state_dict(vae_path))
-    return model
-
-
-def save_run(
-    model: LeffaModel, configs: dict[str, dict], out: Path, dtype: torch.dtype | None = None
-) -> None:
-    """``model.safetensors`` (released key format) and ``unet.json``/``vae.json``/``scheduler.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model.state_dict(), out / "model.safetensors", dtype=dtype)
-    for name, config in configs.items():
-        (out / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+# ---------------------------------------------------------------------------------------------- train
 
 
 def load_run(run: str | Path) -> LeffaModel:
-    """A model saved by :func:`save_run`, loaded strictly, fp32 on the CPU."""
+    """A run folder (the trainer's ``model.safetensors`` and model configs), loaded strictly, fp32 on the CPU."""
     return load_model_folder(
         run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic.experiment train"
     )
 
 
-# ---------------------------------------------------------------------------------------------- train
-
-
-def _learning_rate(step: int, config: TrainConfig) -> float:
-    optim = config.optim
-    warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
-    progress = step / max(1, config.train.max_steps - 1)
-    decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}
-    return optim.learning_rate * warmup * decay[optim.lr_schedule]
-
-
 def train_stage(config: TrainConfig, log: Log) -> dict:
-    """Train one stage; writes the model, its configs, ``train_log.jsonl`` and ``train_info.json``."""
-    check_supported(config)
+    """Train one stage with the trainer (``train/train.py``) and write ``train_info.json`` beside the run.
+
+    The final losses are the means over the steps logged in the last 200 (``logging.log_with: jsonl``).
+    """
+    if config.data.type != "synthetic":
+        raise ValueError(f"{config.output_dir}: data.type must be synthetic for a synthetic benchmark stage")
     start = time.time()
-    model = build_model(config)
-    model.train()
-    model.vae.requires_grad_(False)
-    params = [p for name, p in model.named_parameters() if not name.startswith("vae.")]
-    optim = config.optim
-    optimizer = torch.optim.AdamW(
-        params, lr=optim.learning_rate, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.epsilon
-    )
-    size = tuple(config.data.size)
-    train = render_split(
-        "train", config.data.length, size, config.data.synthetic_seed, with_flow=False, cache_dir=CACHE_DIR
-    )
-    data_generator = torch.Generator().manual_seed(config.seed)
-    loss_generator = torch.Generator().manual_seed(config.seed + 1)
-    scheduler = model.make_scheduler()
-    leffa = config.leffa.loss_config() if config.leffa.enabled else None
+    Trainer(config).fit()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    history = []
-    with open(out / "train_log.jsonl", "w") as log_file:
-        for step in range(config.train.max_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, config)
-            index = torch.randint(0, config.data.length, (config.train.batch_size,), generator=data_generator)
-            losses = training_losses(
-                model,
-                to_batch(train, index.numpy()),
-                scheduler,
-                generator=loss_generator,
-                leffa=leffa,
-                reference_dropout=config.train.reference_dropout,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            losses.loss.backward()
-            if optim.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
-            optimizer.step()
-            values = {"step": step, **losses.log_values()}
-            history.append(values)
-            if step % config.logging.log_every == 0 or step == config.train.max_steps - 1:
-                log_file.write(json.dumps({**values, "seconds": round(time.time() - start, 1)}) + "\n")
-                log_file.flush()
-                log(
-                    f"{out.name} step {step} {values['loss/diffusion']:.4f} {values.get('loss/leffa', 0):.4f} {time.time() - start:.0f}s"
-                )
-    model.eval()
-    save_run(model, model_configs(config), out)
-    (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-    tail = history[-min(200, len(history)) :]
+    log_file = out / "logs" / config.logging.project / JSONL_FILE
+    records = read_jsonl_log(log_file) if log_file.is_file() else []
+    tail = [r for r in records if r["step"] > config.train.max_steps - 200]
+
+    def final(key: str) -> float | None:
+        values = [r[key] for r in tail if key in r]
+        return float(np.mean(values)) if values else None
+
     info = {
         "wall_seconds": time.time() - start,
         "steps": config.train.max_steps,
-        "final_diffusion_loss": float(np.mean([v["loss/diffusion"] for v in tail])),
-        "final_leffa_loss": float(np.mean([v["loss/leffa"] for v in tail])) if leffa else None,
+        "final_diffusion_loss": final("loss/diffusion"),
+        "final_leffa_loss": final("loss/leffa"),
         "threads": torch.get_num_threads(),
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"trained {out.name} in {info['wall_seconds'] / 60:.1f} min")
     return info
 
 
@@ -460,7 +342,8 @@ def export_demo(run: str | Path, compared: Sequence[str | Path], out: Path) -> d
     the margin the test asserts.
     """
     model = load_run(run)
-    save_run(model, read_model_configs(run), out, torch.float16)
+    save_state_dict(model.state_dict(), out / WEIGHTS_FILE, torch.float16)
+    write_model_configs(BaseConfigs(**read_model_configs(run)), out)
     demo, untrained = check_metrics(load_run(out)), check_metrics(untrained_model(run))
     check = {
         "samples": f"test split, synthetic seed 0, indices 0..{CHECK_COUNT - 1}, size 128x96",
@@ -488,7 +371,7 @@ def _log(line: str) -> None:
 
 def run_all(log: Log) -> None:
     """Every stage in order, as reported in docs/synthetic-benchmark.md."""
-    train_vae(load_vae_config(CONFIG_DIR / "synthetic-vae.yaml"), log)
+    train_vae(load_config(CONFIG_DIR / "synthetic-vae.yaml", schema=VaeTrainConfig), log)
     for stage in STAGES:
         train_stage(load_config(CONFIG_DIR / f"synthetic-{stage}.yaml"), log)
     runs = [RUN_DIR / stage for stage in STAGES]

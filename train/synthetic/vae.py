@@ -6,87 +6,66 @@ differences (keeps the stripe and glyph edges that plain L1 blurs; LPIPS needs p
 offline project does not have) + ``kl_weight`` x KL, as in latent diffusion. The latent scaling factor is
 measured after training (1 / std of the latents), as Stable Diffusion's 0.18215 was.
 
-Usage: ``python -m train.synthetic.vae train/configs/synthetic-vae.yaml`` writes ``vae.safetensors``,
-``vae.json`` (config with the measured scaling factor) and ``metrics.json`` to the config's output_dir.
+Usage: ``python -m train.synthetic.vae train/configs/synthetic-vae.yaml [--override key=value ...]`` writes
+``vae.safetensors``, ``vae.json`` (config with the measured scaling factor) and ``metrics.json`` to the
+config's output_dir.
 
-Config (YAML, every key required unless a default is given):
-
-- ``output_dir``: folder for the outputs; ``seed``: weights, data order and posterior samples.
-- ``data``: ``size`` [height, width], ``train_count`` distinct training samples, ``eval_count`` test
-  samples for the reconstruction metrics, ``synthetic_seed`` (base seed of the splits), ``cache_dir``.
-- ``vae_config``: keys overriding ``leffa/core/base_configs/tiny/vae.json``.
-- ``steps``, ``batch_size``, ``learning_rate``, ``warmup_steps`` (default 100), ``kl_weight``,
-  ``gradient_weight``, ``log_every`` (default 100), ``crop`` ([height, width] of random training crops,
-  multiples of the VAE's downsampling; default: whole images).
+Config: :class:`VaeTrainConfig`, read by the trainer's config system (``train/config.py``: same errors,
+same ``--override``); ``data`` and ``optim`` are the trainer's sections (``data.type`` is ``synthetic``,
+``data.length`` the number of distinct training samples; ``optim`` gives AdamW and the warmup + schedule),
+``vae_config`` overrides ``leffa/core/base_configs/tiny/vae.json``, and ``train`` is this loop's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from diffusers import AutoencoderKL
+from pydantic import Field
 from safetensors.torch import save_file
 
 from leffa.core.configs import load_base_configs
-from train.synthetic.eval import masked_psnr, masked_ssim, render_split, to_batch
+from train.config import ConfigError, DataConfig, ImageSize, Number, OptimConfig, Section, load_config
+from train.optimization import make_lr_scheduler, make_optimizer
+from train.synthetic.data import render_split, to_batch
+from train.synthetic.eval import masked_psnr, masked_ssim
 
 
-@dataclass(frozen=True)
-class VaeTrainConfig:
-    """See the module docstring for the meaning of each key."""
+class VaeDataConfig(DataConfig):
+    """The trainer's data section, rendered synthetic samples only."""
+
+    type: Literal["synthetic"] = "synthetic"
+
+
+class VaeLoopConfig(Section):
+    """``crop``: [height, width] of random training crops, multiples of the VAE's downsampling (default:
+    whole images); ``eval_count`` test samples score the reconstructions."""
+
+    max_steps: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    kl_weight: Annotated[Number, Field(ge=0.0)]
+    gradient_weight: Annotated[Number, Field(ge=0.0)]
+    crop: ImageSize | None = None
+    eval_count: Annotated[int, Field(ge=1)] = 64
+    log_every: Annotated[int, Field(ge=1)] = 100
+
+
+class VaeTrainConfig(Section):
+    """A VAE training run: ``seed`` fixes the weights, data order and posterior samples."""
 
     output_dir: str
-    seed: int
-    data: dict[str, Any]
-    vae_config: dict[str, Any]
-    steps: int
-    batch_size: int
-    learning_rate: float
-    kl_weight: float
-    gradient_weight: float
-    warmup_steps: int = 100
-    log_every: int = 100
-    crop: list[int] | None = None
-
-
-_DATA_KEYS = ("size", "train_count", "eval_count", "synthetic_seed", "cache_dir")
-
-
-def load_vae_config(path: str | Path) -> VaeTrainConfig:
-    """Read and check a VAE training config; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}; see train/configs/synthetic-vae.yaml")
-    raw = yaml.safe_load(path.read_text())
-    names = [f.name for f in fields(VaeTrainConfig)]
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping with keys {', '.join(names)}")
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {', '.join(names)}")
-    data = raw.get("data")
-    if not isinstance(data, dict) or sorted(data) != sorted(_DATA_KEYS):
-        raise ValueError(f"{path}: data must have exactly the keys {', '.join(_DATA_KEYS)}, got {data!r}")
-    try:
-        config = VaeTrainConfig(**{**raw, "learning_rate": float(raw.get("learning_rate", "nan"))})
-    except TypeError as error:
-        raise ValueError(f"{path}: {error}") from error
-    for key in ("steps", "batch_size"):
-        if not isinstance(getattr(config, key), int) or getattr(config, key) < 1:
-            raise ValueError(f"{path}: {key} must be a positive int, got {getattr(config, key)!r}")
-    if not config.learning_rate > 0:
-        raise ValueError(f"{path}: learning_rate must be a number > 0, got {raw.get('learning_rate')!r}")
-    return config
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: VaeDataConfig
+    vae_config: dict[str, Any] = Field(default_factory=dict)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: VaeLoopConfig
 
 
 #: Initial log-variance of the posterior. At diffusers' default (0) the decoder first sees latents buried in
@@ -135,14 +114,6 @@ def _training_images(
     return images[..., top : top + crop[0], left : left + crop[1]]
 
 
-def _learning_rate(step: int, config: VaeTrainConfig) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator) -> float:
     """1 / std of posterior samples, so scaled latents have unit variance like the noise."""
@@ -177,36 +148,31 @@ def train_vae(config: VaeTrainConfig, log=print) -> dict[str, Any]:
     """Train, measure the scaling factor, evaluate and save; returns the metrics written to metrics.json."""
     start = time.time()
     torch.manual_seed(config.seed)
-    data = config.data
-    size = tuple(data["size"])
-    train = render_split(
-        "train",
-        data["train_count"],
-        size,
-        data["synthetic_seed"],
-        with_flow=False,
-        cache_dir=data["cache_dir"],
-    )
-    test = render_split("test", data["eval_count"], size, data["synthetic_seed"], cache_dir=data["cache_dir"])
+    data, loop = config.data, config.train
+    seed = data.synthetic_seed or 0
+    train = render_split("train", data.length, data.size, seed, with_flow=False, cache_dir=data.cache_dir)
+    test = render_split("test", loop.eval_count, data.size, seed, cache_dir=data.cache_dir)
     vae = build_vae(config.vae_config)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    optimizer = make_optimizer(vae.parameters(), config.optim)
+    lr_scheduler = make_lr_scheduler(optimizer, config.optim, loop.max_steps)
     generator = torch.Generator().manual_seed(config.seed)
     count = len(train["seed"])
     vae.train()
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, config)
-        index = torch.randint(0, count, (config.batch_size,), generator=generator).numpy()
-        images = _training_images(to_batch(train, index), generator, tuple(config.crop) if config.crop else None)
+    for step in range(loop.max_steps):
+        index = torch.randint(0, count, (loop.batch_size,), generator=generator).numpy()
+        images = _training_images(to_batch(train, index), generator, loop.crop)
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        rec_loss = reconstruction_loss(reconstruction, images, config.gradient_weight)
+        rec_loss = reconstruction_loss(reconstruction, images, loop.gradient_weight)
         kl = posterior.kl().mean() / images[0].numel()
-        loss = rec_loss + config.kl_weight * kl
+        loss = rec_loss + loop.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.optim.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), config.optim.max_grad_norm)
         optimizer.step()
-        if step % config.log_every == 0 or step == config.steps - 1:
+        lr_scheduler.step()
+        if step % loop.log_every == 0 or step == loop.max_steps - 1:
             log(
                 f"step {step} loss {loss.item():.4f} rec {rec_loss.item():.4f} kl {kl.item():.3f} {time.time() - start:.0f}s"
             )
@@ -239,11 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the synthetic benchmark's tiny VAE")
     parser.add_argument("config", help="YAML config, e.g. train/configs/synthetic-vae.yaml")
     parser.add_argument(
+        "--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="replace config values"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared, busy CPU)"
     )
     args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.override, schema=VaeTrainConfig)
+    except (FileNotFoundError, ConfigError) as error:
+        parser.exit(2, f"error: {error}\n")
     torch.set_num_threads(args.threads)
-    train_vae(load_vae_config(args.config), log=lambda line: print(line, flush=True))
+    train_vae(config, log=lambda line: print(line, flush=True))
     return 0
 
 
