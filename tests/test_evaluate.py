@@ -83,6 +83,7 @@ def test_shards_cover_every_pair_once_with_equal_batch_counts():
         ({"metrics": ("fid", "is")}, r"unknown metrics \['is'\]"),
         ({"dataset": "deepfashion", "mode": "unpaired"}, "only paired"),
         ({"steps": 0}, "--steps must be >= 1"),
+        ({"pretrained_metrics": False}, "FID/KID have no random-weight variant"),
     ],
 )
 def test_bad_options(tmp_path, layout, overrides, message):

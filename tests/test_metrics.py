@@ -1,28 +1,29 @@
-"""Metrics against hand computations and naive reference implementations written here."""
+"""Metrics against hand computations and naive reference implementations written here (no downloads)."""
 
 from __future__ import annotations
 
 import json
 import math
+import urllib.error
 
+import lpips
 import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
+from cleanfid import downloads_helper
 from PIL import Image
+from torch import nn
 
-from leffa.eval import metrics
+from leffa.eval.features import INCEPTION_FILE, CleanFIDInception, image_features, inception_weights
 from leffa.eval.metrics import (
     LPIPS,
-    InceptionFeatureExtractor,
-    clean_resize,
     evaluate_folders,
     fid_from_features,
-    frechet_distance,
     kid,
-    lpips_linear_weights_path,
     psnr,
     ssim,
+    ssim_map,
     write_report,
 )
 
@@ -39,40 +40,57 @@ def test_psnr_known_values_and_identical_images():
     )
 
 
-def naive_ssim(a: np.ndarray, b: np.ndarray, size: int = 11, sigma: float = 1.5) -> float:
-    """SSIM of one (C, H, W) pair by explicit loops over every valid window position."""
-    offsets = np.arange(size) - size // 2
+# --- SSIM --------------------------------------------------------------------------------------------------
+
+
+def naive_ssim_map(a: np.ndarray, b: np.ndarray, size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """SSIM of one (C, H, W) pair at every pixel: explicit Gaussian-weighted sums over its window of the
+    reflect-padded images (torchmetrics >= 2024 keeps the border and pads by reflection)."""
+    half = size // 2
+    offsets = np.arange(size) - half
     weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
     weights /= weights.sum()
     c1, c2 = 0.01**2, 0.03**2
-    values = []
-    for channel in range(a.shape[0]):
-        for i in range(a.shape[1] - size + 1):
-            for j in range(a.shape[2] - size + 1):
+    pad = ((0, 0), (half, half), (half, half))
+    a, b = np.pad(a, pad, mode="reflect"), np.pad(b, pad, mode="reflect")
+    channels, height, width = a.shape[0], a.shape[1] - 2 * half, a.shape[2] - 2 * half
+    out = np.empty((channels, height, width))
+    for channel in range(channels):
+        for i in range(height):
+            for j in range(width):
                 x, y = a[channel, i : i + size, j : j + size], b[channel, i : i + size, j : j + size]
                 mx, my = (weights * x).sum(), (weights * y).sum()
                 vx, vy = (weights * (x - mx) ** 2).sum(), (weights * (y - my) ** 2).sum()
                 cov = (weights * (x - mx) * (y - my)).sum()
-                values.append(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
-    return float(np.mean(values))
+                out[channel, i, j] = ((2 * mx * my + c1) * (2 * cov + c2)) / (
+                    (mx**2 + my**2 + c1) * (vx + vy + c2)
+                )
+    return out
 
 
-def test_ssim_matches_naive_windowed_computation():
+def test_ssim_is_the_mean_of_the_reflect_padded_map_of_a_naive_computation():
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(2, 3, 16, 14, generator=generator)
     b = (a + 0.2 * torch.rand(2, 3, 16, 14, generator=generator)).clamp(0, 1)
-    expected = [naive_ssim(a[i].double().numpy(), b[i].double().numpy()) for i in range(2)]
-    torch.testing.assert_close(ssim(a, b), torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=0)
+    maps = [naive_ssim_map(a[i].double().numpy(), b[i].double().numpy()) for i in range(2)]
+    full = ssim_map(a, b)
+    assert full.shape == (2, 3, 16, 14)
+    np.testing.assert_allclose(full.double().numpy(), np.stack(maps), atol=1e-5)
+    expected = torch.tensor([m.mean() for m in maps], dtype=torch.float32)
+    torch.testing.assert_close(ssim(a, b), expected, atol=1e-5, rtol=0)
 
 
 def test_ssim_identical_is_one_and_bad_input_rejected():
     a = torch.rand(1, 3, 20, 20)
     torch.testing.assert_close(ssim(a, a), torch.ones(1), atol=1e-6, rtol=0)
     assert ssim(a, 1 - a).item() < 0.5
-    with pytest.raises(ValueError, match="at least 11x11"):
-        ssim(torch.rand(1, 3, 8, 20), torch.rand(1, 3, 8, 20))
+    with pytest.raises(ValueError, match=r"at least 6x6, got \(5, 20\)"):
+        ssim(torch.rand(1, 3, 5, 20), torch.rand(1, 3, 5, 20))
     with pytest.raises(ValueError, match="equal shapes"):
         ssim(torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 21))
+
+
+# --- LPIPS -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +100,19 @@ def squeeze_lpips():
 
 
 def naive_lpips(model: LPIPS, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """The LPIPS formula written out in numpy on the model's own layer features."""
+    """The LPIPS v0.1 formula written out in numpy on the package network's own layer features."""
+    net = model.net
+
+    def layers(images: torch.Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [f.double().numpy() for f in net.net(net.scaling_layer(images * 2 - 1))]
+
     totals = np.zeros(a.shape[0])
-    for lin, fa, fb in zip(model.lins, model.layer_features(a), model.layer_features(b), strict=True):
-        fa, fb = fa.double().numpy(), fb.double().numpy()
+    for lin, fa, fb in zip(net.lins, layers(a), layers(b), strict=True):
         na = fa / (np.sqrt((fa**2).sum(axis=1, keepdims=True)) + 1e-10)
         nb = fb / (np.sqrt((fb**2).sum(axis=1, keepdims=True)) + 1e-10)
-        w = lin.weight.double().numpy().reshape(-1)
-        weighted = np.einsum("bchw,c->bhw", (na - nb) ** 2, w)
-        totals += weighted.mean(axis=(1, 2))
+        w = lin.model[1].weight.double().numpy().reshape(-1)
+        totals += np.einsum("bchw,c->bhw", (na - nb) ** 2, w).mean(axis=(1, 2))
     return totals
 
 
@@ -103,6 +125,8 @@ def test_lpips_formula_identical_and_symmetry(squeeze_lpips):
     assert (d > 0).all()
     torch.testing.assert_close(squeeze_lpips(b, a), d, atol=1e-6, rtol=0)
     assert squeeze_lpips(a, a).abs().max().item() == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(d, squeeze_lpips.net(a * 2 - 1, b * 2 - 1).flatten(), atol=1e-6, rtol=0)
 
 
 def test_lpips_frozen_but_differentiable_in_input(squeeze_lpips):
@@ -114,74 +138,59 @@ def test_lpips_frozen_but_differentiable_in_input(squeeze_lpips):
 
 @pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
 @pytest.mark.parametrize("backbone", ["squeeze", "alex"])
-def test_lpips_matches_lpips_package(backbone):
-    lpips = pytest.importorskip("lpips")
-    reference = lpips.LPIPS(net=backbone, pnet_rand=True, verbose=False)
+def test_lpips_linear_weights_always_come_from_the_package(backbone):
+    shipped = lpips.LPIPS(net=backbone, pnet_rand=True, verbose=False)
     ours = LPIPS(backbone, pretrained=False)
-    ours.load_linear_weights(lpips_linear_weights_path(backbone))
-    for index, lin in enumerate(ours.lins):
-        assert torch.equal(lin.weight, getattr(reference, f"lin{index}").model[1].weight)
-    backbone_state = {
-        k.split(".", 2)[2]: v for k, v in reference.state_dict().items() if k.startswith("net.slice")
-    }
-    ours.features.load_state_dict(backbone_state)
-    generator = torch.Generator().manual_seed(2)
-    a, b = torch.rand(2, 3, 64, 64, generator=generator), torch.rand(2, 3, 64, 64, generator=generator)
-    with torch.no_grad():
-        expected = reference(a, b, normalize=True).flatten()
-    torch.testing.assert_close(ours(a, b), expected, atol=1e-5, rtol=1e-5)
+    for lin, reference in zip(ours.net.lins, shipped.lins, strict=True):
+        assert torch.equal(lin.model[1].weight, reference.model[1].weight)
+        assert (lin.model[1].weight >= 0).all()
 
 
-def test_lpips_pretrained_loads_torchvision_backbone_and_lpips_linear_weights(monkeypatch):
-    """Offline: torchvision's download is replaced by a known state dict."""
-    pytest.importorskip("lpips")
+def test_lpips_pretrained_backbone_comes_from_torchvision(monkeypatch):
+    """Offline: torchvision's cached-or-downloaded state dict is replaced by a known one."""
     state = tvm.squeezenet1_1(weights=None).state_dict()
     monkeypatch.setattr(tvm.SqueezeNet1_1_Weights, "get_state_dict", lambda self, *a, **k: state)
     model = LPIPS("squeeze", pretrained=True)
-    for key, value in model.features.state_dict().items():
-        assert torch.equal(value, state[f"features.{key}"]), key
-    linear = torch.load(lpips_linear_weights_path("squeeze"), map_location="cpu", weights_only=True)
-    for index, lin in enumerate(model.lins):
-        assert torch.equal(lin.weight, linear[f"lin{index}.model.1.weight"])
+    backbone = {k.split(".", 1)[1]: v for k, v in model.net.net.state_dict().items()}
+    assert backbone and all(torch.equal(v, state[f"features.{k}"]) for k, v in backbone.items())
 
 
 def test_lpips_errors(monkeypatch):
     with pytest.raises(ValueError, match="squeeze, alex"):
         LPIPS("vgg", pretrained=False)
-    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install lpips==0.1.4"):
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tvm.SqueezeNet1_1_Weights, "get_state_dict", offline)
+    with pytest.raises(FileNotFoundError, match=r"squeezenet1_1-b8a52dc0\.pth in .*checkpoints; download"):
         LPIPS("squeeze", pretrained=True)
 
 
-def test_frechet_distance_one_dimensional_closed_form():
-    m1, v1, m2, v2 = 0.3, 2.0, -1.1, 0.5
-    expected = (m1 - m2) ** 2 + v1 + v2 - 2 * math.sqrt(v1 * v2)
-    assert math.isclose(
-        frechet_distance(np.array([m1]), np.array([[v1]]), np.array([m2]), np.array([[v2]])),
-        expected,
-        rel_tol=1e-9,
-    )
+# --- FID and KID -------------------------------------------------------------------------------------------
 
 
-def test_frechet_distance_general_covariances():
-    generator = np.random.default_rng(0)
-    a, b = generator.normal(size=(4, 4)), generator.normal(size=(4, 4))
-    s1, s2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)
-    mu1, mu2 = generator.normal(size=4), generator.normal(size=4)
+def naive_fid(x: np.ndarray, y: np.ndarray) -> float:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2) through symmetric eigendecompositions."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     eigenvalues, vectors = np.linalg.eigh(s1)
-    root1 = vectors @ np.diag(np.sqrt(eigenvalues)) @ vectors.T
-    trace_cross = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1)).sum()
-    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_cross
-    assert math.isclose(frechet_distance(mu1, s1, mu2, s2), expected, rel_tol=1e-9)
-    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9
-    with pytest.raises(ValueError, match="mismatched statistics"):
-        frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
+    root1 = vectors @ np.diag(np.sqrt(eigenvalues.clip(0))) @ vectors.T
+    cross = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1).clip(0)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
 
 
-def test_fid_identical_feature_sets_is_zero():
-    features = np.random.default_rng(1).normal(size=(200, 8))
-    assert abs(fid_from_features(features, features)) < 1e-8
-    assert fid_from_features(features, features + 1.0) == pytest.approx(8.0, rel=1e-6)
+def test_fid_matches_the_naive_formula():
+    generator = np.random.default_rng(0)
+    x = generator.normal(size=(60, 4))
+    y = generator.normal(0.5, 1.5, size=(80, 4)) @ generator.normal(size=(4, 4))
+    assert fid_from_features(x, y) == pytest.approx(naive_fid(x, y), rel=1e-7)
+    assert abs(fid_from_features(x, x)) < 1e-8
+    assert fid_from_features(x, x + 1.0) == pytest.approx(4.0, rel=1e-6)
+    with pytest.raises(ValueError, match="equal D"):
+        fid_from_features(x, y[:, :3])
+    with pytest.raises(ValueError, match="at least 2 samples per set, got 1 and 80"):
+        fid_from_features(x[:1], y)
 
 
 def naive_mmd(x: np.ndarray, y: np.ndarray) -> float:
@@ -203,24 +212,17 @@ def test_kid_matches_naive_double_loop():
     assert kid(x, y, num_subsets=3) == pytest.approx(naive_mmd(x, y), rel=1e-9, abs=1e-12)
 
 
-def test_kid_subsets_deterministic_and_near_full_set_value():
+def test_kid_subsets_follow_the_seed_and_leave_numpy_global_state_alone():
     generator = np.random.default_rng(3)
     x, y = generator.normal(size=(120, 6)), generator.normal(0.3, 1.0, size=(120, 6))
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
     subsampled = kid(x, y, num_subsets=20, max_subset_size=40, seed=4)
+    assert np.random.random() == expected_next
     assert subsampled == kid(x, y, num_subsets=20, max_subset_size=40, seed=4)
     assert subsampled != kid(x, y, num_subsets=20, max_subset_size=40, seed=5)
     assert subsampled == pytest.approx(naive_mmd(x, y), rel=0.5)
-
-
-def test_kid_identical_sets_is_zero_up_to_order_one_over_m():
-    """For X = Y the unbiased estimate is (2 / m) (mean off-diagonal k - mean diagonal k), not exactly 0."""
-    many = np.random.default_rng(6).normal(0.0, 0.3, size=(400, 16))
-    x = many[:100]
-    gram = (x @ x.T / 16 + 1.0) ** 3
-    m = len(x)
-    expected = 2.0 / m * ((gram.sum() - np.trace(gram)) / (m * (m - 1)) - np.trace(gram) / m)
-    assert kid(x, x, num_subsets=2) == pytest.approx(expected, rel=1e-9)
-    assert abs(kid(many, many, num_subsets=2)) < abs(expected) / 3
 
 
 def test_kid_errors():
@@ -229,49 +231,85 @@ def test_kid_errors():
         kid(x, x[:, :5])
     with pytest.raises(ValueError, match="at least 2 samples"):
         kid(x[:1], x)
+    with pytest.raises(ValueError, match="at least 1 subset"):
+        kid(x, x, num_subsets=0)
 
 
-def test_clean_resize_is_per_channel_pil_bicubic():
-    image = torch.rand(1, 3, 20, 16)
-    out = clean_resize(image, size=(9, 7))
-    assert out.shape == (1, 3, 9, 7)
-    quantised = (image[0] * 255).round().numpy().astype(np.float32)
-    for c in range(3):
-        expected = np.asarray(Image.fromarray(quantised[c]).resize((7, 9), Image.Resampling.BICUBIC)).clip(
-            0, 255
-        )
-        np.testing.assert_allclose(out[0, c].numpy(), expected, atol=1e-4)
-    constant = clean_resize(torch.full((1, 3, 30, 20), 0.5))
-    assert constant.shape == (1, 3, 299, 299) and torch.allclose(
-        constant, torch.full_like(constant, 128.0), atol=1e-3
-    )
+# --- clean-fid features ------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_inception_extractor_random_weights_shape_and_determinism():
+class FakeInceptionLayers(nn.Module):
+    """Stands in for the TF-Inception trunk: a fixed 1x1 projection to 2048 channels, spatially averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 2048, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).mean((2, 3))
+
+
+class FakeInception(nn.Module):
+    """The TorchScript interface clean-fid loads from inception-2015-12-05.pt (a ``layers`` child)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = FakeInceptionLayers()
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.layers(x)
+
+
+@pytest.fixture(scope="module")
+def fake_inception_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hub")
     torch.manual_seed(0)
-    extractor = InceptionFeatureExtractor(pretrained=False)
-    image = torch.rand(1, 3, 40, 30)
-    features = extractor(image)
-    assert features.shape == (1, InceptionFeatureExtractor.dim) and features.dtype == torch.float32
-    assert torch.equal(features, extractor(image))
-    assert extractor.name.endswith("-random")
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        extractor(torch.rand(3, 40, 30))
+    with pytest.warns(FutureWarning, match="deprecated"):
+        torch.jit.script(FakeInception()).save(str(folder / INCEPTION_FILE))
+    return folder
 
 
-@pytest.mark.slow
-def test_inception_extractor_pretrained_path_offline(monkeypatch):
-    state = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
-    monkeypatch.setattr(tvm.Inception_V3_Weights, "get_state_dict", lambda self, *a, **k: state)
-    extractor = InceptionFeatureExtractor(pretrained=True)
-    assert extractor.name == "torchvision-inception-v3-pool3"
-    assert extractor.net.transform_input and isinstance(extractor.net.fc, torch.nn.Identity)
-    assert torch.equal(extractor.net.Conv2d_1a_3x3.conv.weight, state["Conv2d_1a_3x3.conv.weight"])
+def naive_clean_resize(array: np.ndarray) -> np.ndarray:
+    """clean-fid's "clean" resize of one uint8 (H, W, 3) image: PIL bicubic per channel in float, 299x299."""
+    channels = [
+        np.asarray(Image.fromarray(array[:, :, c].astype(np.float32)).resize((299, 299), Image.BICUBIC))
+        for c in range(3)
+    ]
+    return np.stack(channels).clip(0, 255)
+
+
+def test_clean_fid_inception_features_of_image_files(tmp_path, fake_inception_dir):
+    arrays = random_arrays(8, count=3, shape=(40, 30, 3))
+    write_images(tmp_path / "images", arrays)
+    extractor = CleanFIDInception(weights_dir=fake_inception_dir, download=False)
+    features = image_features(sorted((tmp_path / "images").iterdir()), extractor, 2, "cpu")
+    assert features.shape == (3, CleanFIDInception.dim) and features.dtype == np.float64
+    proj = extractor.net.layers.proj
+    weight, bias = proj.weight.detach().double().numpy()[:, :, 0, 0], proj.bias.detach().double().numpy()
+    for row, array in zip(features, arrays, strict=True):
+        resized = (naive_clean_resize(array) - 128) / 128
+        np.testing.assert_allclose(row, weight @ resized.reshape(3, -1).mean(1) + bias, atol=1e-4)
+
+
+def test_missing_inception_weights_name_the_file_and_folder(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=rf"{INCEPTION_FILE} in {tmp_path}; download https://"):
+        inception_weights(tmp_path, download=False)
+
+    def partial_download(fpath):
+        (tmp_path / INCEPTION_FILE).write_bytes(b"partial")
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(downloads_helper, "check_download_inception", partial_download)
+    with pytest.raises(FileNotFoundError, match="put it there .the download failed"):
+        CleanFIDInception(weights_dir=tmp_path)
+    assert not (tmp_path / INCEPTION_FILE).exists()
+
+
+# --- folders and reports ----------------------------------------------------------------------------------
 
 
 class ChannelStatistics:
-    """A tiny stand-in feature extractor: per-channel mean and standard deviation (6-d)."""
+    """A tiny stand-in feature extractor: per-channel mean and standard deviation (6-d) of 0..255 images."""
 
     name = "channel-statistics"
 
@@ -328,7 +366,10 @@ def test_evaluate_folders_averages_per_image_metrics(tmp_path, squeeze_lpips):
     assert results["psnr"] == pytest.approx(psnr(pred, gt).double().mean().item(), rel=1e-6)
     assert results["ssim"] == pytest.approx(ssim(pred, gt).double().mean().item(), rel=1e-6)
     assert results["lpips_squeeze"] == pytest.approx(squeeze_lpips(pred, gt).double().mean().item(), rel=1e-5)
-    pred_features, gt_features = extractor(pred).double().numpy(), extractor(gt).double().numpy()
+    pred_features, gt_features = (
+        extractor(torch.from_numpy(np.stack([naive_clean_resize(a) for a in arrays]))).double().numpy()
+        for arrays in (preds, gts)
+    )
     assert results["fid"] == pytest.approx(fid_from_features(pred_features, gt_features), rel=1e-6)
     assert results["kid"] == pytest.approx(naive_mmd(pred_features, gt_features), rel=1e-6)
 
@@ -392,10 +433,6 @@ def test_write_report_json_and_markdown(tmp_path):
 
 
 def test_set_metrics_can_be_skipped(tmp_path):
-    from PIL import Image
-
-    from leffa.eval.metrics import evaluate_folders
-
     for folder in ("pred", "gt"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (16, 16), (10, 20, 30)).save(tmp_path / folder / "a.png")
@@ -403,5 +440,7 @@ def test_set_metrics_can_be_skipped(tmp_path):
     def fail(images):
         raise AssertionError("no features should be extracted")
 
-    results = evaluate_folders(tmp_path / "pred", tmp_path / "gt", set_metrics=False, lpips_models={}, feature_extractor=fail)
+    results = evaluate_folders(
+        tmp_path / "pred", tmp_path / "gt", set_metrics=False, lpips_models={}, feature_extractor=fail
+    )
     assert "fid" not in results and "kid" not in results and results["ssim"] == pytest.approx(1.0)

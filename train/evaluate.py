@@ -34,7 +34,8 @@ from accelerate.utils import gather_object
 from PIL import Image
 from torch.utils.data import Dataset
 
-from leffa.eval.metrics import LPIPS, FeatureExtractor, InceptionFeatureExtractor, evaluate_folders, write_report
+from leffa.eval.features import CleanFIDInception, FeatureExtractor
+from leffa.eval.metrics import LPIPS, evaluate_folders, write_report
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.transforms import tensor_to_uint8
@@ -99,6 +100,11 @@ class EvalOptions:
         if self.mode == "unpaired" and any(m in PAIRED_METRICS for m in self.metrics):
             raise ValueError(
                 f"{', '.join(PAIRED_METRICS)} need ground truth: use --mode paired or --metrics fid kid"
+            )
+        if not self.pretrained_metrics and any(m in SET_METRICS for m in self.metrics):
+            raise ValueError(
+                "FID/KID have no random-weight variant (they need clean-fid's TF-Inception weights): "
+                f"drop --random-metric-weights or pick --metrics from {', '.join(PAIRED_METRICS)}"
             )
 
 
@@ -193,11 +199,12 @@ def score(
 ) -> dict:
     """Metrics of ``<output_dir>/images`` against ``ground_truth`` (FID/KID reference: ``fid_reference_dir``).
 
-    Extractors default to the pretrained ones, or random-weight ones when ``pretrained_metrics`` is False.
+    Defaults: clean-fid's TF-Inception, and LPIPS with pretrained backbones (random ones when
+    ``pretrained_metrics`` is False).
     """
     output = Path(options.output_dir)
     wanted = set(options.metrics)
-    torch.manual_seed(0)  # random metric weights are reproducible
+    torch.manual_seed(0)  # random LPIPS backbones are reproducible
     if lpips_models is None:
         lpips_models = {
             name: LPIPS(name, pretrained=options.pretrained_metrics)
@@ -206,7 +213,7 @@ def score(
         }
     set_metrics = bool(wanted & set(SET_METRICS))
     if feature_extractor is None and set_metrics:
-        feature_extractor = InceptionFeatureExtractor(pretrained=options.pretrained_metrics, device=device)
+        feature_extractor = CleanFIDInception(device)
     results = evaluate_folders(
         output / "images",
         output / "ground_truth",
@@ -292,13 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="pretrained_metrics",
         action="store_true",
         default=True,
-        help="ImageNet Inception/LPIPS weights (downloaded by torchvision on first use; default)",
+        help="clean-fid's TF-Inception and torchvision's ImageNet LPIPS backbones, from the torch hub "
+        "checkpoint folder (downloaded on first use when online; default)",
     )
     weights.add_argument(
         "--random-metric-weights",
         dest="pretrained_metrics",
         action="store_false",
-        help="random metric networks: offline smoke tests only, values are not comparable",
+        help="random LPIPS backbones, no FID/KID: offline smoke tests only, values are not comparable",
     )
     parser.add_argument("--fid-reference-dir", help="FID/KID reference images (default: the ground truth)")
     parser.add_argument(
