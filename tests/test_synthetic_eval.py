@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from leffa.eval.metrics import ssim
 from train.synthetic.data import SyntheticTryOnDataset, make_sample, sample_seed
@@ -27,7 +29,8 @@ from train.synthetic.eval import (
     uniform_attention_flow,
     warp_l1,
 )
-from train.synthetic.vae import build_vae, load_vae_config, reconstruction_loss
+from train.config import ConfigError, load_config
+from train.synthetic.vae import VaeTrainConfig, build_vae, reconstruction_loss
 
 # ------------------------------------------------------------------------------------------ flow error
 
@@ -215,18 +218,25 @@ def test_reconstruction_loss_matches_naive_formula() -> None:
 
 
 def test_vae_config_is_checked(tmp_path) -> None:
-    shipped = load_vae_config("train/configs/synthetic-vae.yaml")
+    shipped = load_config("train/configs/synthetic-vae.yaml", schema=VaeTrainConfig)
     vae = build_vae(shipped.vae_config)
-    latent = vae.encode(torch.zeros(1, 3, *shipped.data["size"])).latent_dist.mode()
+    latent = vae.encode(torch.zeros(1, 3, *shipped.data.size)).latent_dist.mode()
     factor = 2 ** (len(shipped.vae_config["block_out_channels"]) - 1)
     assert factor == 4  # the 8x VAE learned no colour at this width (docs/synthetic-benchmark.md)
-    assert latent.shape == (1, 4, shipped.data["size"][0] // factor, shipped.data["size"][1] // factor)
+    assert latent.shape == (1, 4, shipped.data.size[0] // factor, shipped.data.size[1] // factor)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("output_dir: x\nsteps: 3\nbogus: 1\n")
-    with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
-        load_vae_config(bad)
+    bad.write_text("output_dir: x\ndata: {length: 4}\ntrain: {max_steps: 3, batch_size: 1}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(bad, schema=VaeTrainConfig)
+    assert str(error.value).splitlines() == [
+        f"{bad}: unknown config key bogus; valid keys in the config: output_dir, seed, data, vae_config, optim, train",
+        "missing required config key train.kl_weight",
+        "missing required config key train.gradient_weight",
+    ]
+    with pytest.raises(ConfigError, match=r"data\.type must be one of 'synthetic'; got 'vitonhd'"):
+        load_config("train/configs/synthetic-vae.yaml", ["data.type=vitonhd"], schema=VaeTrainConfig)
     with pytest.raises(FileNotFoundError, match="config file not found"):
-        load_vae_config(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml", schema=VaeTrainConfig)
 
 
 # ------------------------------------------------------------------------------------- the loss on its own
@@ -252,16 +262,17 @@ def test_free_attention_study_starts_at_the_baselines_and_only_refines_peaked_at
 
 
 def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
-    """Every stage of ``all`` loads, is supported by the CPU loop, and differs from the others only in what
+    """Every stage of ``all`` loads as a synthetic trainer config, and differs from the others only in what
     the comparison varies (init, seed, steps, leffa); its VAE section is the VAE stage's architecture."""
-    from train.config import load_config
-    from train.synthetic.experiment import CONFIG_DIR, STAGES, check_supported
+    from train.synthetic.experiment import CONFIG_DIR, STAGES
 
-    vae_stage = load_vae_config(CONFIG_DIR / "synthetic-vae.yaml")
+    vae_stage = load_config(CONFIG_DIR / "synthetic-vae.yaml", schema=VaeTrainConfig)
     configs = {name: load_config(CONFIG_DIR / f"synthetic-{name}.yaml") for name in STAGES}
     for name, config in configs.items():
-        check_supported(config)
         assert config.output_dir == f"runs/synthetic/{name}"
+        assert config.data.type == "synthetic" and config.data.cache_dir == vae_stage.data.cache_dir, name
+        assert config.model.vae_path == f"{vae_stage.output_dir}/vae.safetensors", name
+        assert config.logging.log_with == "jsonl", name  # train_info.json reads the final losses from it
         assert config.model.unet_config == configs["base"].model.unet_config, name
         assert config.model.vae_config == configs["base"].model.vae_config, name
         assert {k: v for k, v in config.model.vae_config.items() if k != "scaling_factor"} == vae_stage.vae_config
@@ -277,3 +288,50 @@ def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
     assert not configs["finetune"].leffa.enabled and not configs["long-finetune"].leffa.enabled
     assert configs["leffa"].leffa.loss_config().weight == pytest.approx(1e-3)
     assert configs["base-long"].model.init_path == "runs/synthetic/base/model.safetensors"
+
+
+@pytest.mark.slow
+def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
+    """The benchmark's sequence, shrunk: the VAE loop, then a base and a fine-tune stage trained by
+    ``train/train.py``'s trainer; each run folder loads as the model the trainer ended with."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from train.synthetic.experiment import CONFIG_DIR, load_run, train_stage
+    from train.synthetic.vae import train_vae
+
+    small = ("data.size=[64, 48]", f"data.cache_dir={tmp_path / 'cache'}", "data.length=8")
+    vae_config = load_config(
+        CONFIG_DIR / "synthetic-vae.yaml",
+        (f"output_dir={tmp_path / 'vae'}", *small, "train.max_steps=2", "train.batch_size=2",
+         "train.crop=[32, 24]", "train.eval_count=2", "optim.warmup_steps=1"),
+        schema=VaeTrainConfig,
+    )
+    metrics = train_vae(vae_config, log=lambda line: None)
+    scale = json.loads((tmp_path / "vae" / "vae.json").read_text())["scaling_factor"]
+    assert metrics["scaling_factor"] == pytest.approx(scale) and math.isfinite(metrics["garment_psnr"])
+
+    stage = (*small, f"model.vae_path={tmp_path / 'vae' / 'vae.safetensors'}", "train.max_steps=2",
+             "train.batch_size=2", "logging.log_every=1", "logging.progress_bar=false")
+    base = load_config(CONFIG_DIR / "synthetic-base.yaml",
+                       (f"output_dir={tmp_path / 'base'}", *stage, f"model.vae_config.scaling_factor={scale}"))
+    info = train_stage(base, log=lambda line: None)
+    assert info["steps"] == 2 and math.isfinite(info["final_diffusion_loss"]) and info["final_leffa_loss"] is None
+    model = load_run(tmp_path / "base")
+    assert model.vae.config.scaling_factor == pytest.approx(scale)
+    vae_weights = load_file(str(tmp_path / "vae" / "vae.safetensors"))
+    assert all(torch.equal(model.vae.state_dict()[name], t) for name, t in vae_weights.items())
+    assert (tmp_path / "base" / "checkpoints" / "step-00000002").is_dir()
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    leffa = load_config(
+        CONFIG_DIR / "synthetic-leffa-w1-tau1.yaml",
+        (f"output_dir={tmp_path / 'leffa'}", *stage, f"model.vae_config.scaling_factor={scale}",
+         f"model.init_path={tmp_path / 'base' / 'model.safetensors'}"),
+    )
+    assert math.isfinite(train_stage(leffa, log=lambda line: None)["final_leffa_loss"])
+    tuned = load_run(tmp_path / "leffa")
+    assert set(tuned.state_dict()) == set(model.state_dict())
+    assert not torch.equal(tuned.state_dict()["unet.conv_in.weight"], model.state_dict()["unet.conv_in.weight"])
+    with pytest.raises(ValueError, match="data.type must be synthetic"):
+        train_stage(load_config(CONFIG_DIR / "vitonhd-512.yaml"), log=lambda line: None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,77 +25,7 @@ from leffa.eval.metrics import ssim_map
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import layer_sizes, record_attention
-from train.synthetic.data import check_size, make_sample, sample_seed
-
-#: Arrays of a rendered split; ``flow``/``flow_valid`` only when rendered with flows.
-SPLIT_KEYS = ("person", "garment", "mask", "densepose", "flow", "flow_valid", "seed")
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def render_split(
-    split: str,
-    count: int,
-    size: tuple[int, int] = (128, 96),
-    seed: int = 0,
-    *,
-    with_flow: bool = True,
-    cache_dir: str | Path | None = None,
-) -> dict[str, np.ndarray]:
-    """Samples ``0..count-1`` of ``split`` (as ``SyntheticTryOnDataset`` numbers them), stacked as arrays.
-
-    Rendering costs ~10 ms a sample, so training runs cache the uint8 arrays in ``cache_dir`` (one ``.npz``
-    per split/count/size/seed) instead of re-rendering them every epoch.
-    """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
-    height, width = check_size(size)
-    path = None
-    if cache_dir is not None:
-        flows = "-flow" if with_flow else ""
-        path = Path(cache_dir) / f"{split}-{height}x{width}-n{count}-s{seed}{flows}.npz"
-        if path.is_file():
-            with np.load(path) as stored:
-                return {key: stored[key] for key in stored.files}
-    samples = [make_sample(sample_seed(split, index, seed), (height, width)) for index in range(count)]
-    arrays = {
-        "person": np.stack([s.person for s in samples]),
-        "garment": np.stack([s.garment for s in samples]),
-        "mask": np.stack([s.mask for s in samples]),
-        "densepose": np.stack([s.densepose for s in samples]),
-        "seed": np.array([s.seed for s in samples], dtype=np.int64),
-    }
-    if with_flow:
-        arrays["flow"] = np.stack([s.flow for s in samples])
-        arrays["flow_valid"] = np.stack([s.flow_valid for s in samples])
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
-    return arrays
-
-
-def _signed(images: np.ndarray) -> Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_batch(split: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray) -> dict[str, Tensor]:
-    """Tensors of the chosen samples in the released normalisation (the keys ``training_losses`` takes).
-
-    ``image``/``reference``/``densepose`` (B, 3, H, W) in [-1, 1], ``mask`` (B, 1, H, W) in {0, 1}; with
-    flows also ``flow`` (B, H, W, 2) and ``flow_valid`` (B, 1, H, W).
-    """
-    index = np.asarray(indices, dtype=np.int64)
-    batch = {
-        "image": _signed(split["person"][index]),
-        "reference": _signed(split["garment"][index]),
-        "mask": torch.from_numpy(split["mask"][index]).float()[:, None],
-        "densepose": _signed(split["densepose"][index]),
-    }
-    if "flow" in split:
-        batch["flow"] = torch.from_numpy(split["flow"][index])
-        batch["flow_valid"] = torch.from_numpy(split["flow_valid"][index]).float()[:, None]
-    return batch
+from train.synthetic.data import render_split, to_batch
 
 
 # --------------------------------------------------------------------------------------- image metrics
