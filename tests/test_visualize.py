@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.utils import flow_to_image
 
 from leffa.core.flow import reference_grid
 from leffa.inspect.visualize import (
@@ -65,12 +66,30 @@ def test_hue_increases_as_the_direction_turns_from_right_through_down_left_and_u
 
 
 def test_saturation_grows_with_magnitude_and_larger_than_max_is_darkened():
+    """torchvision floors 255 * colour: half saturation of red is 127, darkened full red floor(0.75 * 255)."""
     small = flow_to_color(shifted_flow(5, 5, 0.5, 0), max_magnitude=1.0)[2, 2]
     full = flow_to_color(shifted_flow(5, 5, 1.0, 0), max_magnitude=1.0)[2, 2]
     beyond = flow_to_color(shifted_flow(5, 5, 2.0, 0), max_magnitude=1.0)[2, 2]
-    assert small.tolist() == [255, 128, 128]
+    assert small.tolist() == [255, 127, 127]
     assert full.tolist() == [255, 0, 0]
     assert beyond.tolist() == [191, 0, 0]
+
+
+def test_colours_are_torchvisions_flow_to_image_of_the_offsets():
+    """Absolute grid_sample positions become offsets in grid pixels, then torchvision colours them."""
+    height, width = 6, 9
+    offsets = np.random.default_rng(0).normal(size=(2, height, width))
+    positions = identity_flow(height, width) + np.stack(
+        [offsets[0] * 2 / (width - 1), offsets[1] * 2 / (height - 1)], axis=-1
+    )
+    expected = flow_to_image(torch.from_numpy(offsets).float()).permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(flow_to_color(positions).astype(int) - expected).max() <= 1
+    # A fixed scale: torchvision normalises by the longest offset, so add one column of that length.
+    scale = 2 * float(np.hypot(*offsets).max())
+    padded = np.concatenate([offsets, np.stack([np.full((height, 1), scale), np.zeros((height, 1))])], 2)
+    expected = flow_to_image(torch.from_numpy(padded).float())[:, :, :width].permute(1, 2, 0).numpy()
+    fixed = flow_to_color(positions, max_magnitude=scale)
+    assert np.abs(fixed.astype(int) - expected.astype(int)).max() <= 1 and fixed.min() >= 127
 
 
 def test_displacement_is_measured_in_pixels_of_the_flow_grid():

@@ -13,16 +13,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import flow_to_image
 
 ArrayLike = np.ndarray | torch.Tensor
 
-# Baker et al. (Middlebury) colour wheel: number of steps from red to yellow, yellow to green, etc.
-# The uneven counts make perceptually similar hue changes per step.
-_WHEEL_SEGMENTS = (15, 6, 4, 11, 13, 6)
-
-# Float32 positions carry ~1e-5 pixel rounding noise; the automatic scale never goes below this, so a
-# still field is shown white instead of as amplified noise.
-_MIN_AUTO_MAGNITUDE = 1e-3
+# Float32 positions carry ~1e-5 pixel rounding noise: displacements shorter than this are drawn as none
+# (white), and the automatic colour scale never goes below it, so a still field is not amplified noise.
+_STILL_PIXELS = 1e-3
+# Middlebury's coding darkens displacements beyond the colour scale by this factor (torchvision has no
+# such case: it always scales the largest displacement to full saturation).
+_BEYOND_SCALE_SHADE = 0.75
 
 
 def _to_numpy(array: ArrayLike) -> np.ndarray:
@@ -37,49 +37,33 @@ def _check_size(size: tuple[int, int], name: str) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _color_wheel() -> np.ndarray:
-    """The 55 wheel colours in ``[0, 1]``, going red, yellow, green, cyan, blue, magenta."""
-    red_yellow, yellow_green, green_cyan, cyan_blue, blue_magenta, magenta_red = _WHEEL_SEGMENTS
-    segments = []
-    for steps, start, end in (
-        (red_yellow, (1, 0, 0), (1, 1, 0)),
-        (yellow_green, (1, 1, 0), (0, 1, 0)),
-        (green_cyan, (0, 1, 0), (0, 1, 1)),
-        (cyan_blue, (0, 1, 1), (0, 0, 1)),
-        (blue_magenta, (0, 0, 1), (1, 0, 1)),
-        (magenta_red, (1, 0, 1), (1, 0, 0)),
-    ):
-        fraction = np.arange(steps)[:, None] / steps
-        segments.append((1 - fraction) * np.array(start) + fraction * np.array(end))
-    return np.concatenate(segments)
+def _scaled_offsets_to_color(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``torchvision.utils.flow_to_image`` colours (uint8 (h, w, 3)) of offsets in units of the colour scale.
 
-
-def _displacement_to_color(u: np.ndarray, v: np.ndarray, max_magnitude: float) -> np.ndarray:
-    """Middlebury coding: hue from direction, saturation from ``|(u, v)| / max_magnitude``.
-
-    Displacements longer than ``max_magnitude`` are drawn darkened rather than clipped.
+    Offsets up to length 1 get saturation equal to their length; longer ones are drawn at full saturation
+    and darkened by ``_BEYOND_SCALE_SHADE``, as in the Middlebury reference code.
     """
-    wheel = _color_wheel()
-    n_colors = len(wheel)
-    radius = np.hypot(u, v) / max_magnitude
-    position = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (n_colors - 1)
-    lower = np.floor(position).astype(int)
-    upper = (lower + 1) % n_colors
-    fraction = (position - lower)[..., None]
-    color = (1 - fraction) * wheel[lower] + fraction * wheel[upper]
-    inside = (radius <= 1)[..., None]
-    color = np.where(inside, 1 - radius[..., None] * (1 - color), color * 0.75)
-    return np.round(255 * np.clip(color, 0, 1)).astype(np.uint8)
+    offsets = torch.from_numpy(np.stack([u, v])).float()
+    length = offsets.norm(dim=0)
+    beyond = length > 1
+    offsets = offsets / length.clamp(min=1)
+    # flow_to_image divides by the batch's longest offset; a companion image of unit offsets pins it to 1.
+    unit = torch.stack([torch.ones_like(length), torch.zeros_like(length)])
+    colors = flow_to_image(torch.stack([offsets, unit]))[0].permute(1, 2, 0).numpy()
+    colors[beyond.numpy()] = (colors[beyond.numpy()] * _BEYOND_SCALE_SHADE).astype(np.uint8)
+    return colors
 
 
 def flow_to_color(flow: ArrayLike, *, max_magnitude: float | None = None) -> np.ndarray:
     """Colour-code how an absolute flow ``(h, w, 2)`` departs from the identity, as uint8 ``(h, w, 3)``.
 
-    The displacement is measured in pixels of the flow's own ``h x w`` grid (upsample the flow first to read
-    it in image pixels), so directions are true angles even when ``h != w``. White is no motion; right is
+    The flow holds ``grid_sample`` positions in [-1, 1]; the colours are torchvision's ``flow_to_image``
+    (Baker et al.'s Middlebury wheel) of the offsets from each token's own position, measured in pixels of
+    the flow's own ``h x w`` grid (upsample the flow first to read it in image pixels), so directions are
+    true angles even when ``h != w``. White is no motion (offsets under 1e-3 pixel count as none); right is
     red, down yellow-green, left cyan, up blue-violet (image y points down). Saturation grows with
-    magnitude up to ``max_magnitude`` (default: the largest displacement in the field, at least 1e-3
-    pixel); larger ones are shown darkened.
+    magnitude up to ``max_magnitude`` (default: the largest offset in the field, at least 1e-3 pixel);
+    larger ones are shown darkened.
     """
     positions = _to_numpy(flow)
     if positions.ndim != 3 or positions.shape[-1] != 2:
@@ -90,21 +74,24 @@ def flow_to_color(flow: ArrayLike, *, max_magnitude: float | None = None) -> np.
     columns, rows = np.meshgrid(np.arange(width), np.arange(height))
     u = (positions[..., 0] + 1) * (width - 1) / 2 - columns
     v = (positions[..., 1] + 1) * (height - 1) / 2 - rows
+    still = np.hypot(u, v) < _STILL_PIXELS
+    u[still], v[still] = 0.0, 0.0
     if max_magnitude is None:
-        max_magnitude = max(float(np.hypot(u, v).max()), _MIN_AUTO_MAGNITUDE)
-    return _displacement_to_color(u, v, max_magnitude)
+        max_magnitude = max(float(np.hypot(u, v).max()), _STILL_PIXELS)
+    return _scaled_offsets_to_color(u / max_magnitude, v / max_magnitude)
 
 
 def color_wheel_legend(size: int = 128) -> np.ndarray:
-    """A ``size x size`` uint8 disc with the colour of each displacement direction, on white."""
+    """A ``size x size`` uint8 disc with the colour of each offset direction (rim: full scale), on white."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise ValueError(f"size must be an int >= 2 (pixels), got {size!r}")
     centre = (size - 1) / 2
     columns, rows = np.meshgrid(np.arange(size), np.arange(size))
     u = (columns - centre) / centre
     v = (rows - centre) / centre
-    legend = _displacement_to_color(u, v, 1.0)
-    legend[np.hypot(u, v) > 1] = 255
+    outside = np.hypot(u, v) > 1
+    legend = _scaled_offsets_to_color(np.where(outside, 0.0, u), np.where(outside, 0.0, v))
+    legend[outside] = 255
     return legend
 
 
