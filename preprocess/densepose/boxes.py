@@ -1,6 +1,7 @@
-"""Box arithmetic of the detector: anchors, delta decoding, clipping, FPN level assignment, RoIAlign.
+"""Box arithmetic of the detector: anchors, delta decoding, FPN level assignment, RoIAlign.
 
-Boxes are (N, 4) tensors in absolute (x1, y1, x2, y2) pixel coordinates.
+Boxes are (N, 4) tensors in absolute (x1, y1, x2, y2) pixel coordinates. Clipping is
+``torchvision.ops.clip_boxes_to_image`` (the same clamps to [0, width] and [0, height] as detectron2).
 """
 
 from __future__ import annotations
@@ -63,15 +64,6 @@ def apply_deltas(deltas: Tensor, boxes: Tensor, weights: tuple[float, float, flo
         ),
         dim=1,
     )
-
-
-def clip_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Clamp x into [0, width] and y into [0, height]."""
-    x1 = boxes[:, 0].clamp(min=0, max=width)
-    y1 = boxes[:, 1].clamp(min=0, max=height)
-    x2 = boxes[:, 2].clamp(min=0, max=width)
-    y2 = boxes[:, 3].clamp(min=0, max=height)
-    return torch.stack((x1, y1, x2, y2), dim=1)
 
 
 def nonempty(boxes: Tensor) -> Tensor:

@@ -5,38 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import FrozenBatchNorm2d
 
 FROZEN_BN_EPS = 1e-5
+"""detectron2's FrozenBatchNorm2d epsilon (also torchvision's default)."""
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics: y = (x - mean) / sqrt(var + eps) * weight + bias.
-
-    All four tensors are buffers (never trained), stored as ``norm.{weight,bias,running_mean,running_var}``.
-    """
-
-    def __init__(self, num_features: int, eps: float = FROZEN_BN_EPS) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel affine map (scale, shift) this layer applies."""
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        return scale, self.bias - self.running_mean * scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale_and_shift()
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+def frozen_bn_affine(norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel affine map (scale, shift) a frozen batch norm applies, as its forward computes it."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
 
 
 class Conv2dFrozenBN(nn.Conv2d):
-    """Bias-free convolution followed by a FrozenBatchNorm2d stored as the child ``norm``.
+    """Bias-free convolution followed by torchvision's FrozenBatchNorm2d stored as the child ``norm``.
 
-    The norm is folded into the convolution's weight and bias at run time, which saves a full pass
+    The norm's four buffers are detectron2's ``norm.{weight,bias,running_mean,running_var}``. The norm is folded into the convolution's weight and bias at run time, which saves a full pass
     over the activations and equals conv-then-norm up to float rounding.
     """
 
@@ -44,10 +28,10 @@ class Conv2dFrozenBN(nn.Conv2d):
         super().__init__(
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
         )
-        self.norm = FrozenBatchNorm2d(out_channels)
+        self.norm = FrozenBatchNorm2d(out_channels, eps=FROZEN_BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.norm.scale_and_shift()
+        scale, shift = frozen_bn_affine(self.norm)
         return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), shift)
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.ops import clip_boxes_to_image
 
 from leffa.common import check_device
 
-from .boxes import clip_boxes, nonempty
+from .boxes import nonempty
 from .chart import chart_to_person
 from .checkpoint import load_weights, read_detectron2_checkpoint
 from .inputs import prepare_image, to_rgb_array
@@ -91,7 +92,7 @@ class DensePoseModel:
         boxes = output.boxes.float().clone()
         boxes[:, 0::2] *= width / resized[1]
         boxes[:, 1::2] *= height / resized[0]
-        boxes = clip_boxes(boxes, height, width)
+        boxes = clip_boxes_to_image(boxes, (height, width))
         keep = torch.nonzero(nonempty(boxes)).squeeze(1)
         boxes, scores = boxes[keep], output.scores[keep].float()
         people = []

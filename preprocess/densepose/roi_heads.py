@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from .backbone import FEATURE_STRIDES, FPN_CHANNELS
-from .boxes import apply_deltas, clip_boxes, finite_rows, multilevel_roi_align
+from .boxes import apply_deltas, finite_rows, multilevel_roi_align
 from .layers import Conv2dReLU
 from .settings import DensePoseSettings
 
@@ -148,7 +148,7 @@ class DensePoseROIHeads(nn.Module):
         boxes = apply_deltas(deltas, proposals, BOX_DELTA_WEIGHTS)
         valid = finite_rows(boxes, scores)
         boxes, scores = boxes[valid], scores[valid, 0]
-        boxes = clip_boxes(boxes, *image_size)
+        boxes = clip_boxes_to_image(boxes, image_size)
         keep = scores > settings.score_threshold
         boxes, scores = boxes[keep], scores[keep]
         classes = torch.zeros_like(scores, dtype=torch.int64)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from .backbone import FEATURE_STRIDES, FPN_CHANNELS
-from .boxes import apply_deltas, cell_anchors, clip_boxes, finite_rows, grid_anchors, nonempty
+from .boxes import apply_deltas, cell_anchors, finite_rows, grid_anchors, nonempty
 from .settings import DensePoseSettings
 
 RPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
@@ -61,7 +61,7 @@ class RPN(nn.Module):
         boxes, scores, levels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_levels)
         valid = finite_rows(boxes, scores)
         boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
-        boxes = clip_boxes(boxes, *image_size)
+        boxes = clip_boxes_to_image(boxes, image_size)
         valid = nonempty(boxes)
         boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
         keep = batched_nms(boxes, scores, levels, settings.rpn_nms_threshold)[: settings.rpn_post_nms_topk]
