@@ -97,3 +97,77 @@ def test_leffa_mask_mean_reduction_divides_by_the_masked_elements() -> None:
         leffa_loss({"l": flow}, reference, target, mask, timesteps, reduction="sum")
     with pytest.raises(ValueError, match=r"LeffaLossConfig.mask must be one of \('inpainting', 'garment'\)"):
         LeffaLossConfig(mask="person")
+
+
+# ------------------------------------------------------------------------------ in the training objective
+
+
+def _batch(seed: int = 0, size: int = 2) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(size, 1, 64, 48)
+    mask[..., 16:48, 8:40] = 1
+    return {
+        "image": torch.rand(size, 3, 64, 48, generator=gen) * 2 - 1,
+        "reference": torch.rand(size, 3, 64, 48, generator=gen) * 2 - 1,
+        "mask": mask,
+        "densepose": torch.rand(size, 3, 64, 48, generator=gen) * 2 - 1,
+        "flow": torch.rand(size, 64, 48, 2, generator=gen) * 2 - 1,
+        "flow_valid": mask.clone(),
+    }
+
+
+@pytest.fixture()
+def model():
+    from leffa.core.model import LeffaModel
+
+    torch.manual_seed(0)
+    return LeffaModel.from_base("tiny")
+
+
+def test_flow_supervision_term_is_the_loss_of_the_recorded_flows(model, monkeypatch) -> None:
+    import leffa.core.training as training
+
+    seen = []
+    original = training.flow_supervision_loss
+
+    def spy(flows, true_flow, valid, timesteps, **kwargs):
+        result = original(flows, true_flow, valid, timesteps, **kwargs)
+        seen.append(float(result.total.detach()))
+        return result
+
+    monkeypatch.setattr(training, "flow_supervision_loss", spy)
+    losses = training.training_losses(
+        model, _batch(), model.make_scheduler(), generator=torch.Generator().manual_seed(1),
+        reference_dropout=0.0, flow_supervision=FlowSupervisionConfig(weight=2.0),
+    )
+    assert float(losses.flow_supervision) == pytest.approx(seen[0])
+    assert float(losses.loss) == pytest.approx(float(losses.diffusion) + 2.0 * seen[0], rel=1e-5)
+    assert losses.leffa is None and "loss/flow_supervision" in losses.log_values()
+    losses.loss.backward()
+    to_q = model.unet.get_submodule(model.layers[0]).to_q.weight.grad
+    assert to_q is not None and float(to_q.abs().sum()) > 0
+
+
+def test_diffusion_weight_zero_trains_on_the_leffa_loss_alone(model) -> None:
+    from leffa.core.training import training_losses
+
+    losses = training_losses(
+        model, _batch(), model.make_scheduler(), generator=torch.Generator().manual_seed(1), reference_dropout=0.0,
+        leffa=LeffaLossConfig(weight=1.0, theta_timestep=1000, mask="garment"), diffusion_weight=0.0,
+    )
+    assert float(losses.loss) == pytest.approx(float(losses.leffa), rel=1e-6)
+    assert float(losses.diffusion) > 0
+
+
+def test_training_objective_errors_name_the_missing_input(model) -> None:
+    from leffa.core.training import training_losses
+
+    batch = {key: value for key, value in _batch().items() if key not in ("flow", "flow_valid")}
+    with pytest.raises(KeyError, match="flow_supervision needs the batch's true flow"):
+        training_losses(model, batch, model.make_scheduler(), flow_supervision=FlowSupervisionConfig())
+    with pytest.raises(KeyError, match="leffa.mask 'garment' needs the batch's flow_valid"):
+        training_losses(model, batch, model.make_scheduler(), leffa=LeffaLossConfig(mask="garment"))
+    with pytest.raises(ValueError, match=r"leffa.temperature \(2.0\) and flow_supervision.temperature \(1.0\)"):
+        training_losses(
+            model, _batch(), model.make_scheduler(), leffa=LeffaLossConfig(), flow_supervision=FlowSupervisionConfig()
+        )

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor
 
-from leffa.core.flow import LeffaLossConfig, leffa_loss
+from leffa.core.flow import FlowSupervisionConfig, LeffaLossConfig, flow_supervision_loss, leffa_loss
 from leffa.core.model import LeffaModel
 from leffa.core.recording import LeffaRegisters, record_attention, select_layers
 
@@ -27,9 +27,12 @@ class TrainingLosses:
     diffusion: Tensor
     leffa: Tensor | None = None
     leffa_per_layer: dict[str, Tensor] = field(default_factory=dict)
+    flow_supervision: Tensor | None = None
 
     def log_values(self) -> dict[str, float]:
         values = {"loss/total": float(self.loss.detach()), "loss/diffusion": float(self.diffusion)}
+        if self.flow_supervision is not None:
+            values["loss/flow_supervision"] = float(self.flow_supervision)
         if self.leffa is not None:
             values["loss/leffa"] = float(self.leffa)
             values.update({f"leffa/{name}": float(v) for name, v in self.leffa_per_layer.items()})
@@ -79,6 +82,8 @@ def training_losses(
     leffa: LeffaLossConfig | None = None,
     reference_dropout: float = 0.1,
     registers: LeffaRegisters | None = None,
+    flow_supervision: FlowSupervisionConfig | None = None,
+    diffusion_weight: float = 1.0,
 ) -> TrainingLosses:
     """Diffusion loss (+ ``leffa.weight`` × Leffa loss when ``leffa`` is given) for one batch.
 
@@ -86,7 +91,23 @@ def training_losses(
     normalisation. A sample's reference is replaced by an all-zero latent with probability
     ``reference_dropout`` (the unconditional branch used by classifier-free guidance at inference); such
     samples get no Leffa loss. The VAE is frozen (encoded without gradients).
+
+    ``flow_supervision`` adds the teacher term :func:`leffa.core.flow.flow_supervision_loss` (not in the
+    paper) on the same layers; the batch must then hold the true ``flow`` (B, H, W, 2) and ``flow_valid``
+    (B, 1, H, W). With both terms the attention is recorded once, so their temperatures must agree.
+    ``diffusion_weight`` scales the diffusion loss (0 trains on the attention terms alone, an ablation). A
+    Leffa ``mask`` of ``garment`` restricts that loss to ``mask * flow_valid`` (synthetic data only).
     """
+    if flow_supervision is not None:
+        if "flow" not in batch or "flow_valid" not in batch:
+            raise KeyError("flow_supervision needs the batch's true flow: keys flow and flow_valid")
+        if leffa is not None and leffa.temperature != flow_supervision.temperature:
+            raise ValueError(
+                f"leffa.temperature ({leffa.temperature}) and flow_supervision.temperature "
+                f"({flow_supervision.temperature}) must agree: both read the same recorded attention"
+            )
+    if leffa is not None and leffa.mask == "garment" and "flow_valid" not in batch:
+        raise KeyError("leffa.mask 'garment' needs the batch's flow_valid (the garment pixels)")
     if not 0 <= reference_dropout <= 1:
         raise ValueError(f"reference_dropout must be in [0, 1], got {reference_dropout}")
     missing = [key for key in ("image", "reference", "mask", "densepose") if key not in batch]
@@ -115,31 +136,39 @@ def training_losses(
 
     features = model.reference_features(ref_latents, timesteps)
     inputs = (noisy, mask_latent, masked_latents, dense_latent, timesteps, features)
-    # Only samples with a reference and t < θ_timestep get a Leffa loss: record attention for those alone.
-    active = (
-        torch.nonzero(keep.to(device) & (timesteps < leffa.theta_timestep)).squeeze(1) if leffa is not None else None
-    )
+    # Only samples with a reference and t below a term's θ_timestep get an attention term: record those alone.
+    terms = [term for term in (leffa, flow_supervision) if term is not None]
+    theta = max((term.theta_timestep for term in terms), default=0)
+    active = torch.nonzero(keep.to(device) & (timesteps < theta)).squeeze(1)
     rec = None
-    if active is not None and active.numel() > 0:
-        layers = select_layers(model, tuple(image.shape[-2:]), leffa.theta_resolution)
+    if active.numel() > 0:
+        theta_resolution = leffa.theta_resolution if leffa is not None else LeffaLossConfig.theta_resolution
+        layers = select_layers(model, tuple(image.shape[-2:]), theta_resolution)
         rec = record_attention(
-            model, layers, flows=True, temperature=leffa.temperature, registers=registers, batch_rows=active
+            model, layers, flows=True, temperature=terms[0].temperature, registers=registers, batch_rows=active
         )
     prediction = model.predict_noise(*inputs, observer=rec)
     diffusion = F.mse_loss(prediction.float(), _target(scheduler, latents.float(), noise, timesteps))
-    if leffa is None:
-        return TrainingLosses(loss=diffusion, diffusion=diffusion.detach())
-    if active.numel() == 0:
-        zero = diffusion.new_zeros(())
-        return TrainingLosses(loss=diffusion, diffusion=diffusion.detach(), leffa=zero)
-    result = leffa_loss(
-        rec.flows_at(None), reference[active], image[active], mask[active], timesteps[active],
-        theta_timestep=leffa.theta_timestep,
-    )
-    share = active.numel() / size  # the loss is a mean over the whole batch, ignored samples counting 0
-    return TrainingLosses(
-        loss=diffusion + leffa.weight * share * result.total,
-        diffusion=diffusion.detach(),
-        leffa=(share * result.total).detach(),
-        leffa_per_layer={name: (share * value).detach() for name, value in result.per_layer.items()},
-    )
+    losses = TrainingLosses(loss=diffusion_weight * diffusion, diffusion=diffusion.detach())
+    share = active.numel() / size  # the terms are means over the whole batch, ignored samples counting 0
+    if leffa is not None:
+        losses.leffa = diffusion.new_zeros(())
+        if rec is not None:
+            region = mask if leffa.mask == "inpainting" else mask * batch["flow_valid"].to(device)
+            result = leffa_loss(
+                rec.flows_at(None), reference[active], image[active], region[active], timesteps[active],
+                theta_timestep=leffa.theta_timestep, reduction=leffa.reduction,
+            )
+            losses.loss = losses.loss + leffa.weight * share * result.total
+            losses.leffa = (share * result.total).detach()
+            losses.leffa_per_layer = {name: (share * value).detach() for name, value in result.per_layer.items()}
+    if flow_supervision is not None:
+        losses.flow_supervision = diffusion.new_zeros(())
+        if rec is not None:
+            taught = flow_supervision_loss(
+                rec.flows_at(None), batch["flow"].to(device)[active], batch["flow_valid"].to(device)[active],
+                timesteps[active], theta_timestep=flow_supervision.theta_timestep,
+            )
+            losses.loss = losses.loss + flow_supervision.weight * share * taught.total
+            losses.flow_supervision = (share * taught.total).detach()
+    return losses
