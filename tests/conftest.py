@@ -35,3 +35,17 @@ def tiny_inputs():
     mask[..., 16:48, 8:40] = 1
     densepose = torch.rand(1, 3, 64, 48, generator=gen) * 2 - 1
     return src, ref, mask, densepose
+
+
+@pytest.fixture()
+def fresh_accelerate():
+    """One torch thread during the test, and a fresh accelerate state after it (trainer and evaluation tests
+    build several Accelerators in one process)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -291,6 +291,7 @@ def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerate")
 def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
     """The benchmark's sequence, shrunk: the VAE loop, then a base and a fine-tune stage trained by
     ``train/train.py``'s trainer; each run folder loads as the model the trainer ended with."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 
 from leffa.app.demo import load_model_folder
@@ -33,15 +33,7 @@ CONFIGS = REPO / "train" / "configs"
 SYNTHETIC = CONFIGS / "synthetic-tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def single_thread_and_fresh_accelerate():
-    """Tiny models run fastest on one thread; each test gets a fresh accelerate state."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 
 def tiny_config(tmp_path: Path, *overrides: str):

@@ -131,13 +131,19 @@ def _scale_shift(sample: dict, scale: float, shift: tuple[float, float], mask_fi
     return out
 
 
-def _check_size(size: Size) -> Size:
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or any(not isinstance(s, int) or s <= 0 or s % 8 for s in size)
-    ):
-        raise ValueError(f"size must be (height, width), positive multiples of 8 (VAE stride), got {size}")
+def check_size(size: Size, minimum: int = 8) -> Size:
+    """``size`` as ``(height, width)`` ints, or a ValueError saying what a valid size is: both sides
+    multiples of 8 (the VAE stride) and at least ``minimum``."""
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+    )
+    if not ok or min(size) < minimum or size[0] % 8 or size[1] % 8:
+        raise ValueError(
+            f"size must be (height, width) with both ints, multiples of 8 (the VAE stride) and at least "
+            f"{minimum}, got {size!r}; e.g. (512, 384)"
+        )
     return int(size[0]), int(size[1])
 
 
@@ -274,13 +280,16 @@ def load_flow(path: Path, size: Size) -> tuple[Tensor, Tensor]:
 
 
 class PairDataset(Dataset):
-    """Shared item plumbing: index checks, per-item seeded augmentation, epoch-dependent seeds."""
+    """Shared item plumbing: root, split and size checks, index checks, per-item seeded augmentation,
+    epoch-dependent seeds."""
 
     mask_fill = 0.0
     """Mask value for pixels an augmentation shifts in (see :meth:`Augmentation.__call__`)."""
 
-    def __init__(self, size: Size, augment: Augmentation | None) -> None:
-        self.size = _check_size(size)
+    def __init__(self, root: str | Path, split: str, size: Size, augment: Augmentation | None) -> None:
+        self.root = Path(root)
+        self.split = _check_choice("split", split, SPLITS)
+        self.size = check_size(size)
         self.augment = augment
         self.epoch = 0
 
@@ -321,10 +330,9 @@ class VitonHDDataset(PairDataset):
         augment: Augmentation | None = None,
         mask_fn: MaskFn | None = None,
     ) -> None:
-        super().__init__(size, augment)
-        self.split = _check_choice("split", split, SPLITS)
+        super().__init__(root, split, size, augment)
         self.mode = _check_choice("mode", mode, MODES)
-        self.root = Path(root)
+        self.mask_fn = mask_fn
         self.layout = (
             f"expected VITON-HD layout: <root>/{split}_pairs.txt ('person.jpg cloth.jpg' per line), "
             f"<root>/{split}/image/*.jpg, <root>/{split}/cloth/*.jpg, <root>/{split}/image-densepose/*.jpg, "
@@ -336,7 +344,6 @@ class VitonHDDataset(PairDataset):
         self.folder = _require(self.root / split, self.layout, "folder")
         for name in ("image", "cloth", "image-densepose"):
             _require(self.folder / name, self.layout, "folder")
-        self.mask_fn = mask_fn
         self.has_flow = (self.folder / "flow").is_dir()
 
     def __len__(self) -> int:
@@ -392,13 +399,12 @@ class DressCodeDataset(PairDataset):
         augment: Augmentation | None = None,
         mask_fn: MaskFn | None = None,
     ) -> None:
-        super().__init__(size, augment)
+        super().__init__(root, split, size, augment)
         self.category = _check_choice("category", category, DRESSCODE_CATEGORIES + ("all",))
-        self.split = _check_choice("split", split, SPLITS)
         self.mode = _check_choice("mode", mode, MODES)
+        self.mask_fn = mask_fn
         if split == "train" and mode != "paired":
             raise ValueError("DressCode has only paired training pairs (train_pairs.txt); use mode='paired'")
-        self.root = Path(root)
         self.layout = (
             "expected DressCode layout: <root>/<category>/{train_pairs.txt, test_pairs_paired.txt, "
             "test_pairs_unpaired.txt}, <root>/<category>/images/<id>_0.jpg (person) and <id>_1.jpg "
@@ -415,7 +421,6 @@ class DressCodeDataset(PairDataset):
             for sub in ("images", "dense"):
                 _require(folder / sub, self.layout, "folder")
             self.items += [(name, p, g) for p, g in read_pairs(folder / pairs_file, self.layout)]
-        self.mask_fn = mask_fn
 
     def __len__(self) -> int:
         return len(self.items)
@@ -465,9 +470,7 @@ class DeepFashionPoseDataset(PairDataset):
         size: Size = (512, 352),
         augment: Augmentation | None = None,
     ) -> None:
-        super().__init__(size, augment)
-        self.split = _check_choice("split", split, SPLITS)
-        self.root = Path(root)
+        super().__init__(root, split, size, augment)
         self.layout = (
             f"expected DeepFashion pose-transfer layout: <root>/{split}_pairs.txt ('source.jpg target.jpg' "
             "per line), <root>/images/*.jpg, <root>/densepose/<stem>.png (IUV, channels U, V, I)"

@@ -39,6 +39,7 @@ from leffa.eval.metrics import LPIPS, evaluate_folders, write_report
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.transforms import tensor_to_uint8
+from train.batches import generate_batch, stack_items
 from train.datasets import DRESSCODE_CATEGORIES, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
 from train.synthetic.data import SyntheticTryOnDataset
 
@@ -154,15 +155,10 @@ def generate(
         results = []
         if indices:
             items = [dataset[i] for i in indices]
-            batch = {
-                k: torch.stack([item[k] for item in items])
-                for k in ("image", "reference", "mask", "densepose")
-            }
-            images = pipeline(
-                batch["image"],
-                batch["reference"],
-                batch["mask"],
-                batch["densepose"],
+            batch = stack_items(items)
+            images = generate_batch(
+                pipeline,
+                batch,
                 num_inference_steps=options.steps,
                 guidance_scale=options.guidance,
                 generator=torch.Generator(pipeline.model.device).manual_seed(

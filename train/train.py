@@ -50,6 +50,7 @@ from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import LeffaRegisters, select_layers
 from leffa.core.training import TrainingLosses, training_losses
 from leffa.core.transforms import tensor_to_uint8
+from train.batches import BATCH_KEYS, generate_batch, stack_items
 from train.config import ConfigError, DataConfig, TrainConfig, config_to_dict, flat_config, load_config
 from train.checkpoints import (
     CHECKPOINT_PREFIX,
@@ -69,9 +70,6 @@ from train.synthetic.data import SyntheticTryOnDataset
 from train.trackers import JSONL_FILE, JsonLinesTracker
 
 logger = get_logger(__name__)
-
-BATCH_KEYS = ("image", "reference", "mask", "densepose")
-
 
 class LeffaTrainingModule(nn.Module):
     """What accelerate wraps (DDP, DeepSpeed): the model plus optional registers; ``forward`` is the loss.
@@ -128,14 +126,13 @@ def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: boo
     return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0, cache_dir=config.cache_dir)
 
 
-def stack_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
+def first_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
     """The first ``count`` items of ``dataset`` as one batch of the model inputs."""
     if len(dataset) < count:
         raise ValueError(
             f"logging.sample_count is {count} but the sample dataset has only {len(dataset)} items"
         )
-    items = [dataset[index] for index in range(count)]
-    return {key: torch.stack([item[key] for item in items]) for key in BATCH_KEYS}
+    return stack_items([dataset[index] for index in range(count)])
 
 
 def sample_grid(batch: Mapping[str, Tensor], generated: np.ndarray) -> np.ndarray:
@@ -344,16 +341,14 @@ class Trainer:
         if accelerator.is_main_process:
             if self._sample_batch is None:
                 dataset = build_dataset(self.config.data, logging_config.sample_split, augment=False)
-                self._sample_batch = stack_items(dataset, logging_config.sample_count)
+                self._sample_batch = first_items(dataset, logging_config.sample_count)
             batch = self._sample_batch
             model = self.model
             swapped = self._ema_applied() if self.ema is not None else nullcontext()
             with swapped, accelerator.autocast():
-                generated = LeffaPipeline(model, uncond_cache_bytes=0)(
-                    batch["image"],
-                    batch["reference"],
-                    batch["mask"],
-                    batch["densepose"],
+                generated = generate_batch(
+                    LeffaPipeline(model, uncond_cache_bytes=0),
+                    batch,
                     num_inference_steps=logging_config.sample_steps,
                     guidance_scale=logging_config.sample_guidance,
                     generator=torch.Generator().manual_seed(self.config.seed),

@@ -36,6 +36,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.interpolate import RBFInterpolator
 from torch.utils.data import Dataset
 
+from train.datasets import check_size as check_image_size
+
 Size = tuple[int, int]
 
 #: DensePose part indices used by the renderer (person's right = image left).
@@ -121,19 +123,13 @@ class _Garment:
     pattern: str
 
 
+#: Smallest image side the renderer draws a recognisable person at.
+MIN_SIDE = 32
+
+
 def check_size(size: Size) -> Size:
-    """Return ``size`` as ``(height, width)`` ints, or raise a ValueError saying what a valid size is."""
-    ok = (
-        isinstance(size, (tuple, list))
-        and len(size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
-    )
-    if not ok or size[0] < 32 or size[1] < 32 or size[0] % 8 or size[1] % 8:
-        raise ValueError(
-            f"size must be (height, width) with both ints, multiples of 8 and at least 32, got {size!r}; "
-            "e.g. (128, 96)"
-        )
-    return int(size[0]), int(size[1])
+    """``size`` as ``(height, width)`` ints (:func:`train.datasets.check_size`, sides at least :data:`MIN_SIDE`)."""
+    return check_image_size(size, MIN_SIDE)
 
 
 def _check_seed(seed: int, name: str = "seed") -> int:

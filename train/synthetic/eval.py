@@ -25,6 +25,7 @@ from leffa.eval.metrics import ssim_map
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import layer_sizes, record_attention
+from train.batches import generate_batch
 from train.synthetic.data import render_split, to_batch
 
 
@@ -196,11 +197,9 @@ def sample(
     recorder = record_attention(
         model, "all", timesteps, flows=True, temperature=settings.temperature, keep_last=count
     )
-    output = pipe(
-        batch["image"],
-        batch["reference"],
-        batch["mask"],
-        batch["densepose"],
+    output = generate_batch(
+        pipe,
+        batch,
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=settings.guidance_scale,
         generator=torch.Generator().manual_seed(settings.seed),
