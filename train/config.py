@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from leffa.core.flow import LeffaLossConfig
+from leffa.core.flow import FlowSupervisionConfig, LeffaLossConfig
 
 
 class ConfigError(ValueError):
@@ -118,6 +118,7 @@ class DataConfig(Section):
     category: Literal["upper_body", "lower_body", "dresses", "all"] | None = None
     length: Annotated[int, Field(ge=1)] | None = None
     synthetic_seed: Annotated[int, Field(ge=0)] | None = None
+    synthetic_task: Literal["tryon", "pose_transfer"] = "tryon"
     cache_dir: str | None = None
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     num_workers: Annotated[int, Field(ge=0)] = 2
@@ -177,6 +178,7 @@ class TrainingConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     reference_dropout: Fraction = 0.1
+    diffusion_weight: Annotated[Number, Field(ge=0.0)] = 1.0
     freeze_reference_unet: bool = False
     ema: EMAConfig = Field(default_factory=EMAConfig)
 
@@ -189,6 +191,8 @@ class LeffaConfig(Section):
     theta_resolution: Number = 1 / 32
     theta_timestep: int = 500
     temperature: Number = 2.0
+    mask: Literal["inpainting", "garment"] = "inpainting"
+    reduction: Literal["element_mean", "mask_mean"] = "element_mean"
     registers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
@@ -202,6 +206,23 @@ class LeffaConfig(Section):
             theta_resolution=self.theta_resolution,
             theta_timestep=self.theta_timestep,
             temperature=self.temperature,
+            mask=self.mask,
+            reduction=self.reduction,
+        )
+
+
+class FlowSupervisionSection(Section):
+    """The teacher term (not in the paper, :func:`leffa.core.flow.flow_supervision_loss`): attention flows
+    pulled to the true flow, which only synthetic data has."""
+
+    enabled: bool = False
+    weight: Annotated[Number, Field(ge=0.0)] = 1.0
+    temperature: Annotated[Number, Field(gt=0.0)] = 1.0
+    theta_timestep: Annotated[int, Field(ge=0)] = 1000
+
+    def loss_config(self) -> FlowSupervisionConfig:
+        return FlowSupervisionConfig(
+            weight=self.weight, temperature=self.temperature, theta_timestep=self.theta_timestep
         )
 
 
@@ -237,8 +258,26 @@ class TrainConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainingConfig = Field(default_factory=TrainingConfig)
     leffa: LeffaConfig = Field(default_factory=LeffaConfig)
+    flow_supervision: FlowSupervisionSection = Field(default_factory=FlowSupervisionSection)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _true_flow_terms_need_synthetic_data(self) -> TrainConfig:
+        synthetic = self.data.type == "synthetic"
+        if self.flow_supervision.enabled and not synthetic:
+            raise ValueError("flow_supervision needs the true flow, which only data.type synthetic has")
+        if self.leffa.enabled and self.leffa.mask == "garment" and not synthetic:
+            raise ValueError("leffa.mask garment needs the garment pixels, which only data.type synthetic has")
+        if self.data.synthetic_task != "tryon" and not synthetic:
+            raise ValueError("data.synthetic_task applies only to data.type synthetic")
+        both = self.flow_supervision.enabled and self.leffa.enabled
+        if both and self.flow_supervision.temperature != self.leffa.temperature:
+            raise ValueError(
+                "flow_supervision.temperature must equal leffa.temperature when both are enabled "
+                "(both read one recording of the attention)"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------------------- messages
