@@ -33,9 +33,11 @@ from safetensors.torch import save_file
 
 from leffa.core.configs import load_base_configs
 from train.config import ConfigError, DataConfig, ImageSize, Number, OptimConfig, Section, load_config
+from train.batches import stack_items
 from train.optimization import make_lr_scheduler, make_optimizer
 from train.synthetic.data import render_split, to_batch
 from train.synthetic.eval import masked_psnr, masked_ssim
+from train.train import build_dataset
 
 
 class VaeDataConfig(DataConfig):
@@ -150,17 +152,17 @@ def train_vae(config: VaeTrainConfig, log=print) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     data, loop = config.data, config.train
     seed = data.synthetic_seed or 0
-    train = render_split("train", data.length, data.size, seed, with_flow=False, cache_dir=data.cache_dir)
+    train = build_dataset(data, "train")
     test = render_split("test", loop.eval_count, data.size, seed, cache_dir=data.cache_dir)
     vae = build_vae(config.vae_config)
     optimizer = make_optimizer(vae.parameters(), config.optim)
     lr_scheduler = make_lr_scheduler(optimizer, config.optim, loop.max_steps)
     generator = torch.Generator().manual_seed(config.seed)
-    count = len(train["seed"])
+    count = len(train)
     vae.train()
     for step in range(loop.max_steps):
         index = torch.randint(0, count, (loop.batch_size,), generator=generator).numpy()
-        images = _training_images(to_batch(train, index), generator, loop.crop)
+        images = _training_images(stack_items([train[i] for i in index]), generator, loop.crop)
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
         rec_loss = reconstruction_loss(reconstruction, images, loop.gradient_weight)
@@ -177,7 +179,7 @@ def train_vae(config: VaeTrainConfig, log=print) -> dict[str, Any]:
                 f"step {step} loss {loss.item():.4f} rec {rec_loss.item():.4f} kl {kl.item():.3f} {time.time() - start:.0f}s"
             )
     vae.eval()
-    sample_images = to_batch(train, np.arange(min(count, 512)))
+    sample_images = stack_items([train[i] for i in range(min(count, 512))])
     scale = measure_scaling_factor(
         vae, torch.cat([sample_images["image"], sample_images["reference"]]), generator
     )
