@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import html
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +17,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
+from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
 from leffa.app.callbacks import (
     ALL, MASK_COLOR, AppCallbacks, GenerationSettings, InspectorView, MaskStep, TryOnInputs, category_note,
     editor_value, mask_from_editor, previews,
@@ -52,17 +54,26 @@ RESULT_BUTTONS = ["download", "fullscreen"]
 
 
 def _shown(fn: Callable) -> Callable:
-    """Turn the library's errors into ``gr.Error`` so the user sees the message, not a bare 'Error'."""
+    """Turn the library's errors into ``gr.Error`` so the user sees the message, not a bare 'Error'.
+
+    The message goes as plain text: API clients read it verbatim, and the page keeps its line breaks
+    (``CSS``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as error:
-            message = html.escape(str(error)).replace("\n", "<br>")
-            raise gr.Error(message, duration=None, print_exception=False) from error
+            raise gr.Error(user_message(error), duration=None, print_exception=False) from error
 
     return wrapper
+
+
+def user_message(error: BaseException) -> str:
+    """The error's text with Gradio's upload folders (``/tmp/gradio/<hash>/``) cut from file paths, so an
+    upload is named as the user named it."""
+    folder = re.escape(str(Path(get_upload_folder())))
+    return re.sub(rf"{folder}/[0-9a-f]{{16,}}/", "", str(error))
 
 
 def _on_device(fn: Callable) -> Callable:
@@ -74,6 +85,11 @@ def _on_device(fn: Callable) -> Callable:
     return spaces.GPU(duration=120)(fn)
 
 
+def _upload(label: str, elem_id: str, **options: Any) -> UploadedImage:
+    """An image input that reaches the callbacks as a file path, decoded by ``preprocess.images``."""
+    return UploadedImage(type="filepath", image_mode=None, label=label, elem_id=elem_id, **options)
+
+
 def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
     return lambda fraction, text: progress(fraction, desc=text)
 
@@ -81,9 +97,9 @@ def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
 def _settings_controls(prefix: str) -> list[gr.components.Component]:
     """Sampling controls of one tab: steps, guidance, seed, reference acceleration, recording."""
     with gr.Row():
-        steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
-        guidance = gr.Slider(0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
-        seed = gr.Number(-1, precision=0, label="Seed (−1 = random)")
+        steps = RawSlider(1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
+        guidance = RawSlider(0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
+        seed = RawNumber(-1, precision=0, label="Seed (−1 = random)")
     with gr.Row():
         acceleration = gr.Checkbox(False, label="Reference acceleration (≈30% faster)")
         inspect = gr.Checkbox(False, label="Record attention for the inspector", elem_id=f"{prefix}-record")
@@ -108,10 +124,8 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the two buttons, the mask editor, the result and previews of the try-on tab."""
     ui = SimpleNamespace()
     with gr.Row():
-        ui.person = gr.Image(type="pil", label="Person photo", elem_id="tryon-person", height=400)
-        ui.garment = gr.Image(
-            type="pil", image_mode="RGBA", label="Garment photo", elem_id="tryon-garment", height=400
-        )
+        ui.person = _upload("Person photo", "tryon-person", height=400)
+        ui.garment = _upload("Garment photo", "tryon-garment", height=400)
         with gr.Column():
             ui.model_type = gr.Radio(MODEL_TYPES, value="viton_hd", label="Model")
             ui.category = gr.Radio(
@@ -132,8 +146,8 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     ui.controls = _settings_controls("tryon")
     with gr.Accordion("Your own mask / DensePose (optional)", open=runtime.tiny):
         with gr.Row():
-            ui.mask = gr.Image(type="pil", label="Mask (white = replace)", elem_id="tryon-mask")
-            ui.densepose = gr.Image(type="pil", label="DensePose render", elem_id="tryon-densepose")
+            ui.mask = _upload("Mask (white = replace)", "tryon-mask")
+            ui.densepose = _upload("DensePose render", "tryon-densepose")
     with gr.Row():
         ui.make_mask = gr.Button("1. Make mask", elem_id="make-mask")
         ui.run = gr.Button("2. Try on", variant="primary", elem_id="tryon-run")
@@ -143,7 +157,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     brush_size = max(1, min(ui.editor_size) // 40)
     mask_colour = (f"rgb{MASK_COLOR[:3]}", MASK_COLOR[3] / 255)
     with gr.Row():
-        ui.editor = gr.ImageEditor(
+        ui.editor = MaskEditor(
             type="numpy", image_mode="RGBA", sources=[], transforms=(), layers=False, format="png",
             label="Mask: brush adds, eraser removes; then press Try on", elem_id="mask-editor", height=480,
             brush=gr.Brush(default_size=brush_size, colors=[mask_colour], color_mode="fixed"),
@@ -166,8 +180,8 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the button, the result and the DensePose preview of the pose-transfer tab."""
     ui = SimpleNamespace()
     with gr.Row():
-        ui.person = gr.Image(type="pil", label="Person (appearance)", elem_id="pose-person", height=400)
-        ui.target = gr.Image(type="pil", label="Target pose", elem_id="pose-target", height=400)
+        ui.person = _upload("Person (appearance)", "pose-person", height=400)
+        ui.target = _upload("Target pose", "pose-target", height=400)
         ui.result = gr.Image(
             label="Result", format="png", interactive=False, elem_id="pose-result", height=400,
             buttons=RESULT_BUTTONS,
@@ -177,7 +191,7 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     )
     ui.controls = _settings_controls("pose")
     with gr.Accordion("Your own DensePose of the target (optional)", open=runtime.tiny):
-        ui.densepose = gr.Image(type="pil", label="DensePose (IUV) of the target", elem_id="pose-densepose")
+        ui.densepose = _upload("DensePose (IUV) of the target", "pose-densepose")
     with gr.Row():
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
         ui.seed = gr.Number(label="Seed used", precision=0, interactive=False)

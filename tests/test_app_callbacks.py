@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from leffa.app.callbacks import (
-    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, AppCallbacks, GenerationSettings, TryOnInputs, category_note,
+    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note,
     display_to_model, editor_value, mark_point, mask_from_editor, previews, thumbnail,
 )
 from leffa.app.checkpoints import MissingWeightsError
@@ -48,7 +51,7 @@ def _inputs(person=None, garment=None, **options) -> TryOnInputs:
 
 # ------------------------------------------------------------------------------------------ settings
 def test_settings_accept_whole_floats_from_number_widgets():
-    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=1, inspect=True)
+    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=True, inspect=True)
     checked = settings.checked()
     expected = dict(steps=30, guidance=2.0, seed=-1, ref_acceleration=True, repaint=False, inspect=True)
     assert checked == expected
@@ -60,16 +63,26 @@ def test_settings_accept_whole_floats_from_number_widgets():
     [
         (GenerationSettings(steps=0), "steps must be between 1 and 200"),
         (GenerationSettings(steps=2.5), "steps must be a whole number"),
-        (GenerationSettings(steps=None), "steps must be a whole number"),
+        (GenerationSettings(steps=None), "steps must be a number, got None"),
         (GenerationSettings(guidance=-0.5), "guidance must be between 0 and 50"),
         (GenerationSettings(seed=-2), "seed must be -1"),
         (GenerationSettings(seed=0.5), "seed must be a whole number"),
-        (GenerationSettings(seed=True), "seed must be a whole number"),
+        (GenerationSettings(seed=True), "seed must be a number, got True"),
+        (GenerationSettings(steps="30"), "steps must be a number, got '30'"),
+        (GenerationSettings(seed="lucky"), "seed must be a number, got 'lucky'"),
+        (GenerationSettings(guidance=None), "guidance must be a number, got None"),
+        (GenerationSettings(guidance=float("nan")), "guidance must be a finite number, got nan"),
+        (GenerationSettings(repaint="no"), "repaint must be true or false, got 'no'"),
+        (GenerationSettings(inspect=1), "inspect must be true or false, got 1"),
     ],
 )
 def test_settings_reject_bad_values(settings, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         settings.checked()
+
+
+def test_the_largest_seed_stays_exact():
+    assert GenerationSettings(seed=MAX_SEED).checked()["seed"] == MAX_SEED
 
 
 # ------------------------------------------------------------------------------------- mask editor
@@ -91,6 +104,22 @@ def test_editor_round_trip_and_painting(actions):
     expected[20:24, 20:24] = False
     expected[30, 30] = False
     assert np.array_equal(mask_from_editor({**value, "layers": [painted]}), expected)
+
+
+def test_editor_layers_may_be_files_read_by_the_project_loader(tmp_path):
+    layer = np.zeros((4, 3, 4), np.uint8)
+    layer[1, 2, 3] = 255
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    Image.fromarray(layer[..., :3]).save(tmp_path / "rgb.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    painted = mask_from_editor({"layers": [str(tmp_path / "layer.png")]})
+    assert painted.sum() == 1 and painted[1, 2]
+    with pytest.raises(ValueError, match="notes.png is not an image file PIL can read"):
+        mask_from_editor({"layers": [str(tmp_path / "notes.png")]})
+    with pytest.raises(ValueError, match=re.escape("must be RGBA images, got shape (4, 3, 3)")):
+        mask_from_editor({"layers": [str(tmp_path / "rgb.png")]})
+    with pytest.raises(ValueError, match="must be a dict with a list of RGBA 'layers'"):
+        mask_from_editor({"layers": "layer.png"})
 
 
 def test_editor_union_of_layers_and_errors():
@@ -163,6 +192,26 @@ def test_try_on_bad_inputs_are_clear_errors(actions):
         actions.try_on(_inputs(), mask_step=step, edited_mask=np.zeros((64, 48), bool))
     with pytest.raises(ValueError, match="the mask is empty"):
         actions.make_mask(_inputs(mask=Image.new("L", (96, 128), 0)))
+
+
+def test_uploads_are_checked_from_their_header_before_decoding(actions, tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 5000)).save(huge)  # 45 MP, 1 bit per pixel: small to write
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size))
+    with pytest.raises(ValueError, match="45.0 megapixels, more than the limit of 40.0"):
+        actions.make_mask(_inputs(str(huge)))
+    assert decoded == []
+
+
+def test_inputs_from_files_are_fingerprinted_by_content_changes(tmp_path):
+    photo = tmp_path / "person.png"
+    _photo().save(photo)
+    before = TryOnInputs(str(photo), str(photo)).fingerprint()
+    assert TryOnInputs(str(photo), str(photo)).fingerprint() == before
+    _photo(colour=(0, 0, 0)).save(photo)
+    os.utime(photo, ns=(1, 1))
+    assert TryOnInputs(str(photo), str(photo)).fingerprint() != before
 
 
 def test_missing_preprocessing_weights_name_the_download(actions, tmp_path):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import struct
+import threading
+import zlib
+from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -34,6 +39,41 @@ def _example(server, index=0) -> dict:
         person=handle_file(str(example.person)), garment=handle_file(str(example.garment)),
         mask=handle_file(str(example.mask)), densepose=handle_file(str(example.densepose)),
     )
+
+
+def _blank_png(path: Path, width: int, height: int) -> Path:
+    """A black greyscale PNG written row by row: a few hundred KB on disk, never held decoded in memory."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def _peak_rss_growth(call) -> tuple[int, BaseException | None]:
+    """Run ``call`` while sampling this process's resident memory; (peak growth in bytes, its error)."""
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    baseline = process.memory_info().rss
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss - baseline)
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        call()
+    except Exception as error:  # the call is expected to fail; its message is checked by the caller
+        return peak[0], error
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0], None
 
 
 def _size(path: str) -> tuple[int, int]:
@@ -107,6 +147,54 @@ def test_errors_come_back_as_errors(client, server, tmp_path):
         client.predict(x=1, y=1, api_name="/inspect")
     with pytest.raises(AppError, match="at least 64 pixels"):
         client.predict(**{**files, "garment": handle_file(str(too_small))}, edited=None, api_name="/try_on")
+
+
+@pytest.mark.slow
+def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, server, tmp_path):
+    files = _example(server)
+    not_an_image = tmp_path / "holiday.jpg"
+    not_an_image.write_bytes(b"this is a text file, not a photo")
+    unreadable = handle_file(str(not_an_image))
+    cases = [
+        ({"person": unreadable}, "^holiday.jpg is not an image file PIL can read"),
+        ({"mask": unreadable}, "^holiday.jpg is not an image file PIL can read"),
+        ({"edited": {"background": None, "layers": [unreadable], "composite": None}}, "^holiday.jpg is not an"),
+        ({"steps": "thirty"}, "^steps must be a number, got 'thirty'$"),
+        ({"seed": "lucky"}, "^seed must be a number, got 'lucky'$"),
+        ({"guidance": None}, "^guidance must be a number, got None$"),
+        ({"repaint": "no"}, "^repaint must be true or false, got 'no'$"),
+    ]
+    for change, message in cases:
+        with pytest.raises(AppError, match=message):
+            client.predict(**{**files, "steps": 1, "edited": None, **change}, api_name="/try_on")
+    with pytest.raises(AppError, match="^steps must be a number, got 'x'$"):
+        client.predict(
+            person=files["person"], target=files["person"], densepose=files["densepose"], steps="x",
+            api_name="/pose_transfer",
+        )
+
+
+@pytest.mark.slow
+def test_huge_upload_is_refused_from_its_header_without_decoding(client, server, tmp_path):
+    files = _example(server)
+    bomb = handle_file(str(_blank_png(tmp_path / "huge.png", 10_000, 10_000)))  # 100 MP, ~100 KB
+    large = handle_file(str(_blank_png(tmp_path / "large.png", 8_000, 6_000)))  # 48 MP
+
+    growth, error = _peak_rss_growth(
+        lambda: client.predict(**{**files, "person": bomb}, api_name="/make_mask")
+    )
+    assert growth < 50 * 2**20, f"resident memory grew by {growth / 2**20:.0f} MB"
+    assert isinstance(error, AppError) and str(error).startswith("huge.png is too large to decode safely")
+    with pytest.raises(AppError, match="48.0 megapixels, more than the limit of 40.0; downscale it first"):
+        client.predict(**{**files, "garment": large}, api_name="/make_mask")
+
+
+@pytest.mark.slow
+def test_error_texts_come_back_plain(client, server):
+    client.predict(**_example(server), steps=1, seed=1, inspect=True, edited=None, api_name="/try_on")
+    with pytest.raises(AppError) as info:
+        client.predict(x=1, y=1, layer="all", timestep="late", api_name="/inspect")
+    assert str(info.value).startswith("timestep must be 'all' or one of [")  # not &#x27;all&#x27;
 
 
 def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, monkeypatch):

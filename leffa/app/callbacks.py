@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from leffa.app.runtime import RESOLUTIONS, model_size
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
 from leffa.inspect.trace import Trace
 from leffa.inspect.visualize import color_wheel_legend
-from preprocess.images import ImageSource
+from preprocess.images import ImageSource, open_image
 
 #: Reports progress: (fraction done in [0, 1], what is happening).
 ProgressCallback = Callable[[float, str], None]
@@ -32,6 +33,7 @@ MASK_ALPHA_THRESHOLD = 32
 #: Height of the per-layer heatmaps in the inspector's gallery.
 THUMBNAIL_HEIGHT = 256
 MAX_STEPS = 200
+MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
 _PREPARE_SHARE = 0.2
 _NO_TRACE = (
@@ -52,19 +54,20 @@ class GenerationSettings:
     inspect: bool = False
 
     def checked(self) -> dict[str, Any]:
-        """Keyword arguments for ``generate``; a clear ``ValueError`` for out-of-range values."""
+        """Keyword arguments for ``generate``; a clear ``ValueError`` for wrong types or out-of-range values."""
         steps = _whole(self.steps, "steps")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-        if self.guidance is None or not 0 <= float(self.guidance) <= 50:
-            raise ValueError(f"guidance must be between 0 and 50, got {self.guidance}")
+        guidance = _number(self.guidance, "guidance")
+        if not 0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance:g}")
         seed = _whole(self.seed, "seed")
         if not -1 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, got {seed}")
         return dict(
-            steps=steps, guidance=float(self.guidance), seed=seed,
-            ref_acceleration=bool(self.ref_acceleration), repaint=bool(self.repaint),
-            inspect=bool(self.inspect),
+            steps=steps, guidance=guidance, seed=seed,
+            ref_acceleration=_flag(self.ref_acceleration, "ref_acceleration"),
+            repaint=_flag(self.repaint, "repaint"), inspect=_flag(self.inspect, "inspect"),
         )
 
 
@@ -106,10 +109,27 @@ class InspectorView:
     caption: str
 
 
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _whole(value: Any, name: str) -> int:
-    if isinstance(value, bool) or value is None or not float(value).is_integer():
+    number = _number(value, name)
+    if isinstance(value, (int, np.integer)):
+        return int(value)  # exact: a float cannot hold every 63-bit seed
+    if not number.is_integer():
         raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
+    return int(number)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _require(image: ImageSource | None, what: str) -> ImageSource:
@@ -119,10 +139,14 @@ def _require(image: ImageSource | None, what: str) -> ImageSource:
 
 
 def _fingerprint(*parts: Any) -> str:
-    """A digest of images (by their pixels) and other values (by their repr)."""
+    """A digest of images (by their pixels), image files (by path, size and modification time) and other
+    values (by their repr)."""
     digest = hashlib.sha256()
     for part in parts:
-        if isinstance(part, Image.Image):
+        if isinstance(part, (str, Path)) and Path(part).is_file():
+            stat = Path(part).stat()
+            part = (str(part), stat.st_size, stat.st_mtime_ns)
+        elif isinstance(part, Image.Image):
             part = np.asarray(part)
         if isinstance(part, np.ndarray):
             digest.update(f"{part.shape}{part.dtype}".encode())
@@ -168,13 +192,21 @@ def editor_value(prepared: Prepared, size: tuple[int, int] | None = None) -> dic
 def mask_from_editor(value: Mapping[str, Any] | None) -> np.ndarray | None:
     """The painted mask (bool, H × W) from an editor value: every layer pixel that is opaque enough.
 
+    Layers are RGBA arrays or image files (read by ``preprocess.images``, which names a bad file);
     ``None`` when there is nothing to read (no editor value or no layers).
     """
-    if not value or not value.get("layers"):
+    if not value:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("layers", []), (list, tuple)):
+        raise ValueError(
+            "the mask editor value must be a dict with a list of RGBA 'layers'; "
+            f"got {type(value).__name__}: {value!r:.80}"
+        )
+    if not value.get("layers"):
         return None
     masks = []
     for layer in value["layers"]:
-        array = np.asarray(layer)
+        array = np.asarray(open_image(layer, min_side=1) if isinstance(layer, (str, Path)) else layer)
         if array.ndim != 3 or array.shape[2] != 4:
             raise ValueError(f"mask editor layers must be RGBA images, got shape {array.shape}")
         masks.append(array[..., 3] >= MASK_ALPHA_THRESHOLD)
