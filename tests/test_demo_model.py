@@ -11,7 +11,8 @@ import torch
 
 from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, demo_examples, load_demo_model
 from leffa.core.pipeline import LeffaPipeline
-from leffa.core.serialization import CheckpointMismatchError, read_state_dict
+from leffa.common import CheckpointMismatchError
+from leffa.core.serialization import read_state_dict
 from train.synthetic.data import make_sample, sample_seed
 from train.synthetic.eval import CHECK_SETTINGS, check_metrics
 

@@ -18,7 +18,8 @@ from leffa.core.attention import (
 )
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
-from leffa.core.serialization import CheckpointMismatchError, read_state_dict, save_state_dict
+from leffa.common import CheckpointMismatchError
+from leffa.core.serialization import read_state_dict, save_state_dict
 from tests.conftest import SHARED_REFERENCE
 
 

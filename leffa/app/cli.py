@@ -45,7 +45,8 @@ def _convert(args: argparse.Namespace) -> int:
     import torch
 
     from leffa.core.model import LeffaModel, checkpoint_configs
-    from leffa.core.serialization import SAFETENSORS_SUFFIX, check_state_dict, read_state_dict, save_state_dict
+    from leffa.common import check_state_dict
+    from leffa.core.serialization import SAFETENSORS_SUFFIX, read_state_dict, save_state_dict
 
     source, out = Path(args.input), Path(args.output)
     if out.exists() and out.resolve() == source.resolve():

@@ -15,7 +15,8 @@ from huggingface_hub import constants as hub_constants
 from leffa.app.batch import images_in
 from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
-from leffa.core.model import LeffaModel, resolve_device
+from leffa.common import resolve_device
+from leffa.core.model import LeffaModel
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, ModelStore
 
 #: Resolution choices: the model's own, or half of it per side for speed.

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 from PIL import Image
 
 from leffa.app.checkpoints import ensure_files
-from leffa.core.model import LeffaModel, resolve_device, resolve_dtype
+from leffa.common import resolve_device
+from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
 from leffa.inspect.trace import Trace, trace
 from leffa.core.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
@@ -166,13 +168,16 @@ class Prepared:
 
 @dataclass
 class Generation:
-    """A result cropped back to the photo's framing, the raw model-size image, and how to reproduce it."""
+    """A result cropped back to the photo's framing, the raw model-size image, and how to reproduce it.
+
+    ``made_at`` (local time) tells the user which run the inspector shows."""
 
     image: Image.Image
     raw: Image.Image
     seed: int
     prepared: Prepared
     trace: Trace | None = None
+    made_at: datetime = field(default_factory=datetime.now)
 
 
 def _as_mask_input(mask: ImageSource) -> Image.Image | np.ndarray:

@@ -26,27 +26,12 @@ from leffa.core.attention import (
     install_processors,
 )
 from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
+from leffa.common import CheckpointMismatchError, check_state_dict, resolve_device
 from leffa.core.serialization import (
-    MODEL_FILE, CheckpointMismatchError, check_state_dict, read_state_dict, stored_configs,
+    MODEL_FILE, read_state_dict, stored_configs,
 )
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA, then Apple MPS, then CPU; an unavailable device is a clear error."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
-    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

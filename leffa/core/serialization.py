@@ -31,12 +31,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_PARTS = ("unet", "vae", "scheduler")
 _METADATA_PREFIX = "leffa."
 _BASE_KEY = _METADATA_PREFIX + "base"
-_MAX_LISTED = 5
 _REDOWNLOAD = "the file is damaged or was cut short; download, convert or export it again"
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not match the model it is loaded into (names the first differences)."""
 
 
 def _torch_load_tensors(path: Path):
@@ -157,32 +152,3 @@ def stored_configs(path: str | os.PathLike) -> BaseConfigs | None:
     if all((path.parent / f"{part}.json").is_file() for part in CONFIG_PARTS):
         return BaseConfigs(**read_config_files(path.parent), name=name)
     return None
-
-
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    more = len(names) - _MAX_LISTED
-    return shown + (f" (and {more} more)" if more > 0 else "")
-
-
-def check_state_dict(
-    expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor], *, hint: str = ""
-) -> None:
-    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly the expected names and shapes."""
-    missing = [name for name in expected if name not in state]
-    unexpected = [name for name in state if name not in expected]
-    wrong = [
-        f"{name} {tuple(state[name].shape)} != {tuple(shape)}"
-        for name, shape in expected.items()
-        if name in state and tuple(state[name].shape) != tuple(shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} wrong shapes (checkpoint != model): {_listing(wrong)}")
-    if problems:
-        message = "checkpoint does not match the model: " + "; ".join(problems)
-        raise CheckpointMismatchError(message + (f". {hint}" if hint else ""))

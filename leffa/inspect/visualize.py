@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import flow_to_image
 
+from leffa.common import check_grid_size
+
 ArrayLike = np.ndarray | torch.Tensor
 
 # Float32 positions carry ~1e-5 pixel rounding noise: displacements shorter than this are drawn as none
@@ -29,12 +31,6 @@ def _to_numpy(array: ArrayLike) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().to("cpu", torch.float64).numpy()
     return np.asarray(array, dtype=np.float64)
-
-
-def _check_size(size: tuple[int, int], name: str) -> tuple[int, int]:
-    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
-        raise ValueError(f"{name} must be a pair of positive ints (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
 
 
 def _scaled_offsets_to_color(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -124,8 +120,8 @@ def upsample_attention(
     attn_row: ArrayLike, key_size: tuple[int, int], out_size: tuple[int, int]
 ) -> np.ndarray:
     """One attention row reshaped to the key grid and resized bilinearly to ``out_size`` (float32)."""
-    h_k, w_k = _check_size(key_size, "key_size")
-    out_size = _check_size(out_size, "out_size")
+    h_k, w_k = check_grid_size(key_size, "key_size")
+    out_size = check_grid_size(out_size, "out_size")
     row = torch.as_tensor(_to_numpy(attn_row))
     if row.numel() != h_k * w_k or row.ndim not in (1, 2):
         raise ValueError(
@@ -178,8 +174,8 @@ def query_token_index(
     point_xy: tuple[float, float], query_size: tuple[int, int], image_size: tuple[int, int]
 ) -> int:
     """Row-major index of the query token nearest to pixel ``(x, y)`` of an image of ``(height, width)``."""
-    h_q, w_q = _check_size(query_size, "query_size")
-    height, width = _check_size(image_size, "image_size")
+    h_q, w_q = check_grid_size(query_size, "query_size")
+    height, width = check_grid_size(image_size, "image_size")
     x, y = point_xy
     if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
         raise ValueError(
@@ -195,7 +191,7 @@ def query_row(
     image_size: tuple[int, int],
 ) -> ArrayLike:
     """The attention row ``(n_k,)`` of the query token under a clicked point of the output image."""
-    h_q, w_q = _check_size(query_size, "query_size")
+    h_q, w_q = check_grid_size(query_size, "query_size")
     if attn.ndim != 2 or attn.shape[0] != h_q * w_q:
         raise ValueError(
             f"attn must have shape (n_q, n_k) with n_q = {h_q * w_q} for query_size {query_size}, "
@@ -216,9 +212,9 @@ def aggregate_rows(
         raise ValueError("rows is empty: pass at least one attention row to aggregate")
     if len(rows) != len(key_sizes):
         raise ValueError(f"got {len(rows)} rows but {len(key_sizes)} key sizes; pass one key size per row")
-    total = np.zeros(_check_size(out_size, "out_size"), dtype=np.float64)
+    total = np.zeros(check_grid_size(out_size, "out_size"), dtype=np.float64)
     for row, key_size in zip(rows, key_sizes, strict=True):
-        h_k, w_k = _check_size(key_size, "key_size")
+        h_k, w_k = check_grid_size(key_size, "key_size")
         total += h_k * w_k * upsample_attention(row, key_size, out_size)
     return (total / len(rows)).astype(np.float32)
 
