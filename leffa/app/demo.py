@@ -2,7 +2,7 @@
 
 Why: the released checkpoints are ~8 GB; a newcomer without them (or with ``--tiny``) should still see a
 real try-on and a meaningful attention inspector, not noise. The demo model is a tiny Leffa model trained on
-the synthetic try-on task (``train/synthetic.py``; how, and what it scores: ``docs/synthetic-benchmark.md``),
+the synthetic try-on task (``train/synthetic/``; how, and what it scores: ``docs/synthetic-benchmark.md``),
 shipped in ``assets/demo-model/`` in the released key format. It works at :data:`DEMO_IMAGE_SIZE` on the
 synthetic people and garments in ``assets/examples/``; real photos are far outside what it has seen.
 """
