@@ -12,6 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from leffa.core.attention import (
     PassthroughProcessor,
     ReferenceAttentionProcessor,
+    ReferenceCapture,
     ReferenceCaptureProcessor,
     ReferenceInputs,
     layer_sort_key,
@@ -106,6 +107,22 @@ def test_generative_unet_without_reference_inputs_is_a_clear_error(tiny_model):
         block.attn1(torch.randn(1, 48, 32))
     with pytest.raises(ValueError, match="attention masks are not supported"):
         block.attn1(torch.randn(1, 48, 32), attention_mask=torch.ones(1, 48))
+
+
+
+def test_each_unet_refuses_the_other_unets_input(tiny_model):
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    hidden = torch.randn(1, 48, 32)
+    with pytest.raises(
+        ValueError, match=rf"^{name}: got reference=, which belongs to the other UNet; this layer takes capture=$"
+    ):
+        tiny_model.unet_encoder.down_blocks[0].attentions[0].transformer_blocks[0].attn1(
+            hidden, reference=ReferenceInputs({name: hidden})
+        )
+    with pytest.raises(
+        ValueError, match=rf"^{name}: got capture=, which belongs to the other UNet; this layer takes reference=$"
+    ):
+        _first_block(tiny_model).attn1(hidden, capture=ReferenceCapture(stop_after=None))
 
 
 def test_cross_attention_returns_input_so_block_adds_norm2(tiny_model):

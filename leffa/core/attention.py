@@ -134,8 +134,16 @@ class PassthroughProcessor:
         return hidden_states
 
 
-class ReferenceCaptureProcessor(AttnProcessor2_0):
-    """Reference UNet ``attn1``: capture the input tokens, then plain self-attention."""
+class _LayerSelfAttention(AttnProcessor2_0):
+    """What both ``attn1`` processors share: the layer name they are keyed by, the plain-input checks and
+    the call signature.
+
+    The signature names both per-call inputs because diffusers hands a processor only the
+    ``cross_attention_kwargs`` its signature names; each processor takes the one named by ``takes`` and
+    refuses the other, which belongs to the other UNet.
+    """
+
+    takes: str
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -149,52 +157,62 @@ class ReferenceCaptureProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         capture: ReferenceCapture | None = None,
-    ) -> torch.Tensor:
-        _check_plain(attn, hidden_states, attention_mask, self.name)
-        if capture is not None and self.name not in capture.features:
-            capture.features[self.name] = hidden_states
-            if capture.stop_after == self.name:
-                raise ReferencePassComplete
-        return super().__call__(attn, hidden_states)
-
-
-class ReferenceAttentionProcessor(AttnProcessor2_0):
-    """Generative UNet ``attn1``: target queries attend over target and reference tokens of this layer."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
         reference: ReferenceInputs | None = None,
     ) -> torch.Tensor:
         _check_plain(attn, hidden_states, attention_mask, self.name)
+        inputs = {"capture": capture, "reference": reference}
+        for other, value in inputs.items():
+            if other != self.takes and value is not None:
+                raise ValueError(
+                    f"{self.name}: got {other}=, which belongs to the other UNet; this layer takes {self.takes}="
+                )
+        return self._attend(attn, hidden_states, inputs[self.takes])
+
+    def _attend(
+        self, attn: Attention, hidden: torch.Tensor, inputs: ReferenceCapture | ReferenceInputs | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ReferenceCaptureProcessor(_LayerSelfAttention):
+    """Reference UNet ``attn1``: capture the input tokens, then plain self-attention."""
+
+    takes = "capture"
+
+    def _attend(self, attn: Attention, hidden: torch.Tensor, capture: ReferenceCapture | None) -> torch.Tensor:
+        if capture is not None and self.name not in capture.features:
+            capture.features[self.name] = hidden
+            if capture.stop_after == self.name:
+                raise ReferencePassComplete
+        return AttnProcessor2_0.__call__(self, attn, hidden)
+
+
+class ReferenceAttentionProcessor(_LayerSelfAttention):
+    """Generative UNet ``attn1``: target queries attend over target and reference tokens of this layer."""
+
+    takes = "reference"
+
+    def _attend(self, attn: Attention, hidden: torch.Tensor, reference: ReferenceInputs | None) -> torch.Tensor:
         if reference is None or self.name not in reference.features:
             raise RuntimeError(
                 f"no reference features for layer {self.name}; run the generative UNet through "
                 "LeffaModel.predict_noise (or pass cross_attention_kwargs={'reference': ReferenceInputs(...)})"
             )
-        tokens = reference.features[self.name].to(hidden_states.dtype)
-        if tokens.shape[0] != hidden_states.shape[0] or tokens.shape[2] != hidden_states.shape[2]:
+        tokens = reference.features[self.name].to(hidden.dtype)
+        if tokens.shape[0] != hidden.shape[0] or tokens.shape[2] != hidden.shape[2]:
             raise ValueError(
                 f"{self.name}: reference tokens {tuple(tokens.shape)} do not match target tokens "
-                f"{tuple(hidden_states.shape)} (batch and channels must agree)"
+                f"{tuple(hidden.shape)} (batch and channels must agree)"
             )
         observer = reference.observer
         if observer is not None and observer.wants(self.name, reference.timestep):
-            query = _project_heads(attn, hidden_states, attn.to_q, attn.norm_q)
+            query = _project_heads(attn, hidden, attn.to_q, attn.norm_q)
             key = _project_heads(attn, tokens, attn.to_k, attn.norm_k)
             observer.observe(
                 self.name, query, key, attn.scale, timestep=reference.timestep, latent_size=reference.latent_size
             )
-        own_and_reference = torch.cat([hidden_states, tokens], dim=1)
-        return super().__call__(attn, hidden_states, encoder_hidden_states=own_and_reference)
+        own_and_reference = torch.cat([hidden, tokens], dim=1)
+        return AttnProcessor2_0.__call__(self, attn, hidden, encoder_hidden_states=own_and_reference)
 
 
 def install_processors(
