@@ -1,17 +1,34 @@
-"""Shared fixtures: tiny models built from config dicts (a few MB, CPU, seconds)."""
+"""Shared fixtures: tiny models built from config dicts (a few MB, CPU, seconds); small shared helpers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 # Tiny models are overhead-bound: one thread is faster than two fighting over the cores.
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+
+
+def write_block_image(path: Path, size=(96, 128), colour=(200, 120, 90), mode="RGB") -> Path:
+    """Write a white (``mode="L"``: black) image with a coloured (white) centre block; parents are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new(mode, size, "white" if mode == "RGB" else 0)
+    width, height = size
+    image.paste(colour if mode == "RGB" else 255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    image.save(path)
+    return path
+
+
+def read_run_log(out: Path) -> list[dict]:
+    """The records of a command-line run's ``log.jsonl`` in ``out``, in order."""
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_pat
 from leffa.app.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 from leffa.app.demo import DEMO_MODEL_DIR
 from leffa.app.runtime import single_model_runtime
+from tests.conftest import read_run_log, write_block_image
 
 SIZE = (48, 64)  # model size (width, height) of the tiny model in these tests
 FAST = ["--steps", "2", "--seed", "5"]
@@ -25,19 +26,6 @@ def tiny(tiny_model, monkeypatch):
     monkeypatch.setattr(cli, "tiny_runtime", lambda **options: single_model_runtime(tiny_model, SIZE, []))
 
 
-def _write(path: Path, size=(96, 128), colour=(200, 120, 90), mode="RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new(mode, size, "white" if mode == "RGB" else 0)
-    width, height = size
-    image.paste(colour if mode == "RGB" else 255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    image.save(path)
-    return path
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("command", ["tryon", "pose-transfer", "trace", "download", "convert"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
@@ -47,10 +35,10 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_tryon_one_pair(tiny, tmp_path, capsys):
-    person = _write(tmp_path / "in" / "anna.png", size=(90, 150))
-    garment = _write(tmp_path / "in" / "shirt.png", colour=(0, 0, 255))
-    mask = _write(tmp_path / "in" / "mask.png", size=(90, 150), mode="L")
-    densepose = _write(tmp_path / "in" / "dp.png", size=(90, 150))
+    person = write_block_image(tmp_path / "in" / "anna.png", size=(90, 150))
+    garment = write_block_image(tmp_path / "in" / "shirt.png", colour=(0, 0, 255))
+    mask = write_block_image(tmp_path / "in" / "mask.png", size=(90, 150), mode="L")
+    densepose = write_block_image(tmp_path / "in" / "dp.png", size=(90, 150))
     out = tmp_path / "out"
     code = main([
         "tryon", str(person), str(garment), "--mask", str(mask), "--densepose", str(densepose), "--tiny",
@@ -59,7 +47,7 @@ def test_tryon_one_pair(tiny, tmp_path, capsys):
     assert code == EXIT_OK
     result = out / "anna__shirt.png"
     assert Image.open(result).size == (90, 150)  # cropped back to the person photo's framing
-    (entry,) = _log(out)
+    (entry,) = read_run_log(out)
     assert entry["status"] == "ok" and entry["seed"] == 5 and entry["output"] == str(result)
     assert entry["mask"] == str(mask) and entry["size"] == [90, 150]
     assert "1 of 1 done, 0 failed" in capsys.readouterr().out
@@ -67,32 +55,32 @@ def test_tryon_one_pair(tiny, tmp_path, capsys):
 
 def test_tryon_folder_of_persons_with_matching_masks(tiny, tmp_path):
     for name in ("a", "b"):
-        _write(tmp_path / "persons" / f"{name}.png")
-        _write(tmp_path / "masks" / f"{name}.png", mode="L")
-        _write(tmp_path / "dense" / f"{name}.png")
+        write_block_image(tmp_path / "persons" / f"{name}.png")
+        write_block_image(tmp_path / "masks" / f"{name}.png", mode="L")
+        write_block_image(tmp_path / "dense" / f"{name}.png")
     (tmp_path / "persons" / "notes.txt").write_text("not an image")
-    garment = _write(tmp_path / "shirt.jpg", colour=(0, 0, 255))
+    garment = write_block_image(tmp_path / "shirt.jpg", colour=(0, 0, 255))
     out = tmp_path / "out"
     code = main(["tryon", str(tmp_path / "persons"), str(garment), "--mask", str(tmp_path / "masks"),
                  "--densepose", str(tmp_path / "dense"), "--tiny", "-o", str(out), *FAST])
     assert code == EXIT_OK
-    log = _log(out)
+    log = read_run_log(out)
     assert [Path(e["output"]).name for e in log] == ["a__shirt.png", "b__shirt.png"]
     assert [Path(e["mask"]).name for e in log] == ["a.png", "b.png"]
 
 
 def test_pairs_file_batch_keeps_going_after_a_bad_pair(tiny, tmp_path, capsys):
-    _write(tmp_path / "p1.png")
-    _write(tmp_path / "tiny.png", size=(20, 20))
-    _write(tmp_path / "g.png")
-    _write(tmp_path / "m.png", mode="L")
-    _write(tmp_path / "d.png")
+    write_block_image(tmp_path / "p1.png")
+    write_block_image(tmp_path / "tiny.png", size=(20, 20))
+    write_block_image(tmp_path / "g.png")
+    write_block_image(tmp_path / "m.png", mode="L")
+    write_block_image(tmp_path / "d.png")
     pairs = tmp_path / "pairs.txt"
     lines = ["# columns", "p1.png g.png m.png d.png # fine", "", "tiny.png g.png m.png d.png"]
     pairs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     assert main(["tryon", "--pairs", str(pairs), "--tiny", "-o", str(out), *FAST]) == EXIT_ERROR
-    first, second = _log(out)
+    first, second = read_run_log(out)
     assert first["status"] == "ok" and Path(first["output"]).is_file()
     assert second["status"] == "error" and "at least 64 pixels" in second["error"]
     err = capsys.readouterr().err
@@ -100,9 +88,9 @@ def test_pairs_file_batch_keeps_going_after_a_bad_pair(tiny, tmp_path, capsys):
 
 
 def test_pose_transfer(tiny, tmp_path):
-    person = _write(tmp_path / "who.png")
-    target = _write(tmp_path / "pose.png", size=(80, 140))
-    densepose = _write(tmp_path / "pose_dp.png", size=(80, 140))
+    person = write_block_image(tmp_path / "who.png")
+    target = write_block_image(tmp_path / "pose.png", size=(80, 140))
+    densepose = write_block_image(tmp_path / "pose_dp.png", size=(80, 140))
     out = tmp_path / "out"
     code = main([
         "pose-transfer", str(person), str(target), "--densepose", str(densepose), "--tiny", "-o", str(out),
@@ -112,9 +100,9 @@ def test_pose_transfer(tiny, tmp_path):
 
 
 def test_trace_writes_panels_per_layer(tiny, tiny_model, tmp_path):
-    person = _write(tmp_path / "p.png")
-    garment = _write(tmp_path / "g.png")
-    mask = _write(tmp_path / "m.png", mode="L")
+    person = write_block_image(tmp_path / "p.png")
+    garment = write_block_image(tmp_path / "g.png")
+    mask = write_block_image(tmp_path / "m.png", mode="L")
     out = tmp_path / "out"
     code = main([
         "trace", str(person), str(garment), "--mask", str(mask), "--densepose", str(person), "--tiny",
@@ -134,8 +122,8 @@ def test_trace_writes_panels_per_layer(tiny, tiny_model, tmp_path):
 
 
 def test_trace_point_outside_the_result_fails_that_pair(tiny, tmp_path, capsys):
-    person = _write(tmp_path / "p.png")
-    mask = _write(tmp_path / "m.png", mode="L")
+    person = write_block_image(tmp_path / "p.png")
+    mask = write_block_image(tmp_path / "m.png", mode="L")
     code = main([
         "trace", str(person), str(person), "--mask", str(mask), "--densepose", str(person), "--tiny",
         "-o", str(tmp_path / "out"), "--point", "500,5", *FAST,
@@ -147,13 +135,13 @@ def test_trace_point_outside_the_result_fails_that_pair(tiny, tmp_path, capsys):
 def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, capsys):
     persons = tmp_path / "persons"
     for name in ("a", "b"):
-        _write(persons / f"{name}.png")
+        write_block_image(persons / f"{name}.png")
     code = main([
-        "tryon", str(persons), str(_write(tmp_path / "g.png")), "--ckpt-dir", str(tmp_path / "ckpts"),
-        "--no-download", "--device", "cpu", "-o", str(tmp_path / "out"),
+        "tryon", str(persons), str(write_block_image(tmp_path / "g.png")),
+        "--ckpt-dir", str(tmp_path / "ckpts"), "--no-download", "--device", "cpu", "-o", str(tmp_path / "out"),
     ])
     assert code == EXIT_ERROR
-    (entry,) = _log(tmp_path / "out")  # the second pair is not attempted
+    (entry,) = read_run_log(tmp_path / "out")  # the second pair is not attempted
     assert "python -m leffa download parsing" in entry["error"]
     assert "stopped early" in capsys.readouterr().err
 
@@ -213,9 +201,9 @@ def test_download_check_list_and_fetch(tmp_path, monkeypatch, capsys):
 
 def test_batch_pairing_rules(tmp_path):
     for name in ("x", "y", "z"):
-        _write(tmp_path / "persons" / f"{name}.png")
+        write_block_image(tmp_path / "persons" / f"{name}.png")
     for name in ("y", "z", "w"):
-        _write(tmp_path / "garments" / f"{name}.jpg")
+        write_block_image(tmp_path / "garments" / f"{name}.jpg")
     jobs = jobs_from_paths(tmp_path / "persons", tmp_path / "garments", {})
     assert [(j.first.name, j.second.name) for j in jobs] == [("y.png", "y.jpg"), ("z.png", "z.jpg")]
     single = jobs_from_paths(tmp_path / "persons" / "x.png", tmp_path / "garments", {"mask": None})
@@ -229,7 +217,7 @@ def test_batch_pairing_rules(tmp_path):
 
 
 def test_pairs_file_errors(tmp_path):
-    _write(tmp_path / "a.png")
+    write_block_image(tmp_path / "a.png")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("a.png\n")
     with pytest.raises(BatchInputError, match=r"pairs.txt:1: expected 'first second \[mask\] \[densepose\]'"):

@@ -28,6 +28,7 @@ from leffa.core.pipeline import LeffaPipeline, resolve_seed
 from leffa.core.serialization import read_state_dict, save_state_dict, stored_configs
 from leffa.core.validation import NonFiniteOutputError, check_generated, max_inference_steps
 from preprocess.images import load_image
+from tests.conftest import read_run_log, write_block_image
 
 SIZE = (48, 64)  # model size (width, height) the tiny model runs at here
 FAST = ["--steps", "1", "--seed", "3"]
@@ -49,25 +50,12 @@ def no_model(monkeypatch):
     monkeypatch.setattr(cli, "tiny_runtime", refuse)
 
 
-def _image(path: Path, size=(96, 128), colour=(200, 120, 90), mode="RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new(mode, size, "white" if mode == "RGB" else 0)
-    width, height = size
-    image.paste(colour if mode == "RGB" else 255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    image.save(path)
-    return path
-
-
 def _inputs(root: Path) -> dict[str, Path]:
     return {
-        "garment": _image(root / "g.png", colour=(0, 0, 255)),
-        "mask": _image(root / "m.png", mode="L"),
-        "densepose": _image(root / "d.png"),
+        "garment": write_block_image(root / "g.png", colour=(0, 0, 255)),
+        "mask": write_block_image(root / "m.png", mode="L"),
+        "densepose": write_block_image(root / "d.png"),
     }
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 def _exit_code(arguments: list[str]) -> int:
@@ -84,9 +72,9 @@ def _custom_configs() -> BaseConfigs:
 
 # ------------------------------------------------------------------------ 1. silent data loss in batches
 def test_same_stems_in_a_batch_get_distinct_names(tmp_path):
-    garment = _image(tmp_path / "g.png")
+    garment = write_block_image(tmp_path / "g.png")
     for path in ("a/p.png", "b/p.png", "same/p.png", "same/p.jpg"):
-        _image(tmp_path / path)
+        write_block_image(tmp_path / path)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("a/p.png g.png\nb/p.png g.png\na/p.png g.png\n")
     assert [job.name for job in jobs_from_pairs_file(pairs, ())] == ["p__g", "p__g-2", "p__g-3"]
@@ -96,12 +84,12 @@ def test_same_stems_in_a_batch_get_distinct_names(tmp_path):
 def test_a_batch_writes_every_result_and_logs_its_name(tiny, tmp_path, capsys):
     _inputs(tmp_path)
     for folder in ("a", "b"):
-        _image(tmp_path / folder / "p.png", colour=(255, 0, 0) if folder == "a" else (0, 255, 0))
+        write_block_image(tmp_path / folder / "p.png", colour=(255, 0, 0) if folder == "a" else (0, 255, 0))
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("a/p.png g.png m.png d.png\nb/p.png g.png m.png d.png\n")
     out = tmp_path / "out"
     assert main(["tryon", "--pairs", str(pairs), "--tiny", "-o", str(out), *FAST]) == EXIT_OK
-    log = _log(out)
+    log = read_run_log(out)
     assert [(entry["name"], Path(entry["output"]).name) for entry in log] == [
         ("p__g", "p__g.png"), ("p__g-2", "p__g-2.png"),
     ]
@@ -111,7 +99,7 @@ def test_a_batch_writes_every_result_and_logs_its_name(tiny, tmp_path, capsys):
 
 def test_results_the_user_already_has_are_kept_unless_overwrite(tiny, tmp_path, capsys):
     files = _inputs(tmp_path)
-    person = _image(tmp_path / "p.png")
+    person = write_block_image(tmp_path / "p.png")
     out = tmp_path / "out"
     out.mkdir()
     (out / "p__g.png").write_bytes(b"my own file")
@@ -303,7 +291,7 @@ def test_trace_point_outside_the_photo_fails_before_sampling(tiny, tmp_path, mon
 def test_ctrl_c_ends_a_batch_with_a_summary_and_exit_130(tiny, tmp_path, monkeypatch, capsys):
     files = _inputs(tmp_path)
     for name in ("a", "b", "c"):
-        _image(tmp_path / "persons" / f"{name}.png")
+        write_block_image(tmp_path / "persons" / f"{name}.png")
     generate = cli._generate
     calls = []
 
@@ -318,7 +306,7 @@ def test_ctrl_c_ends_a_batch_with_a_summary_and_exit_130(tiny, tmp_path, monkeyp
     code = main(["tryon", str(tmp_path / "persons"), str(files["garment"]), "--mask", str(files["mask"]),
                  "--densepose", str(files["densepose"]), "--tiny", "-o", str(out), *FAST])
     assert code == EXIT_INTERRUPTED
-    assert [entry["status"] for entry in _log(out)] == ["ok", "interrupted"]
+    assert [entry["status"] for entry in read_run_log(out)] == ["ok", "interrupted"]
     assert sorted(p.name for p in out.glob("*.png")) == ["a__g.png"]
     assert f"interrupted: 1 of 3 done, 0 failed; log: {out / 'log.jsonl'}" in capsys.readouterr().err
 
@@ -348,8 +336,8 @@ def test_seed_range_is_checked_in_the_library_and_the_cli(tiny_model, tiny_input
 
 
 def test_pairs_files_accept_quoted_paths_with_spaces(tmp_path):
-    person = _image(tmp_path / "my photos" / "anna smith.png")
-    garment = _image(tmp_path / "shirt #2.png")
+    person = write_block_image(tmp_path / "my photos" / "anna smith.png")
+    garment = write_block_image(tmp_path / "shirt #2.png")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("\"my photos/anna smith.png\"\t'shirt #2.png'  # quoted\n")
     (job,) = jobs_from_pairs_file(pairs, ("mask",))
