@@ -355,6 +355,19 @@ def test_dresscode_all_categories_and_unpaired(tmp_path):
     assert (unpaired[0]["name"], unpaired[0]["reference_name"]) == ("20001_0.jpg", "20002_1.jpg")
 
 
+def test_dresscode_takes_its_arguments_by_position_as_the_trainer_passes_them(tmp_path):
+    make_dresscode(tmp_path)
+    augment = Augmentation(flip_probability=1.0)
+    by_position = DressCodeDataset(tmp_path, "dresses", "test", "unpaired", (H, W), augment, None)
+    by_name = DressCodeDataset(
+        tmp_path, category="dresses", split="test", mode="unpaired", size=(H, W), augment=augment, mask_fn=None
+    )
+    assert (by_position.category, by_position.split, by_position.mode) == ("dresses", "test", "unpaired")
+    assert by_position.size == (H, W) and by_position.augment is augment and by_position.mask_fn is None
+    assert by_position[0]["reference_name"] == by_name[0]["reference_name"] == "20002_1.jpg"
+    assert torch.equal(by_position[0]["image"], by_name[0]["image"])
+
+
 def test_dresscode_mask_fn_gets_label_map_keypoints_category(tmp_path):
     arrays = make_dresscode(tmp_path, categories=("dresses",), with_masks=False)
     points = [[float(i), float(2 * i), 0.9, float(i)] for i in range(18)]

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -313,13 +314,9 @@ class PairDataset(Dataset):
         return self.augment(sample, self.augment.generator(self.epoch, index), self.mask_fill)
 
 
-class VitonHDDataset(PairDataset):
-    """VITON-HD try-on pairs; the reference is the person's own cloth in paired mode.
-
-    Masks come from ``agnostic-mask/`` when stored there, else from ``mask_fn(parse, keypoints,
-    "upper_body")`` on ``image-parse-v3`` and ``openpose_json``. When a ``flow/`` folder exists (the
-    synthetic dataset), every item also carries ``flow`` (H, W, 2) and ``flow_valid`` (1, H, W).
-    """
+class TryOnDataset(PairDataset):
+    """What the try-on datasets share on top of :class:`PairDataset`: the paired/unpaired ``mode`` and the
+    optional ``mask_fn``. Once these are checked, :meth:`scan` checks the dataset's own layout."""
 
     def __init__(
         self,
@@ -333,6 +330,25 @@ class VitonHDDataset(PairDataset):
         super().__init__(root, split, size, augment)
         self.mode = _check_choice("mode", mode, MODES)
         self.mask_fn = mask_fn
+        self.scan()
+
+    def scan(self) -> None:
+        """Check the folders and read the pairs; sets ``self.layout``, the expected layout errors name."""
+        raise NotImplementedError
+
+
+class VitonHDDataset(TryOnDataset):
+    """VITON-HD try-on pairs; the reference is the person's own cloth in paired mode.
+
+    Takes ``(root, split="train", mode="paired", size=(1024, 768), augment=None, mask_fn=None)`` (see
+    :class:`TryOnDataset`). Masks come from ``agnostic-mask/`` when stored there, else from
+    ``mask_fn(parse, keypoints, "upper_body")`` on ``image-parse-v3`` and ``openpose_json``. When a ``flow/``
+    folder exists (the synthetic dataset), every item also carries ``flow`` (H, W, 2) and ``flow_valid``
+    (1, H, W).
+    """
+
+    def scan(self) -> None:
+        split = self.split
         self.layout = (
             f"expected VITON-HD layout: <root>/{split}_pairs.txt ('person.jpg cloth.jpg' per line), "
             f"<root>/{split}/image/*.jpg, <root>/{split}/cloth/*.jpg, <root>/{split}/image-densepose/*.jpg, "
@@ -379,8 +395,11 @@ class VitonHDDataset(PairDataset):
         return sample
 
 
-class DressCodeDataset(PairDataset):
+class DressCodeDataset(TryOnDataset):
     """DressCode try-on pairs of one category, or of all three (``category="all"``).
+
+    Takes ``(root, category="upper_body", split="train", mode="paired", size=(1024, 768), augment=None,
+    mask_fn=None)``: ``category``, then the :class:`TryOnDataset` arguments, by position or by name.
 
     Pairs files are per category: ``train_pairs.txt`` (train is paired only), ``test_pairs_paired.txt``,
     ``test_pairs_unpaired.txt``. ``densepose`` is ``dense/<id>_5.png`` (the I map) repeated 3x as an
@@ -389,20 +408,12 @@ class DressCodeDataset(PairDataset):
     ``keypoints/<id>_2.json``. Items also carry ``category``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        category: str = "upper_body",
-        split: str = "train",
-        mode: str = "paired",
-        size: Size = (1024, 768),
-        augment: Augmentation | None = None,
-        mask_fn: MaskFn | None = None,
-    ) -> None:
-        super().__init__(root, split, size, augment)
+    def __init__(self, root: str | Path, category: str = "upper_body", *args: Any, **options: Any) -> None:
         self.category = _check_choice("category", category, DRESSCODE_CATEGORIES + ("all",))
-        self.mode = _check_choice("mode", mode, MODES)
-        self.mask_fn = mask_fn
+        super().__init__(root, *args, **options)
+
+    def scan(self) -> None:
+        split, mode, category = self.split, self.mode, self.category
         if split == "train" and mode != "paired":
             raise ValueError("DressCode has only paired training pairs (train_pairs.txt); use mode='paired'")
         self.layout = (
