@@ -61,8 +61,11 @@ def test_the_pose_moves_the_limbs(samples: list[PoseSample]) -> None:
     assert np.mean(shifts) > 8.0
 
 
-def test_dataset_items_are_model_inputs() -> None:
-    dataset = SyntheticPoseDataset("test", (128, 96), length=2)
+def test_dataset_items_are_model_inputs(tmp_path) -> None:
+    dataset = SyntheticPoseDataset("test", (128, 96), length=2, cache_dir=tmp_path)
+    cached = SyntheticPoseDataset("test", (128, 96), length=2, cache_dir=tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == ["pose_transfer-test-128x96-n2-s0-flow.npz"]
+    torch.testing.assert_close(cached[1]["flow"], dataset[1]["flow"])
     item = dataset[1]
     sample = make_pose_sample(sample_seed("test", 1))
     assert item["image"].shape == item["reference"].shape == item["densepose"].shape == (3, 128, 96)

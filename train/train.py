@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from leffa.core.flow import LeffaLossConfig
+from leffa.core.flow import FlowSupervisionConfig, LeffaLossConfig
 from leffa.core.model import DTYPES, LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import LeffaRegisters, select_layers
@@ -67,6 +67,7 @@ from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDatase
 from train.model_setup import build_model, configure_trainable, model_configs, trainable_parameters
 from train.optimization import make_lr_scheduler, make_optimizer
 from train.synthetic.data import SyntheticTryOnDataset
+from train.synthetic.pose import SyntheticPoseDataset
 from train.trackers import JSONL_FILE, JsonLinesTracker
 
 logger = get_logger(__name__)
@@ -83,12 +84,16 @@ class LeffaTrainingModule(nn.Module):
         leffa: LeffaLossConfig | None,
         reference_dropout: float,
         registers: LeffaRegisters | None = None,
+        flow_supervision: FlowSupervisionConfig | None = None,
+        diffusion_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.registers = registers
         self.leffa = leffa
         self.reference_dropout = reference_dropout
+        self.flow_supervision = flow_supervision
+        self.diffusion_weight = diffusion_weight
         self.noise_scheduler = model.make_scheduler()
 
     def train(self, mode: bool = True) -> LeffaTrainingModule:
@@ -105,14 +110,19 @@ class LeffaTrainingModule(nn.Module):
             leffa=self.leffa,
             reference_dropout=self.reference_dropout,
             registers=self.registers,
+            flow_supervision=self.flow_supervision,
+            diffusion_weight=self.diffusion_weight,
         )
 
 
 # ------------------------------------------------------------------------------------------- data
 
 
-def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: bool = True) -> Dataset:
-    """The configured dataset (paired mode) for ``split``; augmentation only on request and when set."""
+def build_dataset(
+    config: DataConfig, split: str, *, seed: int = 0, augment: bool = True, with_flow: bool = False
+) -> Dataset:
+    """The configured dataset (paired mode) for ``split``; augmentation only on request and when set.
+    ``with_flow``: synthetic try-on items keep the true flow (pose-transfer items always have it)."""
     size = tuple(config.size)
     augmentation = None
     if augment and config.augmentation.active:
@@ -123,7 +133,10 @@ def build_dataset(config: DataConfig, split: str, *, seed: int = 0, augment: boo
         return DressCodeDataset(config.root, config.category, split, "paired", size, augmentation)
     if config.type == "deepfashion":
         return DeepFashionPoseDataset(config.root, split, size, augmentation)
-    return SyntheticTryOnDataset(split, size, config.length, config.synthetic_seed or 0, cache_dir=config.cache_dir)
+    seed = config.synthetic_seed or 0
+    if config.synthetic_task == "pose_transfer":
+        return SyntheticPoseDataset(split, size, config.length, seed, cache_dir=config.cache_dir)
+    return SyntheticTryOnDataset(split, size, config.length, seed, cache_dir=config.cache_dir, with_flow=with_flow)
 
 
 def first_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
@@ -185,7 +198,13 @@ class Trainer:
         if leffa is not None and config.leffa.registers:
             layers = select_layers(model, tuple(config.data.size), leffa.theta_resolution)
             registers = LeffaRegisters(model, layers, config.leffa.registers)
-        module = LeffaTrainingModule(model, leffa, config.train.reference_dropout, registers)
+        supervision = config.flow_supervision.loss_config() if config.flow_supervision.enabled else None
+        module = LeffaTrainingModule(
+            model, leffa, config.train.reference_dropout, registers, supervision, config.train.diffusion_weight
+        )
+        garment_mask = config.leffa.enabled and config.leffa.mask == "garment"
+        #: The true flow travels with the batches only for the terms that read it.
+        self.batch_keys = (*BATCH_KEYS, "flow", "flow_valid") if supervision or garment_mask else BATCH_KEYS
         module.to(self.accelerator.device)
         self.ema = self._new_ema(model) if config.train.ema.enabled else None
         optimizer = make_optimizer((p for p in module.parameters() if p.requires_grad), config.optim)
@@ -198,7 +217,8 @@ class Trainer:
             module, optimizer, lr_scheduler
         )
 
-        self.dataset = build_dataset(config.data, "train", seed=config.seed)
+        with_flow = "flow" in self.batch_keys
+        self.dataset = build_dataset(config.data, "train", seed=config.seed, with_flow=with_flow)
         self.sampler = EpochSampler(
             len(self.dataset),
             seed=config.seed,
@@ -252,7 +272,7 @@ class Trainer:
         if self._batches is None:
             self._batches = batch_stream(self.loader, self.sampler, self.micro_step)
         batch = next(self._batches)
-        return {key: batch[key].to(self.accelerator.device, non_blocking=True) for key in BATCH_KEYS}
+        return {key: batch[key].to(self.accelerator.device, non_blocking=True) for key in self.batch_keys}
 
     # -------------------------------------------------------------------------------------- steps
     def train_step(self) -> dict[str, float]:

@@ -859,7 +859,7 @@ class SyntheticTryOnDataset(Dataset):
     (1, H, W) float {0, 1}; ``densepose`` (3, H, W) in [-1, 1]; ``flow`` (H, W, 2) float32; ``seed`` int.
     With ``cache_dir`` the whole split is rendered once (:func:`render_split`, stored in that folder and
     read back by later runs) and kept in memory without flows: items then have no ``flow``/``flow_valid``
-    (training does not use them).
+    unless ``with_flow`` (training needs them only for the flow-supervision term or the garment-pixel mask).
     """
 
     def __init__(
@@ -870,6 +870,7 @@ class SyntheticTryOnDataset(Dataset):
         seed: int = 0,
         *,
         cache_dir: str | Path | None = None,
+        with_flow: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -888,7 +889,7 @@ class SyntheticTryOnDataset(Dataset):
         self.cached = (
             None
             if cache_dir is None
-            else render_split(split, self.length, self.size, self.seed, with_flow=False, cache_dir=cache_dir)
+            else render_split(split, self.length, self.size, self.seed, with_flow=with_flow, cache_dir=cache_dir)
         )
 
     def __len__(self) -> int:
