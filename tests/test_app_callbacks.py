@@ -15,8 +15,7 @@ from leffa.app.callbacks import (
 )
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore
-from preprocess.openpose import Pose
-from preprocess.parsing import LABEL, ParseResult
+from tests.fake_preprocessing import FakeOpenPose, FakeParser
 
 SIZE = (48, 64)  # model size (width, height) the tests run the tiny model at
 FAST = GenerationSettings(steps=2, seed=7)
@@ -221,24 +220,9 @@ def test_missing_preprocessing_weights_name_the_download(actions, tmp_path):
         actions.make_mask(TryOnInputs(_photo(), _photo(), mask=_mask()))
 
 
-class _FakeParser:
-    def __call__(self, person):
-        labels = np.zeros((512, 384), np.uint8)
-        labels[60:140, 150:234] = LABEL["face"]
-        labels[150:330, 110:274] = LABEL["upper_clothes"]
-        return ParseResult(labels=labels)
-
-
-class _FakeOpenPose:
-    def __call__(self, person):
-        keypoints = np.zeros((18, 2), np.float32)
-        keypoints[1], keypoints[2], keypoints[5] = (192, 150), (130, 160), (254, 160)
-        return Pose(keypoints=keypoints, confidences=np.ones(18, np.float32))
-
-
 def test_automatic_mask_comes_with_parse_and_keypoint_previews(actions, monkeypatch):
-    monkeypatch.setattr(actions.store, "parser", lambda status=None: _FakeParser())
-    monkeypatch.setattr(actions.store, "openpose", lambda status=None: _FakeOpenPose())
+    monkeypatch.setattr(actions.store, "parser", lambda status=None: FakeParser())
+    monkeypatch.setattr(actions.store, "openpose", lambda status=None: FakeOpenPose())
     step = actions.make_mask(TryOnInputs(_photo(), _photo(), densepose=_photo()))
     assert [caption for _, caption in previews(step.prepared)] == ["parse", "keypoints", "mask", "densepose"]
     mask = np.asarray(step.prepared.mask) > 127
