@@ -12,31 +12,26 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from leffa.app import checkpoints
 from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 
-HUB_FILES = [
-    "virtual_tryon.pth",
-    "virtual_tryon_dc.pth",
-    "pose_transfer.pth",
+TRYON_PREPROCESSING_FILES = [
     "humanparsing/parsing_atr.onnx",
     "humanparsing/parsing_lip.onnx",
     "openpose/body_pose_model.pth",
     "densepose/model_final_162be9.pkl",
     "densepose/densepose_rcnn_R_50_FPN_s1x.yaml",
     "densepose/Base-DensePose-RCNN-FPN.yaml",
+]
+HUB_FILES = [
+    "virtual_tryon.pth",
+    "virtual_tryon_dc.pth",
+    "pose_transfer.pth",
+    *TRYON_PREPROCESSING_FILES,
     "schp/exp-schp-201908301523-atr.pth",
     "examples/person1/01.jpg",
     "examples/person2/02.jpg",
     "examples/garment/03.jpg",
     "stable-diffusion-inpainting/unet/config.json",
 ]
-TRYON_FILES = {
-    "virtual_tryon.pth",
-    "humanparsing/parsing_atr.onnx",
-    "humanparsing/parsing_lip.onnx",
-    "openpose/body_pose_model.pth",
-    "densepose/model_final_162be9.pkl",
-    "densepose/densepose_rcnn_R_50_FPN_s1x.yaml",
-    "densepose/Base-DensePose-RCNN-FPN.yaml",
-}
+TRYON_FILES = {"virtual_tryon.pth", *TRYON_PREPROCESSING_FILES}
 
 
 def _write_tree(root: Path, names: list[str]) -> None:
