@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train one stage from a trainer-schema YAML config")
     train.add_argument("config")
+    train.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="replace one config value (YAML)"
+    )
     evaluate = commands.add_parser("evaluate", help="score runs on the test split (writes RUN/eval.json)")
     evaluate.add_argument("runs", nargs="+")
     evaluate.add_argument("--untrained-from", help="score the untrained model built from this run's configs instead")
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "train":
-        train_stage(load_config(args.config), _log)
+        train_stage(load_config(args.config, args.override), _log)
     elif args.command == "evaluate":
         for run in args.runs:
             evaluate_run(run, _log, untrained_from=args.untrained_from)
