@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 CKPT_DIR ?= ckpts
 
-.PHONY: demo test clean
+.PHONY: demo test bench-gpu clean
 
 $(VENV)/.runtime-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(ARGS)
+
+# On a CUDA machine: about 8 minutes, writes bench/RESULTS-gpu.md (ARGS=--quick: a tiny smoke run anywhere).
+bench-gpu: $(VENV)/.dev-installed
+	PYTHONUNBUFFERED=1 $(PY) -m bench.gpu $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -80,7 +80,7 @@ def test_compile_compiles_both_unets_with_room_for_one_graph_per_layer(monkeypat
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     model = apply_speed_options(_model(), SpeedOptions(compile=True, compile_mode="max-autotune"))
     assert [unet for unet, _ in calls] == [model.unet_encoder, model.unet]
-    assert all(kwargs == {"mode": "max-autotune", "backend": "inductor"} for _, kwargs in calls)
+    assert all(kwargs == {"mode": "max-autotune", "backend": "inductor", "dynamic": False} for _, kwargs in calls)
     assert torch._dynamo.config.recompile_limit >= 256
 
 
@@ -121,3 +121,27 @@ def test_options_apply_once_per_model():
     model = apply_speed_options(_model(), SpeedOptions(channels_last=True))
     with pytest.raises(ValueError, match="speed options are already applied to this model"):
         apply_speed_options(model, SpeedOptions(sdpa_backend="math"))
+
+
+def test_command_line_flags_become_speed_options():
+    from leffa.app.cli import _speed, build_parser
+
+    args = build_parser().parse_args(
+        ["tryon", "p.png", "g.png", "--compile", "--channels-last", "--sdpa-backend", "math", "--autocast", "bf16",
+         "--vae-tiling"]
+    )
+    assert _speed(args) == SpeedOptions(compile=True, channels_last=True, sdpa_backend="math", autocast="bf16",
+                                        vae_tiling=True)
+    assert _speed(build_parser().parse_args(["tryon", "p.png", "g.png"])) == SpeedOptions()
+
+
+def test_released_runtime_applies_the_speed_options_as_each_model_loads(tmp_path, monkeypatch):
+    import leffa.app.service as service
+    from leffa.app.runtime import released_runtime
+
+    monkeypatch.setattr(service, "ensure_files", lambda task, ckpt_dir, download: {"virtual_tryon": "x.pth"})
+    monkeypatch.setattr(service.LeffaModel, "from_pretrained", lambda path, device, dtype: _model())
+    runtime = released_runtime(tmp_path, device="cpu", download=False, speed=SpeedOptions(channels_last=True))
+    model = runtime.store.pipeline("viton_hd").model
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.speed_options == SpeedOptions(channels_last=True)

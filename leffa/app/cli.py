@@ -26,6 +26,7 @@ from leffa.app.runtime import (
     DEVICES, DTYPES, RESOLUTIONS, Runtime, missing_weights, released_runtime, tiny_runtime,
 )
 from leffa.app.service import TRYON_MODELS, Generation
+from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
 from leffa.inspect.visualize import side_by_side
 from preprocess.images import load_image
 from preprocess.masks import CATEGORIES
@@ -106,12 +107,19 @@ def _download(args: argparse.Namespace) -> int:
 Work = Callable[[AppCallbacks, Job], dict[str, Any]]
 
 
+def _speed(args: argparse.Namespace) -> SpeedOptions:
+    return SpeedOptions(
+        compile=args.compile, channels_last=args.channels_last, sdpa_backend=args.sdpa_backend,
+        autocast=args.autocast, vae_tiling=args.vae_tiling,
+    )
+
+
 def _runtime(args: argparse.Namespace) -> Runtime:
     if args.tiny:
-        return tiny_runtime(device=args.device, dtype=args.dtype)
+        return tiny_runtime(device=args.device, dtype=args.dtype, speed=_speed(args))
     return released_runtime(
         args.ckpt_dir, device=args.device, dtype=args.dtype, offload=args.offload,
-        download=not args.no_download,
+        download=not args.no_download, speed=_speed(args),
     )
 
 
@@ -303,6 +311,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--offload", action="store_true", help="keep Leffa models on the CPU between runs")
     group.add_argument("--no-download", action="store_true", help="fail rather than download missing weights")
     group.add_argument("--tiny", action="store_true", help="built-in demo model (needs --mask, --densepose)")
+    speed = parser.add_argument_group("speed (each off by default: it may change results in the last bits)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile both UNets (first run: minutes)")
+    speed.add_argument("--channels-last", action="store_true", help="UNet weights in channels-last layout")
+    speed.add_argument("--sdpa-backend", default="auto", choices=list(SDPA_BACKENDS), help="attention kernel")
+    speed.add_argument("--autocast", choices=list(AUTOCAST_DTYPES), help="UNets under autocast (bf16 on CPU)")
+    speed.add_argument("--vae-tiling", action="store_true", help="tiled VAE: less memory for large images")
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:

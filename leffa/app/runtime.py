@@ -17,6 +17,7 @@ from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, reso
 from leffa.app.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel
+from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, ModelStore
 
 #: Resolution choices: the model's own, or half of it per side for speed.
@@ -106,9 +107,13 @@ def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
     return [PoseExample(a.person, b.person, b.densepose) for a, b in zip(examples, examples[1:])]
 
 
-def tiny_runtime(*, device: str = "auto", dtype: str = "auto", notice: str = "") -> Runtime:
+def tiny_runtime(
+    *, device: str = "auto", dtype: str = "auto", notice: str = "", speed: SpeedOptions | None = None
+) -> Runtime:
     """The built-in demo model (``leffa.app.demo``) serving every task, with the shipped example inputs."""
     model = load_demo_model(device, pick_dtype(dtype, device))
+    if speed is not None:
+        apply_speed_options(model, speed)
     height, width = DEMO_IMAGE_SIZE
     return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice)
 
@@ -129,12 +134,16 @@ def released_runtime(
     dtype: str = "auto",
     offload: bool = False,
     download: bool = True,
+    speed: SpeedOptions | None = None,
 ) -> Runtime:
-    """The released weights from ``ckpt_dir``, loaded lazily (and downloaded on first use if allowed)."""
+    """The released weights from ``ckpt_dir``, loaded lazily (and downloaded on first use if allowed).
+
+    ``speed`` (see :mod:`leffa.core.speed`) is applied to each Leffa model as it loads.
+    """
     root = resolve_ckpt_dir(ckpt_dir)
     store = ModelStore(
         root, device=device, dtype=pick_dtype(dtype, device), download=downloads_possible(download),
-        offload=offload,
+        offload=offload, speed=speed,
     )
     missing = missing_weights("virtual_tryon", root)
     notice = ""

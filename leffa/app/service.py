@@ -24,6 +24,7 @@ from leffa.app.checkpoints import ensure_files
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
+from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.inspect.trace import Trace, trace
 from leffa.core.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
 from preprocess.garment import prepare_garment
@@ -46,7 +47,8 @@ class ModelStore:
     ``leffa_models`` pre-seeds Leffa models by key (``viton_hd``, ``dress_code``, ``pose_transfer``), e.g.
     the built-in demo model; other keys load the released weights from ``ckpt_dir`` (downloaded there on
     first use when ``download`` is true). ``offload`` keeps the Leffa models on the CPU between calls and
-    moves the one in use to ``device`` for the length of a generation (for devices short of memory).
+    moves the one in use to ``device`` for the length of a generation (for devices short of memory). ``speed``
+    is applied to each Leffa model loaded from ``ckpt_dir`` (:mod:`leffa.core.speed`).
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class ModelStore:
         leffa_models: dict[str, LeffaModel] | None = None,
         sizes: dict[str, tuple[int, int]] | None = None,
         offload: bool = False,
+        speed: SpeedOptions | None = None,
     ) -> None:
         self.ckpt_dir = ckpt_dir
+        self.speed = speed
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.download = download
@@ -90,7 +94,10 @@ class ModelStore:
         def build() -> LeffaPipeline:
             path = ensure_files(task, self.ckpt_dir, download=self.download)[name]
             device = torch.device("cpu") if self.offload else self.device
-            return LeffaPipeline(LeffaModel.from_pretrained(path, device=device, dtype=self.dtype))
+            model = LeffaModel.from_pretrained(path, device=device, dtype=self.dtype)
+            if self.speed is not None:
+                apply_speed_options(model, self.speed, device=self.device)
+            return LeffaPipeline(model)
 
         pipe = self._get(f"leffa:{key}", build, status)
         self._pipelines[key] = pipe

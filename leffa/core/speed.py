@@ -11,7 +11,8 @@ measures each one. :func:`apply_speed_options` changes the model in place:
   their dtype (e.g. bf16 compute on a CPU with fp32 weights);
 - ``vae_tiling`` / ``vae_slicing``: diffusers' tiled VAE (bounded memory for large images) and one image
   at a time through the VAE (bounded memory for large batches);
-- ``compile``: ``torch.compile`` of both UNets (the first call at each input size compiles, minutes).
+- ``compile``: ``torch.compile`` of both UNets with static shapes (every layer resolution gets its own
+  graph; the first call at each input size compiles, minutes).
 """
 
 from __future__ import annotations
@@ -147,6 +148,6 @@ def apply_speed_options(
     if options.compile:
         _allow_one_graph_per_layer()
         for unet in unets:
-            unet.compile(mode=options.compile_mode, backend=options.compile_backend)
+            unet.compile(mode=options.compile_mode, backend=options.compile_backend, dynamic=False)
     model.speed_options = options
     return model
