@@ -17,14 +17,15 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# With the released try-on weights in $(CKPT_DIR) the app serves them; without, the built-in tiny demo model.
+# With the released try-on weights in $(CKPT_DIR) the app serves them; without, the built-in tiny demo model
+# (--no-download: the page then says which files are missing and how to fetch them).
 demo: $(VENV)/.runtime-installed
 	@if $(PY) -m leffa download virtual_tryon --check --ckpt-dir $(CKPT_DIR) >/dev/null 2>&1; then \
 		$(PY) app.py --ckpt-dir $(CKPT_DIR) $(ARGS); \
 	else \
 		echo "No released weights in $(CKPT_DIR): starting the built-in tiny demo model."; \
 		echo "For the real model: $(PY) -m leffa download virtual_tryon --ckpt-dir $(CKPT_DIR)"; \
-		$(PY) app.py --tiny $(ARGS); \
+		$(PY) app.py --ckpt-dir $(CKPT_DIR) --no-download $(ARGS); \
 	fi
 
 test: $(VENV)/.dev-installed

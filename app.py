@@ -21,9 +21,10 @@ from gradio.utils import get_upload_folder
 
 from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
 from leffa.app.callbacks import (
-    ALL, MASK_COLOR, AppCallbacks, GenerationSettings, InspectorView, MaskStep, TryOnInputs, category_note,
-    editor_value, mask_from_editor, previews,
+    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, editor_value, mask_from_editor,
 )
+from leffa.app.inspector import ALL, InspectorView, display_to_result, run_note
+from leffa.app.previews import MASK_COLOR, previews
 from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
 )
@@ -44,13 +45,41 @@ TINY_NOTE = (
     "people and garments. It has no preprocessing models, so use the examples (they bring their own mask "
     "and DensePose) or upload both under *Your own mask / DensePose*."
 )
+POSE_UNTRAINED = (
+    "**Untrained for pose transfer**: the built-in demo model has learnt try-on only, so its pose-transfer "
+    "output is noise, not a result to judge. A trained pose-transfer demo model replaces it when it ships "
+    "(`assets/demo-model/pose_transfer/`), and the released weights do the real thing."
+)
+TINY_RESOLUTION = "the built-in demo model runs at the size it was trained at only"
 INSPECTOR_HELP = (
     "Tick **Record attention for the inspector** before generating. Then click a point of the result: "
-    "the heatmaps show where it looked in the reference (garment or person photo), per layer and "
-    "averaged. The flow is the attention's mean displacement as a colour wheel; the warped reference is "
-    "what the layer copies to each pixel."
+    "the heatmap shows where that pixel looked in the reference (the garment, or the person photo for pose "
+    "transfer), averaged over layers or for the chosen one; the ring marks the attention's peak."
+)
+FLOW_HELP = (
+    "**Reading the flow**: each pixel's colour is the direction (wheel) in which the attention's mean "
+    "position in the reference lies from that pixel; pale = a short shift, white = none. Sharp, "
+    "correct attention makes the warped reference look like the garment (or person) moved into place. "
+    "**Near-uniform attention** looks like this: heatmaps evenly coloured with a peak close to 1×, entropy "
+    "close to 1, a flow that points every pixel at the reference's centre (the wheel's colours arranged "
+    "around the middle) and a warped reference that is one flat average colour."
 )
 RESULT_BUTTONS = ["download", "fullscreen"]
+#: Pictures fill their box (``fill-box``); the tiny model's are enlarged with whole pixels (``pixelated``).
+CSS = """
+.fill-box img, .fill-box .image-frame { width: 100% !important; height: 100% !important; }
+.fill-box img { object-fit: contain !important; }
+.pixelated img { image-rendering: pixelated; }
+.wrap-captions .caption-label { white-space: normal; max-width: 96%; }
+[data-testid="toast-text"] { white-space: pre-line; }
+.colour-scale { padding: 0 4px; }
+.colour-bar { position: relative; height: 14px; border: 1px solid #888; border-radius: 2px; }
+.uniform-mark { position: absolute; top: -3px; bottom: -3px; border-left: 2px solid black; }
+.colour-ticks { position: relative; display: flex; justify-content: space-between; height: 1.4em;
+  font-size: 0.85em; }
+.colour-ticks span[style] { position: absolute; transform: translateX(-50%); white-space: nowrap; }
+.colour-scale p { margin: 2px 0 0; font-size: 0.85em; }
+"""
 
 
 def _shown(fn: Callable) -> Callable:
@@ -85,9 +114,12 @@ def _on_device(fn: Callable) -> Callable:
     return spaces.GPU(duration=120)(fn)
 
 
-def _upload(label: str, elem_id: str, **options: Any) -> UploadedImage:
+def _upload(label: str, elem_id: str, runtime: Runtime, **options: Any) -> UploadedImage:
     """An image input that reaches the callbacks as a file path, decoded by ``preprocess.images``."""
-    return UploadedImage(type="filepath", image_mode=None, label=label, elem_id=elem_id, **options)
+    return UploadedImage(
+        type="filepath", image_mode=None, label=label, elem_id=elem_id, elem_classes=_display_classes(runtime),
+        **options,
+    )
 
 
 def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
@@ -106,8 +138,29 @@ def _settings_controls(prefix: str) -> list[gr.components.Component]:
     return [steps, guidance, seed, acceleration, inspect]
 
 
-def _settings(steps, guidance, seed, acceleration, inspect, repaint=False) -> GenerationSettings:
-    return GenerationSettings(steps, guidance, seed, acceleration, repaint, inspect)
+def _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint=False) -> GenerationSettings:
+    return GenerationSettings(steps, guidance, seed, ref_acceleration, repaint, record_attention)
+
+
+def _display_classes(runtime: Runtime) -> list[str]:
+    return ["fill-box", "pixelated"] if runtime.tiny else ["fill-box"]
+
+
+def _picture(label: str, runtime: Runtime, **options: Any) -> gr.Image:
+    """An output picture that fills its box (see ``CSS``)."""
+    return gr.Image(label=label, format="png", interactive=False, elem_classes=_display_classes(runtime), **options)
+
+
+def _seed_used(elem_id: str) -> gr.Textbox:
+    """Empty until a run reports the seed it used (a number field would show 0)."""
+    return gr.Textbox("", label="Seed used", interactive=False, elem_id=elem_id, buttons=["copy"])
+
+
+def _previews_gallery(runtime: Runtime, elem_id: str) -> gr.Gallery:
+    return gr.Gallery(
+        label="Previews", columns=4, height=420, object_fit="contain", elem_classes=_display_classes(runtime),
+        elem_id=elem_id,
+    )
 
 
 def _paths(*paths: Path | None) -> list[str | None]:
@@ -124,8 +177,8 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the two buttons, the mask editor, the result and previews of the try-on tab."""
     ui = SimpleNamespace()
     with gr.Row():
-        ui.person = _upload("Person photo", "tryon-person", height=400)
-        ui.garment = _upload("Garment photo", "tryon-garment", height=400)
+        ui.person = _upload("Person photo", "tryon-person", runtime, height=400)
+        ui.garment = _upload("Garment photo", "tryon-garment", runtime, height=400)
         with gr.Column():
             ui.model_type = gr.Radio(MODEL_TYPES, value="viton_hd", label="Model")
             ui.category = gr.Radio(
@@ -133,11 +186,10 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
                 info="VITON-HD only knows upper-body garments",
             )
             ui.category_note = gr.Markdown(category_note("viton_hd", "upper_body"), elem_id="category-note")
-            ui.resolution = gr.Radio(
-                actions.resolution_choices("viton_hd"), value="full", label="Resolution (height × width)"
-            )
+            ui.resolution = _resolution(actions, runtime, "viton_hd")
             ui.garment_png = gr.Checkbox(False, label="Garment is a cut-out PNG (centre it on white)")
-            ui.repaint = gr.Checkbox(False, label="Repaint (keep everything outside the mask)")
+            # The tiny model redraws the whole mask region coarsely; repaint keeps the rest of the photo.
+            ui.repaint = gr.Checkbox(runtime.tiny, label="Repaint (keep everything outside the mask)")
     for choice in (ui.model_type, ui.category):
         choice.change(
             category_note, [ui.model_type, ui.category], ui.category_note, queue=False, show_progress="hidden",
@@ -146,8 +198,8 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     ui.controls = _settings_controls("tryon")
     with gr.Accordion("Your own mask / DensePose (optional)", open=runtime.tiny):
         with gr.Row():
-            ui.mask = _upload("Mask (white = replace)", "tryon-mask")
-            ui.densepose = _upload("DensePose render", "tryon-densepose")
+            ui.mask = _upload("Mask (white = replace)", "tryon-mask", runtime)
+            ui.densepose = _upload("DensePose render", "tryon-densepose", runtime)
     with gr.Row():
         ui.make_mask = gr.Button("1. Make mask", elem_id="make-mask")
         ui.run = gr.Button("2. Try on", variant="primary", elem_id="tryon-run")
@@ -159,104 +211,127 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     with gr.Row():
         ui.editor = MaskEditor(
             type="numpy", image_mode="RGBA", sources=[], transforms=(), layers=False, format="png",
-            label="Mask: brush adds, eraser removes; then press Try on", elem_id="mask-editor", height=480,
-            brush=gr.Brush(default_size=brush_size, colors=[mask_colour], color_mode="fixed"),
+            label="Mask editor: brush adds, eraser removes; then press Try on", elem_id="mask-editor",
+            height=480, brush=gr.Brush(default_size=brush_size, colors=[mask_colour], color_mode="fixed"),
             eraser=gr.Eraser(default_size=brush_size), canvas_size=ui.editor_size,
         )
         with gr.Column():
-            ui.result = gr.Image(
-                label="Result", format="png", interactive=False, elem_id="tryon-result", height=480,
-                buttons=RESULT_BUTTONS,
-            )
-            ui.seed = gr.Number(label="Seed used", precision=0, interactive=False)
+            ui.result = _picture("Result", runtime, elem_id="tryon-result", height=480, buttons=RESULT_BUTTONS)
+            ui.seed = _seed_used("tryon-seed")
     with gr.Accordion("Previews: parse map, keypoints, mask, DensePose", open=False):
-        ui.previews = gr.Gallery(label="Previews", columns=4, height=320)
+        ui.previews = _previews_gallery(runtime, "tryon-previews")
     rows = [_paths(e.person, e.garment, e.mask, e.densepose) for e in runtime.tryon_examples]
     _examples(rows, [ui.person, ui.garment, ui.mask, ui.densepose])
     return ui
 
 
+def _resolution(actions: AppCallbacks, runtime: Runtime, key: str) -> gr.Radio:
+    """The model's own size, or half of it per side; the tiny model (trained at one size) gets its own only."""
+    if runtime.tiny:
+        choices = actions.resolution_choices(key, ("full",))
+        return gr.Radio(choices, value="full", label="Resolution (height × width)", info=TINY_RESOLUTION)
+    return gr.Radio(actions.resolution_choices(key), value="full", label="Resolution (height × width)")
+
+
 def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     """Photos, options, the button, the result and the DensePose preview of the pose-transfer tab."""
     ui = SimpleNamespace()
+    untrained = POSE_MODEL in runtime.untrained
+    if untrained:
+        gr.Markdown(POSE_UNTRAINED, elem_id="pose-untrained")
     with gr.Row():
-        ui.person = _upload("Person (appearance)", "pose-person", height=400)
-        ui.target = _upload("Target pose", "pose-target", height=400)
-        ui.result = gr.Image(
-            label="Result", format="png", interactive=False, elem_id="pose-result", height=400,
-            buttons=RESULT_BUTTONS,
-        )
-    ui.resolution = gr.Radio(
-        actions.resolution_choices(POSE_MODEL), value="full", label="Resolution (height × width)"
-    )
+        ui.person = _upload("Person (appearance)", "pose-person", runtime, height=400)
+        ui.target = _upload("Target pose", "pose-target", runtime, height=400)
+        label = "Result (untrained model: noise)" if untrained else "Result"
+        ui.result = _picture(label, runtime, elem_id="pose-result", height=400, buttons=RESULT_BUTTONS)
+    ui.resolution = _resolution(actions, runtime, POSE_MODEL)
     ui.controls = _settings_controls("pose")
     with gr.Accordion("Your own DensePose of the target (optional)", open=runtime.tiny):
-        ui.densepose = _upload("DensePose (IUV) of the target", "pose-densepose")
+        ui.densepose = _upload("DensePose (IUV) of the target", "pose-densepose", runtime)
     with gr.Row():
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
-        ui.seed = gr.Number(label="Seed used", precision=0, interactive=False)
+        ui.seed = _seed_used("pose-seed")
     with gr.Accordion("Preview: DensePose", open=False):
-        ui.previews = gr.Gallery(label="Previews", columns=4, height=320)
+        ui.previews = _previews_gallery(runtime, "pose-previews")
     rows = [_paths(e.person, e.target, e.densepose) for e in runtime.pose_examples]
     _examples(rows, [ui.person, ui.target, ui.densepose])
     return ui
 
 
-def _inspector_tab(actions: AppCallbacks) -> SimpleNamespace:
-    """The clickable result, layer and timestep selectors, heatmaps, flow, legend and warped reference."""
+def _inspector_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
+    """Which run is shown, the clickable result, heatmap and colour scale, selectors, flow and warped
+    reference with how to read them, and the heatmap of every layer with its sharpness."""
     ui = SimpleNamespace()
+    ui.run = gr.Markdown(run_note(None), label="Inspected run", elem_id="inspect-run")
     gr.Markdown(INSPECTOR_HELP)
     with gr.Row():
         ui.image = gr.Image(
-            label="Result: click a point", interactive=False, elem_id="inspect-result", height=420
+            label="Result: click a point", format="png", interactive=False, elem_id="inspect-result",
+            height=440, elem_classes=["fill-box"],
         )
-        ui.heatmap = gr.Image(
-            label="Attention heatmap", interactive=False, elem_id="inspect-heatmap", height=420
-        )
+        with gr.Column():
+            ui.heatmap = _picture("Attention heatmap (ring: peak)", runtime, elem_id="inspect-heatmap", height=400)
+            ui.scale = gr.HTML("", label="Heatmap colour scale", elem_id="inspect-scale")
     with gr.Row():
         # Custom values are allowed so that the API may name any recorded layer; others get a clear error.
-        ui.layer = gr.Dropdown([ALL], value=ALL, label="Layer", allow_custom_value=True)
-        ui.timestep = gr.Dropdown([ALL], value=ALL, label="Timestep", allow_custom_value=True)
-    ui.caption = gr.Markdown("No recorded result yet.", elem_id="inspect-caption")
+        ui.layer = gr.Dropdown([("all layers (average)", ALL)], value=ALL, label="Layer", allow_custom_value=True)
+        ui.timestep = gr.Dropdown(
+            [("all timesteps (average)", ALL)], value=ALL, label="Timestep", allow_custom_value=True
+        )
+    ui.caption = gr.Markdown("", label="What is shown", elem_id="inspect-caption")
     with gr.Row():
-        ui.flow = gr.Image(label="Flow (colour wheel)", interactive=False, height=320)
-        gr.Image(actions.legend(), label="Flow direction legend", interactive=False, height=160)
-        ui.warped = gr.Image(label="Reference warped by the flow", interactive=False, height=320)
-    ui.per_layer = gr.Gallery(label="Heatmap per layer", columns=6, height=360)
-    ui.outputs = [ui.image, ui.heatmap, ui.per_layer, ui.flow, ui.warped, ui.caption]
+        ui.flow = _picture("Flow (colour wheel)", runtime, elem_id="inspect-flow", height=320)
+        with gr.Column():
+            gr.Image(actions.legend(), label="Flow direction legend", interactive=False, height=160)
+            gr.Markdown(FLOW_HELP, elem_id="flow-help")
+        ui.warped = _picture("Reference warped by the flow", runtime, elem_id="inspect-warped", height=320)
+    ui.per_layer = gr.Gallery(
+        label="Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse",
+        columns=4, height=520, object_fit="contain", elem_classes=[*_display_classes(runtime), "wrap-captions"],
+        elem_id="inspect-layers",
+    )
+    ui.outputs = [ui.image, ui.heatmap, ui.scale, ui.per_layer, ui.flow, ui.warped, ui.caption]
     return ui
 
 
+def _shown_view(view: InspectorView) -> list[Any]:
+    return [
+        view.marked_result, view.heatmap, view.colour_scale, view.layer_heatmaps, view.flow,
+        view.warped_reference, view.caption,
+    ]
+
+
 def build_app(runtime: Runtime) -> gr.Blocks:
-    """The whole interface for one runtime (model store, examples, notice)."""
+    """The whole interface for one runtime (model store, examples, notice); launch it with ``CSS``."""
     actions = AppCallbacks(runtime.store, notice=runtime.notice)
     with gr.Blocks(title="Leffa") as demo:
         gr.Markdown(INTRO)
         if runtime.tiny:
             gr.Markdown(TINY_NOTE)
-        status = gr.Markdown(actions.status(), elem_id="model-status")
+        status = gr.Markdown(actions.status(), label="Model status", elem_id="model-status")
         mask_state, recorded_state, point_state = gr.State(None), gr.State(None), gr.State(None)
         with gr.Tab("Virtual try-on", id="tryon"):
             tryon = _tryon_tab(actions, runtime)
         with gr.Tab("Pose transfer", id="pose"):
             pose = _pose_tab(actions, runtime)
         with gr.Tab("Attention & flow inspector", id="inspector"):
-            inspector = _inspector_tab(actions)
+            inspector = _inspector_tab(actions, runtime)
 
-        def shown_view(view: InspectorView) -> list[Any]:
-            image = gr.skip() if view.marked_result is None else view.marked_result
-            return [image, view.heatmap, view.layer_heatmaps, view.flow, view.warped_reference, view.caption]
-
-        def after_generation(generation: Generation) -> list[Any]:
-            """Outputs shared by both generating tabs; the inspector changes only for recorded runs."""
-            common = [generation.image, generation.seed, previews(generation.prepared), actions.status()]
+        def after_generation(generation: Generation, recorded: Generation | None) -> list[Any]:
+            """Outputs shared by both generating tabs. The inspector moves to a recorded run; after a run
+            without recording it keeps the last recorded one and says so."""
+            common = [
+                generation.image, str(generation.seed), previews(generation.prepared),
+                actions.status(),
+            ]
             if generation.trace is None:
-                return [*common, *[gr.skip()] * (4 + len(inspector.outputs))]
+                skipped = [gr.skip()] * (4 + len(inspector.outputs))
+                return [*common, *skipped[:4], run_note(recorded, generation), *skipped[4:]]
             layers, steps = actions.inspector_choices(generation)
-            view = actions.inspect(generation)
             return [
                 *common, generation, None, gr.Dropdown(choices=layers, value=ALL),
-                gr.Dropdown(choices=steps, value=ALL), generation.image, *shown_view(view)[1:],
+                gr.Dropdown(choices=steps, value=ALL), run_note(generation),
+                *_shown_view(actions.inspect(generation)),
             ]
 
         @_on_device
@@ -273,68 +348,75 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         @_on_device
         @_shown
         def try_on(person, garment, model_type, category, resolution, garment_png, mask, densepose, repaint,
-                   steps, guidance, seed, acceleration, inspect, mask_step, edited, progress=gr.Progress()):
+                   steps, guidance, seed, ref_acceleration, record_attention, mask_step, edited_mask, recorded,
+                   progress=gr.Progress()):
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, garment_png, resolution
             )
+            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint)
             generation = actions.try_on(
-                inputs, _settings(steps, guidance, seed, acceleration, inspect, repaint), mask_step=mask_step,
-                edited_mask=mask_from_editor(edited), progress=_reporter(progress),
+                inputs, settings, mask_step=mask_step, edited_mask=mask_from_editor(edited_mask),
+                progress=_reporter(progress),
             )
             used = MaskStep(generation.prepared, inputs.fingerprint())
-            return [used, editor_value(generation.prepared, tryon.editor_size), *after_generation(generation)]
+            editable = editor_value(generation.prepared, tryon.editor_size)
+            return [used, editable, *after_generation(generation, recorded)]
 
         @_on_device
         @_shown
-        def pose_transfer(person, target, resolution, densepose, steps, guidance, seed, acceleration, inspect,
-                          progress=gr.Progress()):
-            settings = _settings(steps, guidance, seed, acceleration, inspect)
+        def pose_transfer(person, target, resolution, densepose, steps, guidance, seed, ref_acceleration,
+                          record_attention, recorded, progress=gr.Progress()):
+            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention)
             generation = actions.pose_transfer(
                 person, target, densepose=densepose, resolution=resolution, settings=settings,
                 progress=_reporter(progress),
             )
-            return after_generation(generation)
+            return after_generation(generation, recorded)
 
         @_shown
         def inspect_click(generation, layer, timestep, event: gr.SelectData):
-            x, y = event.index
-            return [(x, y), *shown_view(actions.inspect(generation, (x, y), layer, timestep))]
+            if generation is None:
+                return [gr.skip()] * (1 + len(inspector.outputs))
+            point = display_to_result(event.index, generation)
+            return [point, *_shown_view(actions.inspect(generation, point, layer, timestep))]
 
         @_shown
         def inspect_point(x: float, y: float, layer: str, timestep: str, generation):
-            return [(x, y), *shown_view(actions.inspect(generation, (x, y), layer, timestep))]
+            return [(x, y), *_shown_view(actions.inspect(generation, (x, y), layer, timestep))]
 
         @_shown
         def change_selection(generation, point, layer, timestep):
             if generation is None:
                 return [gr.skip()] * len(inspector.outputs)
-            return shown_view(actions.inspect(generation, point, layer, timestep))
+            return _shown_view(actions.inspect(generation, point, layer, timestep))
 
         tryon_inputs = [
             tryon.person, tryon.garment, tryon.model_type, tryon.category, tryon.resolution,
             tryon.garment_png, tryon.mask, tryon.densepose,
         ]
         selection = [inspector.layer, inspector.timestep]
-        generation_outputs = [recorded_state, point_state, *selection, *inspector.outputs]
+        generation_outputs = [recorded_state, point_state, *selection, inspector.run, *inspector.outputs]
         tryon.make_mask.click(
             make_mask, tryon_inputs, [mask_state, tryon.editor, tryon.previews, status], api_name="make_mask",
             **DEVICE_QUEUE,
         )
+        # Progress shows on the result only: the editor keeps the mask visible while the model runs.
         tryon.run.click(
-            try_on, [*tryon_inputs, tryon.repaint, *tryon.controls, mask_state, tryon.editor],
+            try_on, [*tryon_inputs, tryon.repaint, *tryon.controls, mask_state, tryon.editor, recorded_state],
             [mask_state, tryon.editor, tryon.result, tryon.seed, tryon.previews, status, *generation_outputs],
-            api_name="try_on", **DEVICE_QUEUE,
+            api_name="try_on", show_progress_on=[tryon.result], **DEVICE_QUEUE,
         )
         pose.run.click(
-            pose_transfer, [pose.person, pose.target, pose.resolution, pose.densepose, *pose.controls],
+            pose_transfer,
+            [pose.person, pose.target, pose.resolution, pose.densepose, *pose.controls, recorded_state],
             [pose.result, pose.seed, pose.previews, status, *generation_outputs], api_name="pose_transfer",
-            **DEVICE_QUEUE,
+            show_progress_on=[pose.result], **DEVICE_QUEUE,
         )
         inspector.image.select(
             inspect_click, [recorded_state, *selection], [point_state, *inspector.outputs],
             api_visibility="private",
         )
-        # Clients cannot send a click, so the API takes the point as numbers through a hidden button.
+        # Clients cannot send a click, so the API takes the point (result pixels) through a hidden button.
         point_x, point_y = gr.Number(visible=False), gr.Number(visible=False)
         gr.Button(visible=False).click(
             inspect_point, [point_x, point_y, *selection, recorded_state], [point_state, *inspector.outputs],
@@ -345,6 +427,13 @@ def build_app(runtime: Runtime) -> gr.Blocks:
                 change_selection, [recorded_state, point_state, *selection], inspector.outputs,
                 api_visibility="private",
             )
+    return demo
+
+
+def serve(runtime: Runtime, **launch_options: Any) -> gr.Blocks:
+    """Build the app, queue it (one model run at a time) and launch it with the page's ``CSS``."""
+    demo = build_app(runtime).queue(default_concurrency_limit=1)
+    demo.launch(css=CSS, **launch_options)
     return demo
 
 
@@ -389,8 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(error, ValueError) else 1
     if runtime.notice:
         print(runtime.notice)
-    demo = build_app(runtime).queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    serve(runtime, server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

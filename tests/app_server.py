@@ -27,7 +27,7 @@ def free_port() -> int:
 @contextmanager
 def served_app() -> Iterator[tuple[str, object]]:
     """Yield (url, runtime) of the app on 127.0.0.1; close it afterwards."""
-    from app import build_app
+    from app import serve
     from leffa.core.model import LeffaModel
     from leffa.app.runtime import TryOnExample, single_model_runtime
     from train.synthetic.data import make_examples
@@ -38,11 +38,8 @@ def served_app() -> Iterator[tuple[str, object]]:
         written = make_examples(Path(folder), n=3, size=(128, 96))
         examples = [TryOnExample(e["person"], e["garment"], e["mask"], e["densepose"]) for e in written]
         runtime = single_model_runtime(model, SERVED_SIZE, examples)
-        demo = build_app(runtime).queue(default_concurrency_limit=1)
-        _, url, _ = demo.launch(
-            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
-        )
+        demo = serve(runtime, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
-            yield url, runtime
+            yield demo.local_url, runtime
         finally:
             demo.close(verbose=False)

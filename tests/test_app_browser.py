@@ -1,5 +1,6 @@
 """The app in a real browser (headless Debian Chromium + Selenium): upload, make and paint the mask, try on,
-click the result in the inspector and see a heatmap.
+click the result in the inspector and read what it shows; then what the page says after a run without
+recording, and an error message as the user sees it.
 
 Screenshots of each stage go to ``test-artifacts/`` (git-ignored) for a human to look at.
 """
@@ -7,6 +8,7 @@ Screenshots of each stage go to ``test-artifacts/`` (git-ignored) for a human to
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -42,11 +44,21 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400"):
+    flags = (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-dev-shm-usage", "--window-size=1400,2400",
+    )
+    for flag in flags:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served():
+    with served_app() as served:
+        yield served
 
 
 def _shot(driver, name: str) -> None:
@@ -71,6 +83,24 @@ def _image_source(driver, selector: str) -> str | None:
     return found[0].get_attribute("src") if found else None
 
 
+def _shown_size(driver, selector: str) -> tuple[float, float]:
+    """Width and height of the picture as drawn (``object-fit: contain`` inside the img element's box)."""
+    image = driver.find_element(By.CSS_SELECTOR, selector)
+    width, height = image.size["width"], image.size["height"]
+    natural_width, natural_height = _natural_size(driver, selector)
+    scale = min(width / natural_width, height / natural_height)
+    return natural_width * scale, natural_height * scale
+
+
+def _open_tab(driver, text: str) -> None:
+    tabs = driver.find_elements(By.XPATH, f"//button[@role='tab' and contains(., '{text}')]")
+    next(tab for tab in tabs if tab.is_displayed()).click()
+
+
+def _text(driver, elem_id: str) -> str:
+    return driver.find_element(By.ID, elem_id).text
+
+
 def _red_pixels(driver, element) -> int:
     """Pixels of the element's screenshot tinted like the mask overlay (red well above green and blue)."""
     pixels = np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")).astype(int)
@@ -78,7 +108,7 @@ def _red_pixels(driver, element) -> int:
     return int(((red > green + 60) & (red > blue + 60)).sum())
 
 
-def test_upload_edit_mask_try_on_and_inspect_a_point(browser, monkeypatch):
+def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatch):
     edits = []
     try_on = AppCallbacks.try_on
 
@@ -87,52 +117,107 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, monkeypatch):
         return try_on(self, inputs, settings, **options)
 
     monkeypatch.setattr(AppCallbacks, "try_on", recording_try_on)
-    with served_app() as (url, runtime):
-        example = runtime.tryon_examples[0]
-        browser.get(url)
-        wait = WebDriverWait(browser, TIMEOUT)
-        wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#tryon-person input[type=file]")))
-        for elem_id, path in (
-            ("tryon-person", example.person), ("tryon-garment", example.garment),
-            ("tryon-mask", example.mask), ("tryon-densepose", example.densepose),
-        ):
-            _upload(browser, elem_id, path)
-        steps = browser.find_element(By.CSS_SELECTOR, "#tryon-steps input[type=number]")
-        steps.send_keys(Keys.CONTROL, "a")
-        steps.send_keys("3", Keys.TAB)
-        browser.find_element(By.CSS_SELECTOR, "#tryon-record input[type=checkbox]").click()
-        _shot(browser, "1-uploaded")
+    url, runtime = served
+    example = runtime.tryon_examples[0]
+    browser.get(url)
+    wait = WebDriverWait(browser, TIMEOUT)
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#tryon-person input[type=file]")))
+    assert browser.find_element(By.CSS_SELECTOR, "#tryon-seed textarea, #tryon-seed input").get_attribute("value") == ""
+    for elem_id, path in (
+        ("tryon-person", example.person), ("tryon-garment", example.garment),
+        ("tryon-mask", example.mask), ("tryon-densepose", example.densepose),
+    ):
+        _upload(browser, elem_id, path)
+    steps = browser.find_element(By.CSS_SELECTOR, "#tryon-steps input[type=number]")
+    steps.send_keys(Keys.CONTROL, "a")
+    steps.send_keys("20", Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, "#tryon-record input[type=checkbox]").click()
+    _shot(browser, "1-uploaded")
 
-        # Make the mask: it appears as a red layer over the person; paint a stroke on the background.
-        editor = browser.find_element(By.ID, "mask-editor")
-        browser.find_element(By.ID, "make-mask").click()
-        wait.until(lambda driver: _red_pixels(driver, editor) > 2000)
-        browser.find_element(By.CSS_SELECTOR, "#mask-editor button[aria-label='Brush']").click()
-        canvas = browser.find_element(By.CSS_SELECTOR, "#mask-editor canvas")
-        stroke = webdriver.ActionChains(browser).move_to_element_with_offset(canvas, -110, -170)
-        stroke.click_and_hold().move_by_offset(30, 0).move_by_offset(0, 20).release().perform()
-        _shot(browser, "2-mask")
+    # Make the mask: it appears as a red layer over the person; paint a stroke on the background.
+    editor = browser.find_element(By.ID, "mask-editor")
+    browser.find_element(By.ID, "make-mask").click()
+    wait.until(lambda driver: _red_pixels(driver, editor) > 2000)
+    browser.find_element(By.CSS_SELECTOR, "#mask-editor button[aria-label='Brush']").click()
+    canvas = browser.find_element(By.CSS_SELECTOR, "#mask-editor canvas")
+    stroke = webdriver.ActionChains(browser).move_to_element_with_offset(canvas, -110, -170)
+    stroke.click_and_hold().move_by_offset(30, 0).move_by_offset(0, 20).release().perform()
+    _shot(browser, "2-mask")
 
-        browser.find_element(By.ID, "tryon-run").click()
-        wait.until(lambda driver: _image_source(driver, "#tryon-result img"))
-        _shot(browser, "3-result")
-        assert _natural_size(browser, "#tryon-result img") == Image.open(example.person).size
-        painted = edits[-1]
-        original = np.asarray(Image.open(example.mask).convert("L").resize(SERVED_SIZE, Image.NEAREST))
-        assert painted.shape == original.shape[:2]
-        assert painted[original > 127].mean() > 0.95  # the automatic mask came back from the editor ...
-        added_y, added_x = np.nonzero(painted & (original <= 127))
-        assert len(added_y) > 0 and added_y.max() < 16 and added_x.max() < 20  # ... plus the stroke
+    # Progress shows on the result, never on the editor (it used to keep a stale "done" and a timer).
+    browser.find_element(By.ID, "tryon-run").click()
+    wait.until(lambda driver: "denoising step" in _text(driver, "tryon-result"))
+    assert "denoising" not in _text(browser, "mask-editor") and "preprocessing" not in _text(browser, "mask-editor")
+    wait.until(lambda driver: _image_source(driver, "#tryon-result img"))
+    _shot(browser, "3-result")
+    assert "done" not in _text(browser, "mask-editor") and "denoising" not in _text(browser, "mask-editor")
+    assert _natural_size(browser, "#tryon-result img") == Image.open(example.person).size
+    shown_width, shown_height = _shown_size(browser, "#tryon-result img")
+    assert shown_height > 3 * Image.open(example.person).height  # enlarged to fill its 480-pixel box
+    rendering = "return getComputedStyle(arguments[0]).imageRendering;"
+    result_image = browser.find_element(By.CSS_SELECTOR, "#tryon-result img")
+    assert browser.execute_script(rendering, result_image) == "pixelated"
+    seed = browser.find_element(By.CSS_SELECTOR, "#tryon-seed textarea, #tryon-seed input").get_attribute("value")
+    assert seed.isdigit()
+    painted = edits[-1]
+    original = np.asarray(Image.open(example.mask).convert("L").resize(SERVED_SIZE, Image.NEAREST))
+    assert painted.shape == original.shape[:2]
+    assert painted[original > 127].mean() > 0.95  # the automatic mask came back from the editor ...
+    added_y, added_x = np.nonzero(painted & (original <= 127))
+    assert len(added_y) > 0 and added_y.max() < 16 and added_x.max() < 20  # ... plus the stroke
 
-        tabs = browser.find_elements(By.XPATH, "//button[@role='tab' and contains(., 'inspector')]")
-        next(tab for tab in tabs if tab.is_displayed()).click()
-        wait.until(lambda driver: _image_source(driver, "#inspect-result img"))
-        before = _image_source(browser, "#inspect-result img")
-        result = browser.find_element(By.CSS_SELECTOR, "#inspect-result img")
-        webdriver.ActionChains(browser).move_to_element(result).click().perform()
-        wait.until(lambda driver: _image_source(driver, "#inspect-heatmap img"))
-        wait.until(lambda driver: _image_source(driver, "#inspect-result img") != before)  # the crosshair
-        _shot(browser, "4-heatmap")
-        assert _natural_size(browser, "#inspect-heatmap img") == SERVED_SIZE
-        caption = browser.find_element(By.ID, "inspect-caption").text
-        assert "point (" in caption and "layer all" in caption
+    _open_tab(browser, "inspector")
+    wait.until(lambda driver: _image_source(driver, "#inspect-result img"))
+    assert f"(seed {seed})" in _text(browser, "inspect-run")
+    before = _image_source(browser, "#inspect-result img")
+    result = browser.find_element(By.CSS_SELECTOR, "#inspect-result img")
+    width, height = _natural_size(browser, "#inspect-result img")  # enlarged 4x: 384x512
+    drawn_width, drawn_height = _shown_size(browser, "#inspect-result img")
+    assert drawn_height > 400 and width == 4 * Image.open(example.person).width
+    offset = (-drawn_width / 4, drawn_height / 5)  # from the picture's centre, in page pixels
+    webdriver.ActionChains(browser).move_to_element_with_offset(result, *offset).click().perform()
+    wait.until(lambda driver: _image_source(driver, "#inspect-heatmap img"))
+    wait.until(lambda driver: _image_source(driver, "#inspect-result img") != before)  # the crosshair
+    _shot(browser, "4-heatmap")
+    scale = drawn_width / width
+    expected = [int((size / 2 + move / scale) // 4) for size, move in zip((width, height), offset)]
+    caption = _text(browser, "inspect-caption")
+    assert f"point ({expected[0]}, {expected[1]}) of the result" in caption or any(
+        f"point ({expected[0] + dx}, {expected[1] + dy}) of the result" in caption for dx in (-1, 1) for dy in (-1, 1)
+    )
+    assert caption.startswith("all layers (average), all timesteps (average)") and "× uniform" in caption
+    assert _natural_size(browser, "#inspect-heatmap img") == SERVED_SIZE
+    assert _shown_size(browser, "#inspect-heatmap img")[1] > 300
+    scale_text = _text(browser, "inspect-scale")
+    assert "1× = uniform" in scale_text and "(peak)" in scale_text and "relative to spreading evenly" in scale_text
+    assert "Near-uniform attention" in _text(browser, "flow-help")
+    layer_captions = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#inspect-layers .caption-label")]
+    assert layer_captions and all(re.match(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+: peak ", c) for c in layer_captions)
+    assert all("entropy" in c and "…" not in c for c in layer_captions)
+
+    # A run without recording: the inspector keeps the recorded run and says the latest one is not it.
+    _open_tab(browser, "Virtual try-on")
+    browser.find_element(By.CSS_SELECTOR, "#tryon-record input[type=checkbox]").click()
+    browser.find_element(By.ID, "tryon-run").click()
+    wait.until(lambda driver: _text(driver, "tryon-seed") != seed or "denoising" in _text(driver, "tryon-result"))
+    wait.until(lambda driver: "denoising" not in _text(driver, "tryon-result"))
+    _open_tab(browser, "inspector")
+    wait.until(lambda driver: "without recording attention" in _text(driver, "inspect-run"))
+    _shot(browser, "5-unrecorded")
+    note = _text(browser, "inspect-run")
+    assert note.startswith("Showing the try-on result of ") and f"(seed {seed})." in note
+
+
+def test_error_messages_read_as_plain_text(browser, served, tmp_path):
+    url, runtime = served
+    not_an_image = tmp_path / "holiday.jpg"
+    not_an_image.write_bytes(b"this is a text file, not a photo")
+    browser.get(url)
+    wait = WebDriverWait(browser, TIMEOUT)
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#tryon-person input[type=file]")))
+    _upload(browser, "tryon-person", runtime.tryon_examples[0].person)
+    browser.find_element(By.CSS_SELECTOR, "#tryon-garment input[type=file]").send_keys(str(not_an_image))
+    browser.find_element(By.ID, "tryon-run").click()
+    toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
+    _shot(browser, "6-error")
+    assert toast.text == "holiday.jpg is not an image file PIL can read (PNG, JPEG, WebP, ...)"

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
 from leffa.app.callbacks import (
-    ALL, MASK_ALPHA_THRESHOLD, MASK_COLOR, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note,
-    display_to_model, editor_value, mark_point, mask_from_editor, previews, thumbnail,
+    MASK_ALPHA_THRESHOLD, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note, editor_value,
+    mask_from_editor,
 )
+from leffa.app.inspector import (
+    ALL, attention_row, colour_scale, display_to_model, layer_labels, mark_peak, marked_result, sharpness,
+)
+from leffa.app.demo import EXAMPLE_PARTS
+from leffa.app.previews import MASK_COLOR, previews
+from leffa.app.runtime import TryOnExample, crossed, pose_transfer_trained
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore
 from tests.fake_preprocessing import FakeOpenPose, FakeParser
@@ -140,7 +148,7 @@ def test_make_mask_uses_the_uploads_at_the_chosen_resolution(actions):
     step = actions.make_mask(_inputs(_photo(120, 200)))
     prepared = step.prepared
     assert prepared.person.size == SIZE and prepared.mask.size == SIZE and prepared.densepose.size == SIZE
-    assert [caption for _, caption in previews(prepared)] == ["mask", "densepose"]
+    assert [caption for _, caption in previews(prepared)] == ["mask", "DensePose"]
     half = actions.make_mask(_inputs(_photo(120, 200), resolution="half")).prepared
     assert half.person.size == (24, 32)
     assert actions.resolution_choices("viton_hd") == [("64×48", "full"), ("32×24", "half")]
@@ -224,7 +232,7 @@ def test_automatic_mask_comes_with_parse_and_keypoint_previews(actions, monkeypa
     monkeypatch.setattr(actions.store, "parser", lambda status=None: FakeParser())
     monkeypatch.setattr(actions.store, "openpose", lambda status=None: FakeOpenPose())
     step = actions.make_mask(TryOnInputs(_photo(), _photo(), densepose=_photo()))
-    assert [caption for _, caption in previews(step.prepared)] == ["parse", "keypoints", "mask", "densepose"]
+    assert [caption for _, caption in previews(step.prepared)] == ["parse map", "keypoints", "mask", "DensePose"]
     mask = np.asarray(step.prepared.mask) > 127
     assert 0.05 < mask.mean() < 0.9
 
@@ -262,49 +270,50 @@ def test_inspector_views(actions):
         actions.inspect(plain, (1, 1))
     traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, inspect=True))
     recorded = traced.trace
+    labels = layer_labels(recorded.layers, recorded.token_sizes)
     layers, steps = actions.inspector_choices(traced)
-    assert layers == [ALL, *recorded.layers] and steps == [ALL, *(str(t) for t in recorded.timesteps)]
+    assert layers == [("all layers (average)", ALL), *((labels[name], name) for name in recorded.layers)]
+    assert steps == [("all timesteps (average)", ALL), *((f"t = {t}", str(t)) for t in recorded.timesteps)]
     assert actions.inspector_choices(plain) == ([], [])
 
     overview = actions.inspect(traced)
-    assert overview.heatmap is None and overview.marked_result is None and overview.layer_heatmaps == []
+    assert overview.heatmap is None and overview.layer_heatmaps == [] and overview.colour_scale == ""
+    assert np.array_equal(overview.marked_result, marked_result(traced, None))
     assert np.array_equal(overview.flow, recorded.flow_color())
     assert "click the result" in overview.caption
 
     # The photo has twice the model's size, so a result pixel (x, y) is model pixel (x + 0.5) / 2 - 0.5.
-    assert display_to_model((21, 41), traced) == (10.25, 20.25)
+    point, model_point = (21, 41), (10.25, 20.25)
+    assert display_to_model(point, traced) == model_point
     layer, timestep = recorded.layers[1], recorded.timesteps[0]
-    view = actions.inspect(traced, (21, 41), layer, str(timestep))
-    assert np.array_equal(view.heatmap, recorded.heatmap((10.25, 20.25), layer, timestep))
+    view = actions.inspect(traced, point, layer, str(timestep))
+    density = recorded.attention(model_point, layer, timestep)
+    assert np.array_equal(view.heatmap, mark_peak(recorded.heatmap(model_point, layer, timestep), density))
+    assert view.colour_scale == colour_scale(float(density.max()))
     assert np.array_equal(view.flow, recorded.flow_color(layer, timestep))
     assert np.array_equal(view.warped_reference, recorded.warped_reference(layer, timestep))
-    assert [name for _, name in view.layer_heatmaps] == recorded.layers
-    first_layer = recorded.heatmap((10.25, 20.25), recorded.layers[0], timestep)
-    assert np.array_equal(view.layer_heatmaps[0][0], first_layer)
-    assert view.marked_result.shape == (128, 96, 3)
-    assert np.array_equal(view.marked_result, mark_point(traced.image, (21, 41)))
-    assert not np.array_equal(view.marked_result, np.asarray(traced.image))
-    aggregated = actions.inspect(traced, (21, 41), ALL, ALL)
-    assert np.array_equal(aggregated.heatmap, recorded.heatmap((10.25, 20.25)))
+    expected = [
+        f"{labels[name]}: {sharpness(attention_row(recorded, model_point, name, timestep))}" for name in recorded.layers
+    ]
+    assert [caption for _, caption in view.layer_heatmaps] == expected
+    assert np.array_equal(view.layer_heatmaps[0][0], recorded.heatmap(model_point, recorded.layers[0], timestep))
+    assert view.marked_result.shape == (512, 384, 3)  # 96x128 enlarged 4 times to fill its box
+    assert np.array_equal(view.marked_result, marked_result(traced, point))
+    assert f"**{labels[layer]}**, **t = {timestep}**; point (21, 41) of the result: peak " in view.caption
+    assert "entropy" in view.caption
+    aggregated = actions.inspect(traced, point, ALL, ALL)
+    assert np.array_equal(aggregated.heatmap, mark_peak(recorded.heatmap(model_point), recorded.attention(model_point)))
+    assert "**all layers (average)**, **all timesteps (average)**" in aggregated.caption
     with pytest.raises(ValueError, match="was not recorded"):
         actions.inspect(traced, (10, 20), "no.such.layer")
     with pytest.raises(ValueError, match="timestep must be 'all' or one of"):
         actions.inspect(traced, (10, 20), ALL, "late")
 
 
-def test_per_layer_heatmaps_are_thumbnails():
-    tall = np.zeros((1024, 768, 3), np.uint8)
-    assert thumbnail(tall).shape == (256, 192, 3)
-    small = np.zeros((64, 48, 3), np.uint8)
-    assert thumbnail(small) is small
-
-
-def test_mark_point_draws_a_crosshair_only_near_the_point():
-    image = Image.new("RGB", (50, 50), (0, 128, 0))
-    marked = mark_point(image, (25, 25))
-    changed = np.any(marked != np.asarray(image), axis=2)
-    assert changed[25, 25] and changed[25, 22] and changed[22, 25] and changed[25, 28]
-    assert changed.sum() < 60 and not changed[:18].any() and not changed[:, :18].any()
+def test_generations_say_when_they_were_made(actions):
+    before = datetime.now()
+    generation = actions.try_on(_inputs(), FAST)
+    assert before <= generation.made_at <= datetime.now()
 
 
 def test_status_names_the_device_and_the_notice(actions):
@@ -320,3 +329,30 @@ def test_category_note_only_for_viton_hd_with_lower_body_or_dresses():
     assert category_note("viton_hd", "upper_body") == ""
     for category in ("upper_body", "lower_body", "dresses"):
         assert category_note("dress_code", category) == ""
+
+
+# ------------------------------------------------------------------------------------------ examples
+def test_examples_cross_each_person_with_other_garments():
+    examples = [TryOnExample(*(Path(f"{part}_{index}.png") for part in EXAMPLE_PARTS)) for index in range(3)]
+    pairs = crossed(examples)
+    persons = [int(pair.person.stem[-1]) for pair in pairs]
+    garments = [int(pair.garment.stem[-1]) for pair in pairs]
+    assert list(zip(persons, garments)) == [(0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1)]
+    assert all(pair.mask.stem == f"mask_{p}" and pair.densepose.stem == f"densepose_{p}" for pair, p in zip(pairs, persons))
+    assert crossed(examples[:1]) == examples[:1]
+
+
+def test_pose_transfer_counts_as_trained_only_when_its_metadata_says_so(tmp_path):
+    assert not pose_transfer_trained(tmp_path)
+    folder = tmp_path / "pose_transfer"
+    folder.mkdir()
+    (folder / "unet.json").write_text('{"sample_size": 16}')
+    (folder / "notes.json").write_text("not json")
+    (folder / "metadata.json").write_text('{"trained": false}')
+    assert not pose_transfer_trained(tmp_path)
+    (folder / "metadata.json").write_text('{"task": "pose_transfer", "trained": true}')
+    assert pose_transfer_trained(tmp_path)
+
+
+def test_the_tiny_model_offers_only_the_size_it_was_trained_at(actions):
+    assert actions.resolution_choices("pose_transfer", ("full",)) == [("64×48", "full")]

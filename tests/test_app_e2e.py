@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
+import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -13,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.app_server import SERVED_SIZE, served_app
+from tests.conftest import REPO_ROOT
 
 gradio_client = pytest.importorskip("gradio_client")
 AppError = gradio_client.exceptions.AppError
@@ -82,9 +87,24 @@ def _size(path: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_api_lists_each_tab(client):
+def test_api_endpoints_and_outputs_have_meaningful_names(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/make_mask", "/try_on", "/pose_transfer", "/inspect"} <= set(endpoints)
+    assert set(endpoints) == {"/make_mask", "/try_on", "/pose_transfer", "/inspect"}
+    inspector = [
+        "Inspected run", "Result: click a point", "Attention heatmap (ring: peak)", "Heatmap colour scale",
+        "Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse",
+        "Flow (colour wheel)", "Reference warped by the flow", "What is shown",
+    ]
+    returns = {name: [item["label"] for item in endpoint["returns"]] for name, endpoint in endpoints.items()}
+    assert returns["/make_mask"] == ["Mask editor: brush adds, eraser removes; then press Try on", "Previews", "Model status"]
+    assert returns["/try_on"] == [
+        "Mask editor: brush adds, eraser removes; then press Try on", "Result", "Seed used", "Previews",
+        "Model status", "Layer", "Timestep", *inspector,
+    ]
+    assert returns["/pose_transfer"][0] == "Result (untrained model: noise)"
+    assert returns["/inspect"] == inspector[1:]
+    parameters = [item["parameter_name"] for item in endpoints["/try_on"]["parameters"]]
+    assert parameters[-6:] == ["steps", "guidance", "seed", "ref_acceleration", "record_attention", "edited_mask"]
 
 
 @pytest.mark.slow
@@ -94,30 +114,36 @@ def test_try_on_then_inspect(client, server):
     editor, gallery, status = client.predict(**_example(server), api_name="/make_mask")
     assert _size(editor["background"]) == (width, height)
     assert [_size(layer) for layer in editor["layers"]] == [(width, height)]
-    assert [item["caption"] for item in gallery] == ["mask", "densepose"]
+    assert [item["caption"] for item in gallery] == ["mask", "DensePose"]
     assert "device cpu" in status
 
     outputs = client.predict(
-        **_example(server), steps=2, seed=11, inspect=True, edited=None, api_name="/try_on"
+        **_example(server), steps=2, seed=11, record_attention=True, edited_mask=None, api_name="/try_on"
     )
-    editor, result, seed, previews, status, layers, timesteps = outputs[:7]
-    inspected, heatmap, per_layer, flow, warped, caption = outputs[7:]
+    editor, result, seed, previews, status, layers, timesteps, run = outputs[:8]
+    inspected, heatmap, scale, per_layer, flow, warped, caption = outputs[8:]
     assert _size(editor["background"]) == (width, height)  # the mask used, ready for editing
     assert _size(result) == Image.open(example.person).size  # cropped back to the photo's framing
-    assert seed == 11 and heatmap is None and "click the result" in caption
-    assert _size(inspected) == _size(result)
+    assert seed == "11" and heatmap is None and scale == "" and "click the result" in caption
+    assert run.startswith("Showing the try-on result of ") and run.endswith("(seed 11).")
+    factor = -(-512 // _size(result)[1])  # the clickable result is enlarged to at least 512 pixels tall
+    assert _size(inspected) == (_size(result)[0] * factor, _size(result)[1] * factor)
     recorded_layers = [value for _, value in layers["choices"]]
     assert recorded_layers[0] == "all" and len(recorded_layers) > 2
+    assert all(re.fullmatch(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+", label) for label, _ in layers["choices"][1:])
     assert _size(flow) == (width, height) and _size(warped) == (width, height)
 
     layer = recorded_layers[2]
+    label = layers["choices"][2][0]
     timestep = timesteps["choices"][1][1]
-    marked, heatmap, per_layer, flow, warped, caption = client.predict(
+    marked, heatmap, scale, per_layer, flow, warped, caption = client.predict(
         x=5, y=10, layer=layer, timestep=timestep, api_name="/inspect"
     )
-    assert _size(marked) == _size(result) and _size(heatmap) == (width, height)
-    assert [item["caption"] for item in per_layer] == recorded_layers[1:]
-    assert layer in caption and f"timestep {timestep}" in caption and "point (5, 10)" in caption
+    assert _size(marked) == _size(inspected) and _size(heatmap) == (width, height)
+    assert "1× = uniform" in scale and "(peak)" in scale
+    assert [item["caption"].split(":")[0] for item in per_layer] == [label for label, _ in layers["choices"][1:]]
+    assert all("peak" in item["caption"] and "entropy" in item["caption"] for item in per_layer)
+    assert label in caption and f"t = {timestep}" in caption and "point (5, 10)" in caption
 
 
 @pytest.mark.slow
@@ -128,8 +154,8 @@ def test_pose_transfer(client, server):
         densepose=handle_file(str(target.densepose)), steps=1, seed=3, api_name="/pose_transfer",
     )
     result, seed, previews = outputs[:3]
-    assert _size(result) == Image.open(target.target).size and seed == 3
-    assert [item["caption"] for item in previews] == ["densepose"]
+    assert _size(result) == Image.open(target.target).size and seed == "3"
+    assert [item["caption"] for item in previews] == ["DensePose"]
 
 
 @pytest.mark.slow
@@ -138,15 +164,15 @@ def test_errors_come_back_as_errors(client, server, tmp_path):
     too_small = tmp_path / "too-small.png"
     Image.new("RGB", (20, 20), "white").save(too_small)
     with pytest.raises(AppError, match="no person photo"):
-        client.predict(**{**files, "person": None}, edited=None, api_name="/try_on")
+        client.predict(**{**files, "person": None}, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own bounds
-        client.predict(**files, steps=0, edited=None, api_name="/try_on")
+        client.predict(**files, steps=0, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError, match="seed must be -1"):
-        client.predict(**files, seed=-5, edited=None, api_name="/try_on")
+        client.predict(**files, seed=-5, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError, match="generate a result first"):
         client.predict(x=1, y=1, api_name="/inspect")
     with pytest.raises(AppError, match="at least 64 pixels"):
-        client.predict(**{**files, "garment": handle_file(str(too_small))}, edited=None, api_name="/try_on")
+        client.predict(**{**files, "garment": handle_file(str(too_small))}, edited_mask=None, api_name="/try_on")
 
 
 @pytest.mark.slow
@@ -158,7 +184,7 @@ def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, se
     cases = [
         ({"person": unreadable}, "^holiday.jpg is not an image file PIL can read"),
         ({"mask": unreadable}, "^holiday.jpg is not an image file PIL can read"),
-        ({"edited": {"background": None, "layers": [unreadable], "composite": None}}, "^holiday.jpg is not an"),
+        ({"edited_mask": {"background": None, "layers": [unreadable], "composite": None}}, "^holiday.jpg is not an"),
         ({"steps": "thirty"}, "^steps must be a number, got 'thirty'$"),
         ({"seed": "lucky"}, "^seed must be a number, got 'lucky'$"),
         ({"guidance": None}, "^guidance must be a number, got None$"),
@@ -166,7 +192,7 @@ def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, se
     ]
     for change, message in cases:
         with pytest.raises(AppError, match=message):
-            client.predict(**{**files, "steps": 1, "edited": None, **change}, api_name="/try_on")
+            client.predict(**{**files, "steps": 1, "edited_mask": None, **change}, api_name="/try_on")
     with pytest.raises(AppError, match="^steps must be a number, got 'x'$"):
         client.predict(
             person=files["person"], target=files["person"], densepose=files["densepose"], steps="x",
@@ -191,7 +217,7 @@ def test_huge_upload_is_refused_from_its_header_without_decoding(client, server,
 
 @pytest.mark.slow
 def test_error_texts_come_back_plain(client, server):
-    client.predict(**_example(server), steps=1, seed=1, inspect=True, edited=None, api_name="/try_on")
+    client.predict(**_example(server), steps=1, seed=1, record_attention=True, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError) as info:
         client.predict(x=1, y=1, layer="all", timestep="late", api_name="/inspect")
     assert str(info.value).startswith("timestep must be 'all' or one of [")  # not &#x27;all&#x27;
@@ -221,3 +247,58 @@ def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, 
     with pytest.raises(SystemExit) as info:
         app.parse_args(["--device", "tpu"])
     assert info.value.code == 2
+
+
+def _components(runtime) -> list[dict]:
+    """The page's components as Gradio sends them to the browser (type and props)."""
+    from app import build_app
+
+    return build_app(runtime).get_config_file()["components"]
+
+
+def _find(components: list[dict], *, elem_id: str | None = None, label: str | None = None) -> dict | None:
+    for component in components:
+        props = component["props"]
+        if (elem_id is not None and props.get("elem_id") == elem_id) or (
+            label is not None and str(props.get("label", "")).startswith(label)
+        ):
+            return props
+    return None
+
+
+def test_the_tiny_page_keeps_the_background_and_offers_only_the_trained_size(tiny_model):
+    from leffa.app.runtime import single_model_runtime
+
+    page = _components(single_model_runtime(tiny_model, SERVED_SIZE, []))
+    assert _find(page, label="Repaint")["value"] is True
+    assert [tuple(choice) for choice in _find(page, label="Resolution")["choices"]] == [("64×48", "full")]
+    assert "trained at only" in _find(page, label="Resolution")["info"]
+    assert _find(page, elem_id="tryon-seed")["value"] == "" and _find(page, elem_id="pose-seed")["value"] == ""
+    assert _find(page, elem_id="pose-untrained")["value"].startswith("**Untrained for pose transfer**")
+    assert _find(page, elem_id="pose-result")["label"] == "Result (untrained model: noise)"
+
+    trained = _components(single_model_runtime(tiny_model, SERVED_SIZE, [], untrained=frozenset()))
+    assert _find(trained, elem_id="pose-untrained") is None
+    assert _find(trained, elem_id="pose-result")["label"] == "Result"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_without_weights_names_the_missing_files_on_the_page(tmp_path, monkeypatch, tiny_model):
+    import app
+    import leffa.app.runtime
+
+    def tiny_runtime(notice: str = "", **options):
+        return leffa.app.runtime.single_model_runtime(tiny_model, SERVED_SIZE, [], notice)
+
+    monkeypatch.setattr(app, "tiny_runtime", tiny_runtime)
+
+    recipe = subprocess.run(
+        ["make", "-n", "demo", f"CKPT_DIR={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    without_weights = recipe.split("else", 1)[1]
+    command = re.search(r"app\.py (.*?) ?;", without_weights)[1]
+    monkeypatch.setattr(leffa.app.runtime.hub_constants, "HF_HUB_OFFLINE", False)
+    runtime = app.make_runtime(app.parse_args(shlex.split(command)))
+    status = _find(_components(runtime), elem_id="model-status")["value"]
+    assert runtime.tiny and str(tmp_path / "virtual_tryon.pth") in status
+    assert f"python -m leffa download virtual_tryon --ckpt-dir {tmp_path}" in status

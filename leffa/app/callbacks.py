@@ -8,30 +8,29 @@ absent weights); ``app.py`` shows their messages to the user.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from leffa.app.runtime import RESOLUTIONS, model_size
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
+from leffa.app.inspector import (
+    ALL, InspectorView, attention_row, colour_scale, display_to_model, layer_choices, layer_labels, mark_peak,
+    marked_result, sharpness, thumbnail, timestep_choices,
+)
+from leffa.app.previews import MASK_COLOR
 from leffa.inspect.trace import Trace
 from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource, open_image
 
 #: Reports progress: (fraction done in [0, 1], what is happening).
 ProgressCallback = Callable[[float, str], None]
-#: Value of the layer and timestep selectors that averages over all recorded ones.
-ALL = "all"
-#: Colour and opacity (RGBA) of the mask drawn over the person in the mask editor.
-MASK_COLOR: tuple[int, int, int, int] = (255, 40, 40, 128)
 #: Editor layer pixels at least this opaque count as masked (brush edges are anti-aliased).
 MASK_ALPHA_THRESHOLD = 32
-#: Height of the per-layer heatmaps in the inspector's gallery.
-THUMBNAIL_HEIGHT = 256
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
@@ -95,18 +94,6 @@ class MaskStep:
 
     prepared: Prepared
     fingerprint: str
-
-
-@dataclass
-class InspectorView:
-    """What the inspector shows for one clicked point (heatmaps are ``None`` before the first click)."""
-
-    marked_result: np.ndarray | None
-    heatmap: np.ndarray | None
-    layer_heatmaps: list[tuple[np.ndarray, str]]
-    flow: np.ndarray
-    warped_reference: np.ndarray
-    caption: str
 
 
 def _number(value: Any, name: str) -> float:
@@ -230,41 +217,6 @@ def category_note(model_type: str, category: str) -> str:
     return ""
 
 
-def previews(prepared: Prepared) -> list[tuple[Image.Image, str]]:
-    """Parse map, keypoints, mask and DensePose (those that were made) with captions."""
-    order = ("parse", "keypoints", "mask", "densepose")
-    return [(prepared.previews[name], name) for name in order if name in prepared.previews]
-
-
-def display_to_model(point: tuple[float, float], generation: Generation) -> tuple[float, float]:
-    """A pixel ``(x, y)`` of the shown (cropped back) result in the model-size image the trace refers to."""
-    box = generation.prepared.box
-    width, height = box.original_size
-    x, y = point
-    if not (0 <= x < width and 0 <= y < height):
-        raise ValueError(f"point ({x}, {y}) lies outside the result image of {width}x{height} pixels")
-    left, top, right, bottom = box.box
-    canvas_w, canvas_h = box.canvas_size
-    image_h, image_w = generation.trace.image_size if generation.trace is not None else (canvas_h, canvas_w)
-    canvas_x = left + (x + 0.5) * (right - left) / width
-    canvas_y = top + (y + 0.5) * (bottom - top) / height
-    model_x = min(max(canvas_x * image_w / canvas_w - 0.5, 0.0), image_w - 1.0)
-    model_y = min(max(canvas_y * image_h / canvas_h - 0.5, 0.0), image_h - 1.0)
-    return model_x, model_y
-
-
-def mark_point(image: Image.Image, point: tuple[float, float]) -> np.ndarray:
-    """The image with a crosshair on ``point``, so the user sees which pixel the heatmaps are for."""
-    marked = image.convert("RGB")
-    draw = ImageDraw.Draw(marked)
-    x, y = point
-    arm = max(4, min(marked.size) // 25)
-    for colour, width in (("white", 3), ("black", 1)):
-        draw.line((x - arm, y, x + arm, y), fill=colour, width=width)
-        draw.line((x, y - arm, x, y + arm), fill=colour, width=width)
-    return np.asarray(marked)
-
-
 def _timestep(value: Any, recorded: Trace) -> int | None:
     if value is None or value == ALL:
         return None
@@ -288,9 +240,9 @@ class AppCallbacks:
         self.tryon = TryOn(store)
         self.poses = PoseTransfer(store)
 
-    def resolution_choices(self, key: str) -> list[tuple[str, str]]:
+    def resolution_choices(self, key: str, names: Sequence[str] = RESOLUTIONS) -> list[tuple[str, str]]:
         """(label, value) pairs naming the real pixel sizes, e.g. ("1024×768", "full")."""
-        return [(f"{h}×{w}", name) for name in RESOLUTIONS for w, h in [model_size(self.store, key, name)]]
+        return [(f"{h}×{w}", name) for name in names for w, h in [model_size(self.store, key, name)]]
 
     def status(self) -> str:
         """Which models are loaded and where, plus any notice about missing weights."""
@@ -372,12 +324,11 @@ class AppCallbacks:
 
     # ---------------------------------------------------------------------------------- inspector
     @staticmethod
-    def inspector_choices(generation: Generation | None) -> tuple[list[str], list[str]]:
-        """Layer and timestep choices of a recorded generation (``ALL`` first); empty without a trace."""
+    def inspector_choices(generation: Generation | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(label, value) choices of the layer and timestep selectors (``ALL`` first); empty without a trace."""
         if generation is None or generation.trace is None:
             return [], []
-        recorded = generation.trace
-        return [ALL, *recorded.layers], [ALL, *(str(t) for t in recorded.timesteps)]
+        return layer_choices(generation.trace), timestep_choices(generation.trace)
 
     @staticmethod
     def legend(size: int = 128) -> np.ndarray:
@@ -393,7 +344,8 @@ class AppCallbacks:
     ) -> InspectorView:
         """Heatmaps of where ``point`` (pixel of the shown result) looks in the reference, and the flows.
 
-        ``layer``/``timestep`` ``ALL`` average over every recorded layer/timestep.
+        ``layer``/``timestep`` ``ALL`` average over every recorded layer/timestep. The result comes enlarged
+        for display (``leffa.app.inspector.marked_result``), the heatmaps at the model's size.
         """
         if generation is None:
             raise ValueError("nothing to inspect yet: generate a result first (try-on or pose transfer tab)")
@@ -403,26 +355,30 @@ class AppCallbacks:
         chosen_layer, chosen_step = _layer(layer), _timestep(timestep, recorded)
         flow = recorded.flow_color(chosen_layer, chosen_step)
         warped = recorded.warped_reference(chosen_layer, chosen_step)
-        shown_step = ALL if chosen_step is None else chosen_step
-        where = f"layer {chosen_layer or 'all (aggregated)'}, timestep {shown_step}"
+        labels = layer_labels(recorded.layers, recorded.token_sizes)
+        where = (
+            f"**{'all layers (average)' if chosen_layer is None else labels[chosen_layer]}**, "
+            f"**{'all timesteps (average)' if chosen_step is None else f't = {chosen_step}'}**"
+        )
         if point is None:
-            hint = f"{where}: click the result to see its attention"
-            return InspectorView(None, None, [], flow, warped, hint)
+            hint = f"{where}: click the result to see where that pixel looked in the reference."
+            return InspectorView(marked_result(generation, None), None, "", [], flow, warped, hint)
         model_point = display_to_model(point, generation)
-        heatmap = recorded.heatmap(model_point, chosen_layer, chosen_step)
-        per_layer = [
-            (thumbnail(recorded.heatmap(model_point, name, chosen_step)), name) for name in recorded.layers
-        ]
+        density = recorded.attention(model_point, chosen_layer, chosen_step)
+        heatmap = mark_peak(recorded.heatmap(model_point, chosen_layer, chosen_step), density)
+        per_layer = []
+        for name in recorded.layers:
+            row = sharpness(attention_row(recorded, model_point, name, chosen_step))
+            per_layer.append((thumbnail(recorded.heatmap(model_point, name, chosen_step)), f"{labels[name]}: {row}"))
         caption = f"{where}; point ({point[0]:.0f}, {point[1]:.0f}) of the result"
-        return InspectorView(mark_point(generation.image, point), heatmap, per_layer, flow, warped, caption)
-
-
-def thumbnail(image: np.ndarray, height: int = THUMBNAIL_HEIGHT) -> np.ndarray:
-    """At most ``height`` pixels tall: SDXL has 70 layers; full-size heatmaps of all are slow to send."""
-    if image.shape[0] <= height:
-        return image
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        if chosen_layer is not None:
+            caption += f": {sharpness(attention_row(recorded, model_point, chosen_layer, chosen_step))}"
+        else:
+            caption += f": peak {float(density.max()):.1f}× uniform"
+        return InspectorView(
+            marked_result(generation, point), heatmap, colour_scale(float(density.max())), per_layer, flow,
+            warped, caption,
+        )
 
 
 def _require_masked(mask: Image.Image | np.ndarray) -> None:

@@ -7,14 +7,17 @@ OpenPose, DensePose) come with the released weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
 from leffa.app.batch import images_in
 from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
-from leffa.app.demo import DEMO_IMAGE_SIZE, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model
+from leffa.app.demo import (
+    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model,
+)
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel
 from leffa.core.speed import SpeedOptions, apply_speed_options
@@ -50,13 +53,15 @@ class PoseExample:
 
 @dataclass
 class Runtime:
-    """The model store plus what the user should see about it (examples, missing weights)."""
+    """The model store plus what the user should see about it (examples, missing weights, and the tasks
+    whose model has not been trained for them, e.g. pose transfer on the built-in try-on model)."""
 
     store: ModelStore
     tiny: bool
     tryon_examples: list[TryOnExample]
     pose_examples: list[PoseExample]
     notice: str = ""
+    untrained: frozenset[str] = field(default_factory=frozenset)
 
 
 def model_size(store: ModelStore, key: str, resolution: str) -> tuple[int, int]:
@@ -91,15 +96,48 @@ def downloads_possible(download: bool) -> bool:
 
 
 def single_model_runtime(
-    model: LeffaModel, size: tuple[int, int], examples: list[TryOnExample], notice: str = ""
+    model: LeffaModel,
+    size: tuple[int, int],
+    examples: list[TryOnExample],
+    notice: str = "",
+    untrained: frozenset[str] = frozenset({POSE_MODEL}),
 ) -> Runtime:
-    """One small model serving every task at ``size`` (width, height); pose examples pair the persons."""
+    """One small model serving every task at ``size`` (width, height). Try-on examples are crossed (each
+    person with another one's garment), pose examples pair the persons; ``untrained`` names the tasks the
+    model has not learnt (by default pose transfer: the built-in model is trained for try-on)."""
     keys = (*TRYON_MODELS, POSE_MODEL)
     store = ModelStore(
         None, device=model.device, dtype=model.dtype, leffa_models={key: model for key in keys},
         sizes={key: size for key in keys},
     )
-    return Runtime(store, True, examples, _poses_of(examples), notice)
+    return Runtime(store, True, crossed(examples), _poses_of(examples), notice, frozenset(untrained))
+
+
+def crossed(examples: list[TryOnExample]) -> list[TryOnExample]:
+    """Each person (with their mask and DensePose) wearing another example's garment: first every person
+    with the next one's garment, then the one after, and so on; the matched pairs are left out (kept when
+    there is only one)."""
+    count = len(examples)
+    if count < 2:
+        return list(examples)
+    return [
+        TryOnExample(person.person, examples[(index + shift) % count].garment, person.mask, person.densepose)
+        for shift in range(1, count)
+        for index, person in enumerate(examples)
+    ]
+
+
+def pose_transfer_trained(folder: Path = DEMO_MODEL_DIR) -> bool:
+    """Whether the built-in demo has a trained pose-transfer model: ``<folder>/pose_transfer/`` with a JSON
+    file (its config or metadata) that says ``"trained": true``."""
+    for path in sorted((folder / POSE_MODEL).glob("*.json")):
+        try:
+            metadata = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metadata, dict) and metadata.get("trained") is True:
+            return True
+    return False
 
 
 def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
@@ -115,7 +153,8 @@ def tiny_runtime(
     if speed is not None:
         apply_speed_options(model, speed)
     height, width = DEMO_IMAGE_SIZE
-    return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice)
+    untrained = frozenset() if pose_transfer_trained() else frozenset({POSE_MODEL})
+    return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice, untrained)
 
 
 def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:
@@ -158,5 +197,5 @@ def released_runtime(
     project = demo_example_files(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     tryon = [TryOnExample(p, g) for p, g in zip(persons1, garments)][:_MAX_AUTHOR_EXAMPLES]
     poses = [PoseExample(a, b) for a, b in zip(persons2, persons2[1:])][:_MAX_AUTHOR_EXAMPLES]
-    return Runtime(store, False, project + tryon, _poses_of(project) + poses, notice)
+    return Runtime(store, False, crossed(project) + tryon, _poses_of(project) + poses, notice)
 
