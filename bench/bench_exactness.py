@@ -69,7 +69,8 @@ class Inputs:
 
 def ours_parts(model: LeffaModel, inputs: Inputs) -> Parts:
     """This project's step, split in its reference and generative passes (uncond. features cached)."""
-    uncond = model.reference_features(torch.zeros_like(inputs.reference), inputs.timestep)
+    with torch.no_grad():
+        uncond = model.reference_features(torch.zeros_like(inputs.reference), inputs.timestep)
     state: dict[str, dict] = {}
 
     def reference() -> dict:
