@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 CKPT_DIR ?= ckpts
 
-.PHONY: demo test bench-gpu clean
+.PHONY: demo test bench-gpu screenshots clean
 
 $(VENV)/.runtime-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(ARGS)
+
+# The app's pictures in the README and docs/figures/ (needs Debian's chromium and chromium-driver).
+screenshots: $(VENV)/.dev-installed
+	OMP_NUM_THREADS=1 $(PY) -m tests.screenshots --out docs/figures $(ARGS)
 
 # On a CUDA machine: about 8 minutes, writes bench/RESULTS-gpu.md (ARGS=--quick: a tiny smoke run anywhere).
 bench-gpu: $(VENV)/.dev-installed

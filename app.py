@@ -60,9 +60,9 @@ FLOW_HELP = (
     "**Reading the flow**: each pixel's colour is the direction (wheel) in which the attention's mean "
     "position in the reference lies from that pixel; pale = a short shift, white = none. Sharp, "
     "correct attention makes the warped reference look like the garment (or person) moved into place. "
-    "**Near-uniform attention** looks like this: heatmaps evenly coloured with a peak close to 1×, entropy "
-    "close to 1, a flow that points every pixel at the reference's centre (the wheel's colours arranged "
-    "around the middle) and a warped reference that is one flat average colour."
+    "**Near-uniform attention** looks like this: heatmaps evenly blue-green with a peak close to 1×, "
+    "entropy close to 1, a flow that points every pixel at the reference's centre (the wheel's colours "
+    "arranged around the middle) and a warped reference that is one flat average colour."
 )
 RESULT_BUTTONS = ["download", "fullscreen"]
 #: Pictures fill their box (``fill-box``); the tiny model's are enlarged with whole pixels (``pixelated``).
@@ -70,7 +70,9 @@ CSS = """
 .fill-box img, .fill-box .image-frame { width: 100% !important; height: 100% !important; }
 .fill-box img { object-fit: contain !important; }
 .pixelated img { image-rendering: pixelated; }
-.wrap-captions .caption-label { white-space: normal; max-width: 96%; }
+.columns-2 .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+.columns-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+.columns-2 .caption-label, .columns-4 .caption-label { white-space: normal; max-width: 96%; }
 [data-testid="toast-text"] { white-space: pre-line; }
 .colour-scale { padding: 0 4px; }
 .colour-bar { position: relative; height: 14px; border: 1px solid #888; border-radius: 2px; }
@@ -156,10 +158,12 @@ def _seed_used(elem_id: str) -> gr.Textbox:
     return gr.Textbox("", label="Seed used", interactive=False, elem_id=elem_id, buttons=["copy"])
 
 
-def _previews_gallery(runtime: Runtime, elem_id: str) -> gr.Gallery:
+def _gallery(label: str, runtime: Runtime, columns: int, **options: Any) -> gr.Gallery:
+    """Pictures side by side, ``columns`` to a row whatever their number (Gradio would widen a lone one to
+    the full page), each whole (``contain``), lossless, enlarged with whole pixels for the tiny model."""
+    classes = [f"columns-{columns}", *(["pixelated"] if runtime.tiny else [])]
     return gr.Gallery(
-        label="Previews", columns=4, height=420, object_fit="contain", elem_classes=_display_classes(runtime),
-        elem_id=elem_id,
+        label=label, columns=columns, object_fit="contain", format="png", elem_classes=classes, **options
     )
 
 
@@ -219,7 +223,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             ui.result = _picture("Result", runtime, elem_id="tryon-result", height=480, buttons=RESULT_BUTTONS)
             ui.seed = _seed_used("tryon-seed")
     with gr.Accordion("Previews: parse map, keypoints, mask, DensePose", open=False):
-        ui.previews = _previews_gallery(runtime, "tryon-previews")
+        ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="tryon-previews")
     rows = [_paths(e.person, e.garment, e.mask, e.densepose) for e in runtime.tryon_examples]
     _examples(rows, [ui.person, ui.garment, ui.mask, ui.densepose])
     return ui
@@ -252,7 +256,7 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
         ui.seed = _seed_used("pose-seed")
     with gr.Accordion("Preview: DensePose", open=False):
-        ui.previews = _previews_gallery(runtime, "pose-previews")
+        ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="pose-previews")
     rows = [_paths(e.person, e.target, e.densepose) for e in runtime.pose_examples]
     _examples(rows, [ui.person, ui.target, ui.densepose])
     return ui
@@ -285,10 +289,9 @@ def _inspector_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             gr.Image(actions.legend(), label="Flow direction legend", interactive=False, height=160)
             gr.Markdown(FLOW_HELP, elem_id="flow-help")
         ui.warped = _picture("Reference warped by the flow", runtime, elem_id="inspect-warped", height=320)
-    ui.per_layer = gr.Gallery(
-        label="Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse",
-        columns=4, height=520, object_fit="contain", elem_classes=[*_display_classes(runtime), "wrap-captions"],
-        elem_id="inspect-layers",
+    ui.per_layer = _gallery(
+        "Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse", runtime,
+        4, height=640, elem_id="inspect-layers",
     )
     ui.outputs = [ui.image, ui.heatmap, ui.scale, ui.per_layer, ui.flow, ui.warped, ui.caption]
     return ui
@@ -336,8 +339,10 @@ def build_app(runtime: Runtime) -> gr.Blocks:
 
         @_on_device
         @_shown
-        def make_mask(person, garment, model_type, category, resolution, garment_png, mask, densepose,
-                      progress=gr.Progress()):
+        # Every input defaults to None, so API clients may leave out what they do not use (None is what
+        # the page sends for an empty field; the callbacks name what is missing).
+        def make_mask(person=None, garment=None, model_type=None, category=None, resolution=None,
+                      garment_png=None, mask=None, densepose=None, progress=gr.Progress()):
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, garment_png, resolution
             )
@@ -347,9 +352,10 @@ def build_app(runtime: Runtime) -> gr.Blocks:
 
         @_on_device
         @_shown
-        def try_on(person, garment, model_type, category, resolution, garment_png, mask, densepose, repaint,
-                   steps, guidance, seed, ref_acceleration, record_attention, mask_step, edited_mask, recorded,
-                   progress=gr.Progress()):
+        def try_on(person=None, garment=None, model_type=None, category=None, resolution=None,
+                   garment_png=None, mask=None, densepose=None, repaint=None, steps=None, guidance=None,
+                   seed=None, ref_acceleration=None, record_attention=None, mask_step=None, edited_mask=None,
+                   recorded=None, progress=gr.Progress()):
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, garment_png, resolution
             )
@@ -364,8 +370,9 @@ def build_app(runtime: Runtime) -> gr.Blocks:
 
         @_on_device
         @_shown
-        def pose_transfer(person, target, resolution, densepose, steps, guidance, seed, ref_acceleration,
-                          record_attention, recorded, progress=gr.Progress()):
+        def pose_transfer(person=None, target=None, resolution=None, densepose=None, steps=None, guidance=None,
+                          seed=None, ref_acceleration=None, record_attention=None, recorded=None,
+                          progress=gr.Progress()):
             settings = _settings(steps, guidance, seed, ref_acceleration, record_attention)
             generation = actions.pose_transfer(
                 person, target, densepose=densepose, resolution=resolution, settings=settings,

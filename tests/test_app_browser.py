@@ -189,7 +189,7 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     assert _natural_size(browser, "#inspect-heatmap img") == SERVED_SIZE
     assert _shown_size(browser, "#inspect-heatmap img")[1] > 300
     scale_text = _text(browser, "inspect-scale")
-    assert "1× = uniform" in scale_text and "(peak)" in scale_text and "relative to spreading evenly" in scale_text
+    assert "1× = uniform" in scale_text and "peak is" in scale_text and "relative to spreading evenly" in scale_text
     assert "Near-uniform attention" in _text(browser, "flow-help")
     layer_captions = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#inspect-layers .caption-label")]
     assert layer_captions and all(re.match(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+: peak ", c) for c in layer_captions)

@@ -16,7 +16,8 @@ from leffa.app.callbacks import (
     mask_from_editor,
 )
 from leffa.app.inspector import (
-    ALL, attention_row, colour_scale, display_to_model, layer_labels, mark_peak, marked_result, sharpness,
+    ALL, attention_row, colour_scale, display_to_model, heatmap_over, layer_labels, mark_peak, marked_result,
+    scale_top, sharpness,
 )
 from leffa.app.demo import EXAMPLE_PARTS
 from leffa.app.previews import MASK_COLOR, previews
@@ -288,21 +289,27 @@ def test_inspector_views(actions):
     layer, timestep = recorded.layers[1], recorded.timesteps[0]
     view = actions.inspect(traced, point, layer, str(timestep))
     density = recorded.attention(model_point, layer, timestep)
-    assert np.array_equal(view.heatmap, mark_peak(recorded.heatmap(model_point, layer, timestep), density))
-    assert view.colour_scale == colour_scale(float(density.max()))
+    top = scale_top(float(density.max()))
+    assert np.array_equal(view.heatmap, mark_peak(heatmap_over(density, recorded.reference, top), density))
+    assert view.colour_scale == colour_scale(top, float(density.max()))
     assert np.array_equal(view.flow, recorded.flow_color(layer, timestep))
     assert np.array_equal(view.warped_reference, recorded.warped_reference(layer, timestep))
     expected = [
         f"{labels[name]}: {sharpness(attention_row(recorded, model_point, name, timestep))}" for name in recorded.layers
     ]
     assert [caption for _, caption in view.layer_heatmaps] == expected
-    assert np.array_equal(view.layer_heatmaps[0][0], recorded.heatmap(model_point, recorded.layers[0], timestep))
+    layer_densities = [recorded.attention(model_point, name, timestep) for name in recorded.layers]
+    common = scale_top(*(float(d.max()) for d in layer_densities))
+    assert np.array_equal(view.layer_heatmaps[0][0], heatmap_over(layer_densities[0], recorded.reference, common))
+    assert f"share one colour scale, 0 to {common:.1f}× uniform" in view.caption
     assert view.marked_result.shape == (512, 384, 3)  # 96x128 enlarged 4 times to fill its box
     assert np.array_equal(view.marked_result, marked_result(traced, point))
     assert f"**{labels[layer]}**, **t = {timestep}**; point (21, 41) of the result: peak " in view.caption
     assert "entropy" in view.caption
     aggregated = actions.inspect(traced, point, ALL, ALL)
-    assert np.array_equal(aggregated.heatmap, mark_peak(recorded.heatmap(model_point), recorded.attention(model_point)))
+    overall = recorded.attention(model_point)
+    expected = mark_peak(heatmap_over(overall, recorded.reference, scale_top(float(overall.max()))), overall)
+    assert np.array_equal(aggregated.heatmap, expected)
     assert "**all layers (average)**, **all timesteps (average)**" in aggregated.caption
     with pytest.raises(ValueError, match="was not recorded"):
         actions.inspect(traced, (10, 20), "no.such.layer")

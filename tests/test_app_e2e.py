@@ -140,10 +140,26 @@ def test_try_on_then_inspect(client, server):
         x=5, y=10, layer=layer, timestep=timestep, api_name="/inspect"
     )
     assert _size(marked) == _size(inspected) and _size(heatmap) == (width, height)
-    assert "1× = uniform" in scale and "(peak)" in scale
+    assert "1× = uniform" in scale and "this point's peak is" in scale
     assert [item["caption"].split(":")[0] for item in per_layer] == [label for label, _ in layers["choices"][1:]]
     assert all("peak" in item["caption"] and "entropy" in item["caption"] for item in per_layer)
     assert label in caption and f"t = {timestep}" in caption and "point (5, 10)" in caption
+
+
+@pytest.mark.slow
+def test_the_readme_api_example(client, server):
+    example = server[1].tryon_examples[0]
+    outputs = client.predict(
+        person=handle_file(str(example.person)), garment=handle_file(str(example.garment)), steps=2, seed=42,
+        record_attention=True, api_name="/try_on",
+        mask=handle_file(str(example.mask)), densepose=handle_file(str(example.densepose)),
+    )
+    result_path, seed_used = outputs[1], outputs[2]
+    assert _size(result_path) == Image.open(example.person).size and seed_used == "42"
+    marked, heatmap, colour_scale, per_layer, flow, warped, caption = client.predict(
+        x=40, y=60, layer="all", timestep="all", api_name="/inspect"
+    )
+    assert "point (40, 60) of the result" in caption and _size(heatmap) == SERVED_SIZE
 
 
 @pytest.mark.slow

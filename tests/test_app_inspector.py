@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from leffa.app.inspector import (
-    DISPLAY_HEIGHT, Sharpness, colour_scale, display_factor, display_to_result, enlarge, layer_labels,
-    mark_peak, mark_point, marked_result, run_note, sharpness, thumbnail,
+    DISPLAY_HEIGHT, SCALE_FLOOR, Sharpness, colour_scale, display_factor, display_to_result, enlarge,
+    heatmap_over, layer_labels, mark_peak, mark_point, marked_result, run_note, scale_top, sharpness, thumbnail,
 )
 from leffa.app.previews import MASK_COLOR, label_colours, mask_over, parse_with_legend
-from leffa.inspect.visualize import jet
+from leffa.inspect.visualize import jet, overlay_heatmap
 from preprocess.parsing import LABEL, PARSE_LABELS
 
 SD15_LAYERS = [
@@ -62,14 +62,29 @@ def test_sharpness_matches_a_naive_entropy_and_peak():
     assert str(Sharpness(3.14159, 0.5)) == "peak 3.1× uniform, entropy 0.50"
 
 
-def test_colour_scale_is_jet_from_zero_to_the_peak_with_uniform_marked():
-    html = colour_scale(4.0)
+def test_colour_scale_is_jet_from_zero_to_its_top_with_uniform_marked():
+    html = colour_scale(4.0, 3.0)
     for value in (0.0, 0.5, 1.0):
         r, g, b = np.round(255 * jet(np.array(value))).astype(int).tolist()
         assert f"rgb({r}, {g}, {b}) {100 * value:.1f}%" in html
     assert 'class="uniform-mark" style="left: 25.0%"' in html and 'style="left: 25.0%">▲ 1× = uniform' in html
-    assert "4.0× (peak)" in html
-    assert 'style="left: 85.0%">▲ 1× = uniform' in colour_scale(1.05)  # kept clear of the bar's end
+    assert "4.0× uniform</span>" in html and "this point's peak is 3.0×" in html
+    assert 'style="left: 85.0%">▲ 1× = uniform' in colour_scale(1.05, 1.05)  # kept clear of the bar's end
+    assert scale_top(1.1, 1.3) == SCALE_FLOOR and scale_top(1.1, 6.5) == 6.5
+
+
+def test_heatmaps_share_a_scale_that_shows_uniform_attention_mid_way():
+    generator = np.random.default_rng(2)
+    reference = generator.integers(0, 255, (12, 9, 3), dtype=np.uint8)
+    density = generator.random((12, 9)) * 3
+    # With the top at the map's own peak this is the library's overlay (jet, half over the reference) ...
+    assert np.array_equal(heatmap_over(density, reference, float(density.max())), overlay_heatmap(density, reference))
+    # ... and with a higher top, each pixel is the naive blend of jet(density / top).
+    top = 6.0
+    expected = np.round(255 * (0.5 * reference / 255 + 0.5 * jet(density / top))).astype(np.uint8)
+    assert np.array_equal(heatmap_over(density, reference, top), expected)
+    uniform = heatmap_over(np.ones((12, 9)), np.zeros((12, 9, 3), np.uint8), scale_top(1.0))
+    assert uniform[0, 0].tolist() == np.round(127.5 * jet(np.array(0.5))).astype(int).tolist()  # green, not red
 
 
 def test_mark_peak_rings_the_highest_attention():

@@ -19,8 +19,8 @@ from PIL import Image
 from leffa.app.runtime import RESOLUTIONS, model_size
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
 from leffa.app.inspector import (
-    ALL, InspectorView, attention_row, colour_scale, display_to_model, layer_choices, layer_labels, mark_peak,
-    marked_result, sharpness, thumbnail, timestep_choices,
+    ALL, InspectorView, attention_row, colour_scale, display_to_model, heatmap_over, layer_choices, layer_labels,
+    mark_peak, marked_result, scale_top, sharpness, thumbnail, timestep_choices,
 )
 from leffa.app.previews import MASK_COLOR
 from leffa.inspect.trace import Trace
@@ -365,18 +365,25 @@ class AppCallbacks:
             return InspectorView(marked_result(generation, None), None, "", [], flow, warped, hint)
         model_point = display_to_model(point, generation)
         density = recorded.attention(model_point, chosen_layer, chosen_step)
-        heatmap = mark_peak(recorded.heatmap(model_point, chosen_layer, chosen_step), density)
-        per_layer = []
-        for name in recorded.layers:
-            row = sharpness(attention_row(recorded, model_point, name, chosen_step))
-            per_layer.append((thumbnail(recorded.heatmap(model_point, name, chosen_step)), f"{labels[name]}: {row}"))
+        peak = float(density.max())
+        heatmap = mark_peak(heatmap_over(density, recorded.reference, scale_top(peak)), density)
+        layer_densities = {name: recorded.attention(model_point, name, chosen_step) for name in recorded.layers}
+        common_top = scale_top(*(float(layer.max()) for layer in layer_densities.values()))
+        per_layer = [
+            (
+                thumbnail(heatmap_over(layer_density, recorded.reference, common_top)),
+                f"{labels[name]}: {sharpness(attention_row(recorded, model_point, name, chosen_step))}",
+            )
+            for name, layer_density in layer_densities.items()
+        ]
         caption = f"{where}; point ({point[0]:.0f}, {point[1]:.0f}) of the result"
         if chosen_layer is not None:
             caption += f": {sharpness(attention_row(recorded, model_point, chosen_layer, chosen_step))}"
         else:
-            caption += f": peak {float(density.max()):.1f}× uniform"
+            caption += f": peak {peak:.1f}× uniform"
+        caption += f". The per-layer heatmaps below share one colour scale, 0 to {common_top:.1f}× uniform."
         return InspectorView(
-            marked_result(generation, point), heatmap, colour_scale(float(density.max())), per_layer, flow,
+            marked_result(generation, point), heatmap, colour_scale(scale_top(peak), peak), per_layer, flow,
             warped, caption,
         )
 

@@ -27,6 +27,9 @@ THUMBNAIL_HEIGHT = 256
 #: The clickable result is enlarged (whole pixels, nearest neighbour) to at least this height, so that it
 #: fills its box: Gradio maps a click on a picture shown larger than its pixel size to no pixel at all.
 DISPLAY_HEIGHT = 512
+#: Heatmap colour scales reach at least this (× uniform), so that uniform attention shows mid-scale
+#: (cyan-green), not as the hottest red.
+SCALE_FLOOR = 2.0
 _UNET_LAYER = re.compile(
     r"^(?:(?P<side>down|up)_blocks\.(?P<block>\d+)|mid_block)\.attentions\.(?P<attention>\d+)"
     r"\.transformer_blocks\.(?P<transformer>\d+)\."
@@ -126,23 +129,36 @@ def sharpness(row: np.ndarray) -> Sharpness:
 
 
 # ------------------------------------------------------------------------------------ colour scale
-def colour_scale(peak: float) -> str:
-    """HTML for the heatmaps' colour bar: jet from 0 to ``peak`` (attention relative to uniform), with
-    uniform attention (1×) marked; the heatmap is this colour blended half over the reference."""
+def scale_top(*peaks: float) -> float:
+    """The top of a heatmap colour scale: the highest peak, but at least :data:`SCALE_FLOOR` × uniform."""
+    return max(SCALE_FLOOR, *peaks)
+
+
+def heatmap_over(density: np.ndarray, reference: np.ndarray, top: float) -> np.ndarray:
+    """Attention density (1 = uniform) coloured with jet from 0 to ``top`` and blended half over the
+    reference image (uint8 H × W × 3)."""
+    colours = jet(np.clip(density / top, 0.0, 1.0))
+    return np.round(255 * (0.5 * reference / 255 + 0.5 * colours)).astype(np.uint8)
+
+
+def colour_scale(top: float, peak: float) -> str:
+    """HTML for the heatmap's colour bar: jet from 0 to ``top`` × uniform with uniform attention (1×)
+    marked, and the clicked point's ``peak``."""
     stops = ", ".join(
         f"rgb({r}, {g}, {b}) {100 * value:.1f}%"
         for value in np.linspace(0, 1, 9)
         for r, g, b in [np.round(255 * jet(np.array(value))).astype(int).tolist()]
     )
-    uniform = 100 / peak if peak > 0 else 0.0
+    uniform = 100 / top
     label_at = min(max(uniform, 8.0), 85.0)  # the label stays inside the bar's width
     return (
         '<div class="colour-scale">'
         f'<div class="colour-bar" style="background: linear-gradient(to right, {stops})">'
         f'<span class="uniform-mark" style="left: {uniform:.1f}%"></span></div>'
-        f'<div class="colour-ticks"><span>0</span><span>{peak:.1f}× (peak)</span></div>'
+        f'<div class="colour-ticks"><span>0</span><span>{top:.1f}× uniform</span></div>'
         f'<div class="colour-ticks"><span style="left: {label_at:.1f}%">▲ 1× = uniform</span></div>'
-        "<p>Heatmap colour: attention probability relative to spreading evenly over the reference.</p></div>"
+        "<p>Heatmap colour: attention probability relative to spreading evenly over the reference (blended "
+        f"half over it); this point's peak is {peak:.1f}×.</p></div>"
     )
 
 
