@@ -1,7 +1,8 @@
 """Leffa demo: virtual try-on, pose transfer and the attention & flow inspector (``python app.py --help``).
 
-UI only: every action is a method of :class:`leffa.app.callbacks.AppCallbacks`; the library's errors are
-shown to the user as ``gr.Error`` messages. ``build_app`` returns the Blocks so tests can launch it.
+UI only: every action is a method of :class:`leffa.app.callbacks.AppCallbacks` (what the inspector and the
+previews show: ``leffa.app.inspector``, ``leffa.app.previews``); the library's errors are shown to the user as
+``gr.Error`` messages. ``build_app`` returns the Blocks, ``serve`` launches them with the page's ``CSS``.
 """
 
 from __future__ import annotations
