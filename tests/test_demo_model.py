@@ -1,4 +1,5 @@
-"""The built-in demo model: loads strictly, generates in seconds on a CPU, beats the untrained model as recorded."""
+"""The built-in demo models (try-on and pose transfer): load strictly, generate in seconds on a CPU, and
+reproduce the correspondence and image numbers recorded on their check batches."""
 
 from __future__ import annotations
 
@@ -9,27 +10,48 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, demo_examples, load_demo_model
-from leffa.core.pipeline import LeffaPipeline
+from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, load_demo_model
 from leffa.common import CheckpointMismatchError
+from leffa.core.model import LeffaModel
+from leffa.core.pipeline import LeffaPipeline
 from leffa.core.serialization import read_state_dict
-from train.synthetic.data import make_sample, sample_seed
-from train.synthetic.eval import CHECK_SETTINGS, check_metrics
+from train.synthetic.data import make_sample, render_split, sample_seed, to_batch
+from train.synthetic.pose import render_pose_split
+from train.synthetic.ship import (
+    BATCH_FILE,
+    CHECK_BATCH_COUNT,
+    CHECK_SAMPLER,
+    correspondence_numbers,
+    image_numbers,
+    read_check_batch,
+)
 
-CHECK = json.loads((DEMO_MODEL_DIR / "check.json").read_text())
+CHECKS = {task: json.loads((DEMO_MODEL_DIR / task / "check.json").read_text()) for task in DEMO_TASKS}
+
+
+@pytest.fixture(scope="module", params=DEMO_TASKS)
+def task(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_demo_model("cpu")
+def demo(task: str) -> LeffaModel:
+    return load_demo_model("cpu", task=task)
 
 
-def test_loads_strictly_from_released_key_format(demo) -> None:
-    state = read_state_dict(DEMO_MODEL_DIR / "model.safetensors")
+@pytest.fixture(scope="module")
+def batch(task: str) -> dict[str, torch.Tensor]:
+    return read_check_batch(DEMO_MODEL_DIR / task / BATCH_FILE)
+
+
+def test_loads_strictly_from_released_key_format(task: str, demo: LeffaModel) -> None:
+    path = DEMO_MODEL_DIR / task / "model.safetensors"
+    state = read_state_dict(path)
     assert {name.split(".")[0] for name in state} == {"vae", "unet_encoder", "unet"}
     assert set(state) == set(demo.state_dict())
     assert state["unet.conv_in.weight"].shape[1] == 12 and state["unet_encoder.conv_in.weight"].shape[1] == 4
     assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
+    assert path.stat().st_size < 10 * 2**20
     assert demo.dtype == torch.float32 and demo.device.type == "cpu"
     for name, tensor in demo.state_dict().items():
         torch.testing.assert_close(tensor, state[name].to(tensor.dtype), atol=0, rtol=0, msg=name)
@@ -39,9 +61,24 @@ def test_loads_strictly_from_released_key_format(demo) -> None:
         demo.load_state_dict(broken)
 
 
+def test_loads_with_from_pretrained_from_the_configs_beside_it(task: str, demo: LeffaModel) -> None:
+    model = LeffaModel.from_pretrained(DEMO_MODEL_DIR / task / "model.safetensors", device="cpu")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor.float(), demo.state_dict()[name], atol=0, rtol=0, msg=name)
+
+
+def test_metadata_says_trained_and_how(task: str) -> None:
+    metadata = json.loads((DEMO_MODEL_DIR / task / "metadata.json").read_text())
+    assert metadata["task"] == task and metadata["trained"] is True
+    assert metadata["image_size"] == list(DEMO_IMAGE_SIZE)
+    assert all("run" in stage for stage in metadata["recipe"]) and len(metadata["recipe"]) >= 2
+
+
 def test_missing_assets_give_clear_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing unet.json, vae.json, scheduler.json, model.safetensors"):
         load_demo_model("cpu", path=tmp_path)
+    with pytest.raises(ValueError, match=r"task must be one of \('virtual_tryon', 'pose_transfer'\), got 'tryon'"):
+        load_demo_model("cpu", task="tryon")
     from train.synthetic.experiment import load_run
 
     with pytest.raises(FileNotFoundError, match="missing unet.json.*; train it first"):
@@ -65,39 +102,60 @@ def test_examples_are_the_synthetic_test_samples() -> None:
         np.testing.assert_array_equal(np.asarray(example["mask"]), sample.mask.astype(np.uint8) * 255)
 
 
-def test_generates_a_try_on_in_seconds(demo) -> None:
+def test_check_batch_is_held_out_test_data_in_the_documented_format(task: str) -> None:
+    with np.load(DEMO_MODEL_DIR / task / BATCH_FILE) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    n, (h, w) = CHECK_BATCH_COUNT, DEMO_IMAGE_SIZE
+    assert arrays["person"].shape == arrays["reference"].shape == arrays["densepose"].shape == (n, 3, h, w)
+    assert arrays["mask"].shape == (n, 1, h, w) and arrays["true_flow"].shape == (n, h, w, 2)
+    assert arrays["flow_valid"].shape == (n, h, w) and arrays["flow_valid"].dtype == bool
+    assert arrays["person"].dtype == np.float32 and arrays["person"].min() >= -1 and arrays["person"].max() <= 1
+    render = render_split if task == "virtual_tryon" else render_pose_split
+    expected = to_batch(render("test", n, DEMO_IMAGE_SIZE, 0), np.arange(n))  # test split: never trained on
+    np.testing.assert_array_equal(arrays["person"], expected["image"].numpy())
+    np.testing.assert_array_equal(arrays["true_flow"], expected["flow"].numpy())
+    if task == "pose_transfer":
+        assert np.all(arrays["mask"] == 1)
+
+
+def test_generates_in_seconds(task: str, demo: LeffaModel) -> None:
     example = demo_examples()[0]
     pipe = LeffaPipeline(demo)
     start = time.perf_counter()
     output = pipe(
         example["person"], example["garment"], example["mask"], example["densepose"],
-        num_inference_steps=CHECK_SETTINGS.num_inference_steps, seed=0,
+        num_inference_steps=CHECK_SAMPLER.num_inference_steps, seed=0,
     )
     elapsed = time.perf_counter() - start
-    assert elapsed < 20, f"one 128x96 try-on took {elapsed:.1f}s on the CPU"
-    result = np.asarray(output.images[0], dtype=np.float64) / 255
-    person = np.asarray(example["person"], dtype=np.float64) / 255
-    inside = np.asarray(example["mask"]) > 127
-    assert result.shape == person.shape
-    # The example's person already wears the garment, so it is the target inside the mask too.
-    assert np.abs(result - person)[~inside].mean() < 0.1
-    assert np.abs(result - person)[inside].mean() < CHECK["untrained"]["sample_mask_l1"]
+    assert elapsed < 20, f"one 128x96 {task} took {elapsed:.1f}s on the CPU"
+    assert np.asarray(output.images[0]).shape == (*DEMO_IMAGE_SIZE, 3)
+
+
+def test_reproduces_the_recorded_correspondence(task: str, demo: LeffaModel, batch) -> None:
+    """Teacher-forced flow errors (t = 100, τ = 1) within 2 %, and far better than no correspondence."""
+    check = CHECKS[task]
+    scores = correspondence_numbers(demo, batch)
+    for key in ("epe/layer_mean", "epe/best_layer"):
+        assert scores[key] == pytest.approx(check["demo"][key], rel=0.02), key
+    assert scores["epe/layer_mean"] < check["baselines"]["uniform/epe"] / 2
+    assert scores["epe/best_layer"] < check["baselines"]["identity/epe"]
+    assert scores["epe/layer_mean"] < check["untrained"]["epe/layer_mean"] / 2
 
 
 @pytest.mark.slow
-def test_reproduces_recorded_metrics_and_beats_the_untrained_model(demo) -> None:
-    scores = check_metrics(demo)
-    for key, recorded in CHECK["demo"].items():
-        assert scores[key] == pytest.approx(recorded, rel=0.02), key
-    assert {"sample_garment_l1", "sample_mask_l1"} <= set(CHECK["margins"])
-    for key, margin in CHECK["margins"].items():
-        assert scores[key] <= CHECK["untrained"][key] - margin, key
+def test_reproduces_the_recorded_samples_and_beats_the_untrained_model(task: str, demo: LeffaModel, batch) -> None:
+    check = CHECKS[task]
+    scores = image_numbers(demo, batch)
+    for key, value in scores.items():
+        assert value == pytest.approx(check["demo"][f"plain/{key}"], rel=0.02), key
+    assert scores["mask_l1"] < 0.6 * check["untrained"]["plain/mask_l1"]
+    assert scores["garment_ssim"] > check["untrained"]["plain/garment_ssim"] + 0.1
 
 
-def test_figures_use_the_finest_attention_layers_of_the_shipped_architecture(demo) -> None:
+def test_figures_use_the_finest_attention_layers_of_the_shipped_architecture() -> None:
     from train.synthetic.experiment import _finest_layers
 
-    grid, layers = _finest_layers(demo, DEMO_IMAGE_SIZE)
+    grid, layers = _finest_layers(load_demo_model("cpu"), DEMO_IMAGE_SIZE)
     assert grid == (16, 12)  # 128x96 image, 4x VAE, no attention at the 32x24 latent level
     assert [layer.split(".transformer_blocks")[0] for layer in layers] == [
         "down_blocks.1.attentions.0",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from PIL import Image
@@ -108,18 +110,22 @@ def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, mon
     assert "wait on the CPU" not in plain.describe()
 
 
-def test_tiny_runtime_serves_the_demo_model_with_its_examples(tiny_model, tmp_path, monkeypatch):
+def test_tiny_runtime_serves_the_demo_models_with_their_examples(tiny_model, tmp_path, monkeypatch):
     loads = []
+    pose_model = copy.deepcopy(tiny_model)
+    monkeypatch.setattr(leffa.app.runtime, "pose_transfer_trained", lambda: True)
 
-    def load_demo_model(device, dtype):
-        loads.append(dtype)
-        return tiny_model
+    def load_demo_model(device, dtype, task="virtual_tryon"):
+        loads.append((dtype, task))
+        return tiny_model if task == "virtual_tryon" else pose_model
 
     monkeypatch.setattr(leffa.app.runtime, "load_demo_model", load_demo_model)
     monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", _project_examples(tmp_path, count=3))
     runtime = tiny_runtime(device="cpu", notice="weights missing")
-    assert loads == ["fp32"] and runtime.tiny and runtime.notice == "weights missing"
+    assert loads == [("fp32", "virtual_tryon"), ("fp32", "pose_transfer")]
+    assert runtime.tiny and runtime.notice == "weights missing" and not runtime.untrained
+    assert runtime.store.pipeline("pose_transfer").model is pose_model
     assert runtime.store.size("viton_hd") == (96, 128)  # the demo model's own size
     assert runtime.store.pipeline("dress_code").model is tiny_model
-    assert [e.densepose.name for e in runtime.tryon_examples] == [f"densepose_{k:02d}.png" for k in range(3)]
+    assert [e.densepose.name for e in runtime.tryon_examples] == [f"densepose_{k:02d}.png" for k in range(3)] * 2
     assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "person_02.png"]

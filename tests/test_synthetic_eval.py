@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from leffa.eval.metrics import ssim
-from train.synthetic.data import SyntheticTryOnDataset, make_sample, sample_seed
+from train.synthetic.data import SyntheticTryOnDataset, make_sample, render_split, sample_seed
 from train.synthetic.eval import (
     STUDY_INITS,
     EvalSettings,
@@ -23,7 +23,6 @@ from train.synthetic.eval import (
     masked_psnr,
     masked_ssim,
     reference_flow_scores,
-    render_split,
     teacher_forced,
     to_batch,
     uniform_attention_flow,

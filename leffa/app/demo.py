@@ -3,7 +3,8 @@
 Why: the released checkpoints are ~8 GB; a newcomer without them (or with ``--tiny``) should still see a
 real try-on and a meaningful attention inspector, not noise. The demo model is a tiny Leffa model trained on
 the synthetic try-on task (``train/synthetic/``; how, and what it scores: ``docs/synthetic-benchmark.md``),
-shipped in ``assets/demo-model/`` in the released key format. It works at :data:`DEMO_IMAGE_SIZE` on the
+shipped in ``assets/demo-model/virtual_tryon/`` in the released key format, with a pose-transfer twin in
+``assets/demo-model/pose_transfer/``. It works at :data:`DEMO_IMAGE_SIZE` on the
 synthetic people and garments in ``assets/examples/``; real photos are far outside what it has seen.
 """
 
@@ -28,6 +29,8 @@ DEMO_IMAGE_SIZE: tuple[int, int] = (128, 96)
 #: The files of a model folder: a config per part (``<part>.json``) and the weights.
 DEMO_FILES = (*(f"{part}.json" for part in CONFIG_PARTS), MODEL_FILE)
 EXAMPLE_PARTS = ("person", "garment", "mask", "densepose")
+#: One demo model per task, each in ``assets/demo-model/<task>/`` with its ``metadata.json`` and check batch.
+DEMO_TASKS = ("virtual_tryon", "pose_transfer")
 _EXAMPLE_NAME = re.compile(r"^person_(\d+)\.png$")
 
 
@@ -39,14 +42,18 @@ def load_demo_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     *,
+    task: str = "virtual_tryon",
     path: str | os.PathLike | None = None,
 ) -> LeffaModel:
-    """The demo model, loaded strictly (weights stored in fp16, placed in ``dtype``, fp32 by default).
+    """The demo model of ``task`` (one of :data:`DEMO_TASKS`), loaded strictly (weights stored in fp16,
+    placed in ``dtype``, fp32 by default).
 
-    ``device=None`` picks CUDA, then MPS, then CPU; ``path`` defaults to ``assets/demo-model``.
+    ``device=None`` picks CUDA, then MPS, then CPU; ``path`` defaults to ``assets/demo-model/<task>``.
     """
+    if task not in DEMO_TASKS:
+        raise ValueError(f"task must be one of {DEMO_TASKS}, got {task!r}")
     return load_model_folder(
-        path if path is not None else DEMO_MODEL_DIR,
+        path if path is not None else DEMO_MODEL_DIR / task,
         device,
         dtype,
         base="demo",

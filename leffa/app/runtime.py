@@ -101,14 +101,17 @@ def single_model_runtime(
     examples: list[TryOnExample],
     notice: str = "",
     untrained: frozenset[str] = frozenset({POSE_MODEL}),
+    pose_model: LeffaModel | None = None,
 ) -> Runtime:
-    """One small model serving every task at ``size`` (width, height). Try-on examples are crossed (each
-    person with another one's garment), pose examples pair the persons; ``untrained`` names the tasks the
-    model has not learnt (by default pose transfer: the built-in model is trained for try-on)."""
+    """One small model serving every task at ``size`` (width, height), or ``pose_model`` serving pose
+    transfer when given. Try-on examples are crossed (each person with another one's garment), pose examples
+    pair the persons; ``untrained`` names the tasks the serving model has not learnt."""
     keys = (*TRYON_MODELS, POSE_MODEL)
+    models = {key: model for key in keys}
+    if pose_model is not None:
+        models[POSE_MODEL] = pose_model
     store = ModelStore(
-        None, device=model.device, dtype=model.dtype, leffa_models={key: model for key in keys},
-        sizes={key: size for key in keys},
+        None, device=model.device, dtype=model.dtype, leffa_models=models, sizes={key: size for key in keys},
     )
     return Runtime(store, True, crossed(examples), _poses_of(examples), notice, frozenset(untrained))
 
@@ -150,11 +153,15 @@ def tiny_runtime(
 ) -> Runtime:
     """The built-in demo model (``leffa.app.demo``) serving every task, with the shipped example inputs."""
     model = load_demo_model(device, pick_dtype(dtype, device))
+    trained = pose_transfer_trained()
+    pose_model = load_demo_model(device, pick_dtype(dtype, device), task=POSE_MODEL) if trained else None
     if speed is not None:
-        apply_speed_options(model, speed)
+        for each in filter(None, (model, pose_model)):
+            apply_speed_options(each, speed)
     height, width = DEMO_IMAGE_SIZE
-    untrained = frozenset() if pose_transfer_trained() else frozenset({POSE_MODEL})
-    return single_model_runtime(model, (width, height), demo_example_files(EXAMPLES_DIR), notice, untrained)
+    untrained = frozenset() if trained else frozenset({POSE_MODEL})
+    examples = demo_example_files(EXAMPLES_DIR)
+    return single_model_runtime(model, (width, height), examples, notice, untrained, pose_model)
 
 
 def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:

@@ -26,7 +26,7 @@ from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import layer_sizes, record_attention
 from train.batches import generate_batch
-from train.synthetic.data import render_split, to_batch
+from train.synthetic.data import to_batch
 
 
 # --------------------------------------------------------------------------------------- image metrics
@@ -304,25 +304,6 @@ def reference_flow_scores(split: Mapping[str, np.ndarray]) -> dict[str, float]:
         scores[f"{name}/epe"] = float(flow_epe(flow, batch["flow"], valid).double().mean())
         scores[f"{name}/warp_l1"] = float(warp_l1(reference, target, flow, valid).double().mean())
     return scores
-
-
-#: The demo-model check (``assets/demo-model/check.json``): test samples 0..7, teacher-forced flows at one
-#: timestep and a short sampler run, a few seconds on a CPU.
-CHECK_COUNT = 8
-CHECK_SETTINGS = EvalSettings(
-    timesteps=(300,), num_inference_steps=20, sampler_trace_timesteps=(), batch_size=8
-)
-
-
-def check_metrics(model: LeffaModel, size: tuple[int, int] = (128, 96)) -> dict[str, float]:
-    """The numbers the demo-model test re-computes: flow EPE and garment L1 on test samples 0..7."""
-    scores = evaluate_model(model, render_split("test", CHECK_COUNT, size, 0), CHECK_SETTINGS)
-    return {
-        "tf_epe": scores["tf/t300/epe/mean"],
-        "tf_garment_l1": scores["tf/t300/garment_l1"],
-        "sample_garment_l1": scores["sample/plain/garment_l1"],
-        "sample_mask_l1": scores["sample/plain/mask_l1"],
-    }
 
 
 # ----------------------------------------------------------------------------------- the loss on its own

@@ -1,4 +1,4 @@
-"""The synthetic benchmark of the Leffa loss: train the stages, evaluate them, draw the figures, ship the demo.
+"""The synthetic benchmark of the Leffa loss: train the stages, evaluate them, draw the figures.
 
 The stages are ordinary trainer configs (``train/config.py``, ``data.type: synthetic``) trained by the one
 trainer of ``train/train.py``; seeds fix weights, data order, noise and timesteps. ``model.vae_path`` points
@@ -14,15 +14,16 @@ Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the meas
     python -m train.synthetic.experiment report runs/synthetic/untrained runs/synthetic/finetune ...
     python -m train.synthetic.experiment study
     python -m train.synthetic.experiment figures runs/synthetic/finetune runs/synthetic/leffa-w1-tau1
-    python -m train.synthetic.experiment export runs/synthetic/long-leffa --compare runs/synthetic/long-finetune runs/synthetic/leffa-w1-tau1
-    python -m train.synthetic.experiment all        # every stage in order: the reproduce command
+    python -m train.synthetic.experiment all        # every stage of the first benchmark, in order
+
+The demo models are shipped by ``train/synthetic/ship.py``; per-checkpoint flow probes are
+``train/synthetic/probe.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,21 +34,15 @@ import torch
 from PIL import Image
 
 from leffa.app.demo import load_model_folder, read_model_configs
-from leffa.core.configs import BaseConfigs
 from leffa.core.flow import upsample_flow, warp
 from leffa.core.model import LeffaModel
 from leffa.core.recording import layer_sizes
-from leffa.core.serialization import save_state_dict
 from leffa.inspect.visualize import attention_heatmap, color_wheel_legend, flow_to_color, side_by_side
-from train.checkpoints import WEIGHTS_FILE, write_model_configs
 from train.config import TrainConfig, load_config
-from train.synthetic.data import make_examples, render_split, to_batch
+from train.synthetic.data import render_split, to_batch
 from train.synthetic.eval import (
-    CHECK_COUNT,
-    CHECK_SETTINGS,
     STUDY_INITS,
     EvalSettings,
-    check_metrics,
     free_attention_study,
     evaluate_model,
     reference_flow_scores,
@@ -67,12 +62,8 @@ TEST_COUNT = 64
 STAGES = (
     "base", "finetune", "leffa", "leffa-w1e-1", "leffa-w1", "leffa-w1-tau1", "base-long", "long-finetune", "long-leffa"
 )
-#: The stage shipped as the demo model (best sample metrics; see docs/synthetic-benchmark.md), and the
-#: no-Leffa and Leffa fine-tunes the figures and the demo's check compare.
-DEMO_STAGE = "long-leffa"
+#: The no-Leffa and Leffa fine-tunes the figures compare.
 BASELINE_STAGE = "finetune"
-#: The demo stage's own comparison: the same fine-tune from the same run, without the Leffa loss.
-DEMO_BASELINE_STAGE = "long-finetune"
 LEFFA_STAGE = "leffa-w1-tau1"
 Log = Callable[[str], None]
 
@@ -334,34 +325,6 @@ def _mark(image: np.ndarray, x: int, y: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- export
 
 
-def export_demo(run: str | Path, compared: Sequence[str | Path], out: Path) -> dict:
-    """Write the demo model (fp16 safetensors + configs), its check numbers and the example inputs.
-
-    ``check.json`` holds the demo-model test's numbers (:func:`check_metrics`) for the shipped weights, the
-    untrained model and each run in ``compared``, and half of each improvement over the untrained model as
-    the margin the test asserts.
-    """
-    model = load_run(run)
-    save_state_dict(model.state_dict(), out / WEIGHTS_FILE, torch.float16)
-    write_model_configs(BaseConfigs(**read_model_configs(run)), out)
-    demo, untrained = check_metrics(load_run(out)), check_metrics(untrained_model(run))
-    check = {
-        "samples": f"test split, synthetic seed 0, indices 0..{CHECK_COUNT - 1}, size 128x96",
-        "settings": vars(CHECK_SETTINGS),
-        "demo_run": Path(run).name,
-        "demo": demo,
-        "untrained": untrained,
-        "compared": {Path(other).name: check_metrics(load_run(other)) for other in compared},
-        "margins": {key: (untrained[key] - demo[key]) / 2 for key in demo if demo[key] < untrained[key]},
-    }
-    (out / "check.json").write_text(json.dumps(check, indent=2) + "\n")
-    examples = Path("assets/examples")
-    if examples.exists():
-        shutil.rmtree(examples)
-    make_examples(examples, n=4, size=(128, 96), seed=0)
-    return check
-
-
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -381,9 +344,6 @@ def run_all(log: Log) -> None:
     write_report([RUN_DIR / "untrained", *runs], RUN_DIR / "results.json")
     loss_study(RUN_DIR / "loss_study.json", log)
     draw_figures({BASELINE_STAGE: RUN_DIR / BASELINE_STAGE, LEFFA_STAGE: RUN_DIR / LEFFA_STAGE}, Path("docs/figures"))
-    export_demo(
-        RUN_DIR / DEMO_STAGE, [RUN_DIR / DEMO_BASELINE_STAGE, RUN_DIR / LEFFA_STAGE], Path("assets/demo-model")
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,10 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     figures = commands.add_parser("figures", help="draw flow, heatmap and sample figures of runs")
     figures.add_argument("runs", nargs="+")
     figures.add_argument("--out", default="docs/figures")
-    export = commands.add_parser("export", help="ship a run as the built-in demo model")
-    export.add_argument("run")
-    export.add_argument("--compare", nargs="*", default=[], help="runs whose check numbers are recorded too")
-    export.add_argument("--out", default="assets/demo-model")
     study = commands.add_parser("study", help="minimise the Leffa loss over free attention (no model)")
     study.add_argument("--out", default=str(RUN_DIR / "loss_study.json"))
     commands.add_parser("all", help="every stage in order")
@@ -426,8 +382,6 @@ def main(argv: list[str] | None = None) -> int:
         draw_figures({Path(run).name: run for run in args.runs}, Path(args.out))
     elif args.command == "study":
         loss_study(Path(args.out), _log)
-    elif args.command == "export":
-        export_demo(args.run, args.compare, Path(args.out))
     else:
         run_all(_log)
     return 0
