@@ -166,6 +166,19 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     added_y, added_x = np.nonzero(painted & (original <= 127))
     assert len(added_y) > 0 and added_y.max() < 16 and added_x.max() < 20  # ... plus the stroke
 
+    # Previews: each one whole and large enough to read, captioned.
+    browser.find_element(By.XPATH, "//button[contains(., 'Previews: parse map')]").click()
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#tryon-previews img")) == 2)
+    previews = browser.find_elements(By.CSS_SELECTOR, "#tryon-previews img")
+    assert [image.get_attribute("alt") for image in previews] == ["mask", "DensePose"]
+    for index in (1, 2):
+        selector = f"#tryon-previews .gallery-item:nth-child({index}) img"
+        width, height = _shown_size(browser, selector)
+        assert height > 300 and width / height == pytest.approx(SERVED_SIZE[0] / SERVED_SIZE[1], rel=0.05)
+        frame = browser.find_element(By.CSS_SELECTOR, "#tryon-previews .grid-wrap").rect
+        shown = browser.find_element(By.CSS_SELECTOR, selector).rect
+        assert frame["y"] <= shown["y"] and shown["y"] + shown["height"] <= frame["y"] + frame["height"] + 1
+
     _open_tab(browser, "inspector")
     wait.until(lambda driver: _image_source(driver, "#inspect-result img"))
     assert f"(seed {seed})" in _text(browser, "inspect-run")
