@@ -75,14 +75,14 @@ class _Page:
         tables[0].find_elements(self.by.CSS_SELECTOR, "tbody tr")[row].click()
         _until(lambda: self.has(f"#{tab_id}-person img"), "the example to load")
 
-    def set_seed_and_record(self, prefix: str) -> None:
+    def set_seed(self) -> None:
+        """Type :data:`SEED` into the visible tab's seed field (its last number field)."""
         from selenium.webdriver.common.keys import Keys
 
         seed = [field for field in self.driver.find_elements(self.by.CSS_SELECTOR, "input[type=number]")
                 if field.is_displayed()][-1]
         seed.send_keys(Keys.CONTROL, "a")
         seed.send_keys(SEED, Keys.TAB)
-        self.element(f"#{prefix}-record input[type=checkbox]").click()
 
     def run(self, button: str, result: str) -> None:
         self.element(f"#{button}").click()
@@ -136,7 +136,8 @@ def take(out: Path) -> list[Path]:
         _until(lambda: page.has("#tryon-person input[type=file]"), "the page")
 
         page.example("tryon")
-        page.set_seed_and_record("tryon")
+        page.set_seed()
+        page.element("#tryon-record input[type=checkbox]").click()
         page.run("tryon-run", "tryon-result")
         page.shot("#tryon-person", "#tryon-seed", paths["tryon"])
 
@@ -154,6 +155,7 @@ def take(out: Path) -> list[Path]:
 
         page.tab("Pose transfer")
         page.example("pose")
+        page.set_seed()
         page.run("pose-run", "pose-result")
         page.shot("#pose-untrained" if page.has("#pose-untrained") else "#pose-person", "#pose-seed", paths["pose"])
     finally:
