@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WINDOW = (1280, 2600)
 #: Screenshots wider than this are scaled down, and larger files reduced to a palette, to stay small.
-MAX_WIDTH = 1100
+MAX_WIDTH = 1000
 MAX_BYTES = 280_000
 TIMEOUT = 300
 SEED = "3"
