@@ -14,19 +14,13 @@ import argparse
 import platform
 import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from bench.common import timed
 from preprocess.densepose import DensePoseModel, DensePoseRCNN, DensePoseSettings
 from preprocess.densepose.inputs import prepare_image
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _bias_classifier(network: DensePoseRCNN, person_logit: float) -> None:
@@ -82,7 +76,7 @@ def main() -> None:
     for label, logit in (("no person", -4.0), (f"{args.people} person(s)", 4.0)):
         _bias_classifier(network, logit)
         people = model.predict(image).num_people
-        times = [_timed(lambda: model.predict(image)) for _ in range(args.repeats)]
+        times = [timed(lambda: model.predict(image)) for _ in range(args.repeats)]
         print(f"| {label} | {statistics.median(times):.2f} | {min(times):.2f} | {people} |")
     print("\n| stage | s |\n|---|---|")
     for stage, seconds in _stage_times(model, image).items():

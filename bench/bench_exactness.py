@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import add_model_options, set_threads
 from bench.released import ReleasedStep
 from leffa.core.model import LeffaModel
 from leffa.core.speed import SpeedOptions, apply_speed_options
@@ -63,8 +64,14 @@ class Inputs:
         return cls(draw(2, 4), mask, draw(2, 4), draw(2, 3), draw(1, 4), torch.tensor(500, device=device))
 
     @property
+    def channels(self) -> tuple[torch.Tensor, ...]:
+        """The generative UNet's inputs in channel order (noisy latents, mask, masked latents, DensePose)."""
+        return self.noisy, self.mask, self.masked, self.densepose
+
+    @property
     def generative(self) -> tuple[torch.Tensor, ...]:
-        return self.noisy, self.mask, self.masked, self.densepose, self.timestep
+        """The positional inputs of :meth:`LeffaModel.predict_noise` before the features."""
+        return *self.channels, self.timestep
 
 
 def ours_parts(model: LeffaModel, inputs: Inputs) -> Parts:
@@ -87,7 +94,7 @@ def ours_parts(model: LeffaModel, inputs: Inputs) -> Parts:
 def released_parts(released: ReleasedStep, inputs: Inputs) -> Parts:
     return {
         "reference": lambda: released.reference_pass(inputs.reference, inputs.timestep),
-        "generative": lambda: released.generative_pass(*inputs.generative),
+        "generative": lambda: released.generative_pass(inputs.channels, inputs.timestep),
     }
 
 
@@ -134,16 +141,11 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="sd15-inpainting")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
+    add_model_options(parser)
     parser.add_argument("--bf16", action="store_true", help="also time ours under CPU bf16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="also time ours with channels-last weights")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     model = LeffaModel.from_base(args.base).eval()

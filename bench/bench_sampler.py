@@ -16,33 +16,22 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
 
+from bench.common import add_model_options, set_threads, timed
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="sd15-inpainting")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_model_options(parser)
     parser.add_argument("--steps", type=int, default=0, help="also time a full generation of this many steps")
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
 
     configs = load_base_configs(args.base)
@@ -81,7 +70,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                times[name].append(_timed(fn))
+                times[name].append(timed(fn))
 
     med = {name: statistics.median(values) for name, values in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -93,7 +82,7 @@ def main() -> None:
     if args.steps:
         src = torch.rand(1, 3, args.height, args.width) * 2 - 1
         image_mask = torch.ones(1, 1, args.height, args.width)
-        seconds = _timed(
+        seconds = timed(
             lambda: pipe(src, src, image_mask, src, num_inference_steps=args.steps, seed=0, output_type="np")
         )
         print(f"| full generation, {args.steps} steps | {seconds:.2f} | {seconds / med['stock']:.1f} |")

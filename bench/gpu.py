@@ -39,6 +39,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from bench.bench_exactness import Inputs, bf16_parts, ours_parts, released_parts, run_step
+from bench.common import sync, timed
 from bench.released import ReleasedStep
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
@@ -108,19 +109,6 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def median_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     fn()
     return statistics.median(timed(fn, device) for _ in range(repeats))

@@ -15,6 +15,8 @@ released sampler
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -87,27 +89,11 @@ class ReleasedStep:
         return dict(self.store)
 
     @torch.no_grad()
-    def generative_pass(
-        self,
-        noisy_latents: torch.Tensor,
-        mask: torch.Tensor,
-        masked_latents: torch.Tensor,
-        densepose: torch.Tensor,
-        timestep: torch.Tensor,
-    ) -> torch.Tensor:
-        """The generative UNet on the doubled inputs, attending to the features of the last reference pass."""
-        sample = torch.cat([noisy_latents, mask, masked_latents, densepose], dim=1).to(self.model.dtype)
-        return self.generative_unet(sample, timestep, encoder_hidden_states=None).sample
+    def generative_pass(self, channels: Sequence[torch.Tensor], timestep: torch.Tensor) -> torch.Tensor:
+        """The generative UNet on the doubled inputs, attending to the features of the last reference pass.
 
-    def predict_noise(
-        self,
-        noisy_latents: torch.Tensor,
-        mask: torch.Tensor,
-        masked_latents: torch.Tensor,
-        densepose: torch.Tensor,
-        timestep: torch.Tensor,
-        reference_latents: torch.Tensor,
-    ) -> torch.Tensor:
-        """Noise for ``[uncond, cond]`` (inputs already doubled); ``reference_latents`` is the cond half only."""
-        self.reference_pass(reference_latents, timestep)
-        return self.generative_pass(noisy_latents, mask, masked_latents, densepose, timestep)
+        ``channels`` are the inputs in the UNet's channel order (noisy latents, mask, masked latents,
+        DensePose), each ``[uncond, cond]``; they are concatenated as the released sampler does.
+        """
+        sample = torch.cat(list(channels), dim=1).to(self.model.dtype)
+        return self.generative_unet(sample, timestep, encoder_hidden_states=None).sample
