@@ -20,7 +20,7 @@ from leffa.app import cli
 from leffa.app.callbacks import MAX_SEED
 from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
 from leffa.app.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
-from leffa.app.demo import DEMO_MODEL_DIR, load_demo_model
+from leffa.app.demo import DEMO_MODEL_DIR, DEMO_TASKS, load_demo_model
 from leffa.app.runtime import single_model_runtime
 from leffa.core.configs import BaseConfigs, load_base_configs
 from leffa.core.model import LeffaModel
@@ -144,10 +144,10 @@ def test_damaged_safetensors_name_the_file_and_the_problem(tiny_model, tmp_path,
 
 
 # ------------------------------------------------------------------ 5. every written checkpoint loads
-@pytest.mark.skipif(not (DEMO_MODEL_DIR / "model.safetensors").is_file(), reason="no demo model in assets/")
-def test_the_shipped_demo_model_loads_through_from_pretrained():
-    expected = load_demo_model("cpu").state_dict()
-    for path in (DEMO_MODEL_DIR / "model.safetensors", DEMO_MODEL_DIR):
+@pytest.mark.parametrize("task", DEMO_TASKS)
+def test_the_shipped_demo_models_load_through_from_pretrained(task):
+    expected = load_demo_model("cpu", task=task).state_dict()
+    for path in (DEMO_MODEL_DIR / task / "model.safetensors", DEMO_MODEL_DIR / task):
         loaded = LeffaModel.from_pretrained(path, device="cpu").state_dict()
         assert set(loaded) == set(expected)
         assert all(torch.equal(loaded[name], expected[name]) for name in expected)
