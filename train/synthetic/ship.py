@@ -146,6 +146,47 @@ def baseline_numbers(batch: Mapping[str, Tensor]) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def check_figure(model: LeffaModel, batch: Mapping[str, Tensor], count: int = 3) -> np.ndarray:
+    """Rows of the first ``count`` check samples: reference, target, true flow, the model's layer-mean flow
+    (teacher-forced t = 100, τ = 1), the reference warped by it (white where there is no true flow) and a
+    20-step sample; uint8, enlarged 2x so 128x96 pixels stay readable."""
+    from leffa.core.flow import warp
+    from leffa.inspect.visualize import flow_to_color, side_by_side
+
+    model.eval()
+    part = {key: value[:count] for key, value in batch.items()}
+    size = tuple(part["flow"].shape[1:3])
+    flows = teacher_forced(model, part, (CHECK_TIMESTEP,), temperature=1.0, seed=0)[CHECK_TIMESTEP]["flows"]
+    mean_flow = torch.stack([upsample_flow(flow.float(), size) for flow in flows.values()]).mean(0)
+    images, _ = sample(model, part, CHECK_SAMPLER)
+    reference = (part["reference"].float() / 2 + 0.5).clamp(0, 1)
+    warped = warp(reference, mean_flow)
+    valid = (part["flow_valid"] * part["mask"])[:, 0].bool().numpy()
+
+    def picture(image: Tensor) -> np.ndarray:
+        return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+    def flow_picture(flow: Tensor, k: int) -> np.ndarray:
+        colours = flow_to_color(flow, max_magnitude=0.5 * max(size))
+        colours[~valid[k]] = 255
+        return colours
+
+    rows = []
+    for k in range(count):
+        warp_k = picture(warped[k])
+        warp_k[~valid[k]] = 255
+        panels = [
+            picture(reference[k]), picture(part["image"][k].float() / 2 + 0.5), flow_picture(part["flow"][k], k),
+            flow_picture(mean_flow[k], k), warp_k, picture(images[k]),
+        ]
+        labels = ["reference", "target", "true flow", "model flow", "warped", "sample"]
+        rows.append(side_by_side([panel.repeat(2, 0).repeat(2, 1) for panel in panels], labels))
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, 6), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return np.concatenate(padded)
+
+
 def export_demo_model(
     run: str | Path, task: str, out: str | Path, *, recipe: list[dict], compared: Mapping[str, str | Path] = {}
 ) -> dict:
@@ -185,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="default: assets/demo-model/<task>")
     parser.add_argument("--recipe", help="JSON file: the list of stages that made the run (see metadata.json)")
     parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=RUN", help="runs measured beside it")
+    parser.add_argument("--figure", help="also write the check figure (check_figure) to this PNG")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or f"assets/demo-model/{args.task}"
     compared = dict(item.split("=", 1) for item in args.compare)
     check = export_demo_model(args.run, args.task, out, recipe=recipe, compared=compared)
+    if args.figure:
+        from PIL import Image
+
+        from train.synthetic.experiment import load_run
+
+        figure = check_figure(load_run(out), read_check_batch(Path(out) / BATCH_FILE))
+        Image.fromarray(figure).save(args.figure)
     demo = check["demo"]
     print(
         f"{out}: best layer EPE {demo['epe/best_layer']:.2f} px, layer-mean {demo['epe/layer_mean']:.2f} px, "
