@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, load_demo_model
+from leffa.app.callbacks import AppCallbacks, GenerationSettings
+from leffa.app.demo import (
+    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, demo_pose_examples, load_demo_model,
+)
+from leffa.app.runtime import demo_pose_example_files
+from leffa.app.service import POSE_MODEL, ModelStore, PoseTransfer
 from leffa.common import CheckpointMismatchError
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.serialization import read_state_dict
 from train.synthetic.data import make_sample, render_split, sample_seed, to_batch
+from train.synthetic.eval import masked_l1
+from train.synthetic.experiment import untrained_model
 from train.synthetic.pose import render_pose_split
+from train.synthetic.pose_examples import DEFAULT_INDICES
 from train.synthetic.ship import (
     BATCH_FILE,
     CHECK_BATCH_COUNT,
@@ -85,6 +93,8 @@ def test_missing_assets_give_clear_errors(tmp_path) -> None:
         load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no example inputs"):
         demo_examples(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no pose examples"):
+        demo_pose_examples(tmp_path)
     (tmp_path / "person_00.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="example 00 .* missing garment_00.png"):
         demo_examples(tmp_path)
@@ -162,3 +172,51 @@ def test_figures_use_the_finest_attention_layers_of_the_shipped_architecture() -
         "up_blocks.1.attentions.0",
         "up_blocks.1.attentions.1",
     ]
+
+
+# ------------------------------------------------------------------------------ the app's pose examples
+def _pose_store(model: LeffaModel) -> ModelStore:
+    height, width = DEMO_IMAGE_SIZE
+    return ModelStore(None, device="cpu", leffa_models={POSE_MODEL: model}, sizes={POSE_MODEL: (width, height)})
+
+
+def test_pose_examples_are_check_batch_samples_through_the_apps_conversion() -> None:
+    """Each shipped pose example, read as the app reads it (files → PoseTransfer.prepare → the pose
+    pipeline's inputs), is its check-batch sample bit for bit, DensePose included."""
+    examples, files = demo_pose_examples(), demo_pose_example_files()
+    assert len(examples) == len(files) == len(DEFAULT_INDICES)
+    assert all(image.size == DEMO_IMAGE_SIZE[::-1] for example in examples for image in example.values())
+    batch = read_check_batch(DEMO_MODEL_DIR / POSE_MODEL / BATCH_FILE)
+    store = _pose_store(load_demo_model("cpu", task=POSE_MODEL))
+    pipe = store.pipeline(POSE_MODEL)
+    assert pipe.default_densepose_format == "rgb"  # the grey part render, as the demo model was trained on
+    for index, example in zip(DEFAULT_INDICES, files, strict=True):
+        prepared = PoseTransfer(store).prepare(example.person, example.target, densepose=example.densepose)
+        src, ref, mask, densepose = pipe.prepare_inputs(
+            prepared.person, prepared.reference, prepared.mask, prepared.densepose
+        )
+        for name, got, expected in (
+            ("target", src, batch["image"]), ("person", ref, batch["reference"]),
+            ("mask", mask, batch["mask"]), ("densepose", densepose, batch["densepose"]),
+        ):
+            torch.testing.assert_close(got[0], expected[index], atol=0, rtol=0, msg=f"pose example {index}: {name}")
+
+
+def test_pose_transfer_on_the_first_example_beats_the_untrained_model() -> None:
+    """Example 0 through the app's callbacks at the demo size (20 steps, seed 0): masked L1 on the person
+    pixels against the true target well below the untrained model's."""
+    example = demo_pose_example_files()[0]
+    batch = read_check_batch(DEMO_MODEL_DIR / POSE_MODEL / BATCH_FILE)
+    index = DEFAULT_INDICES[0]
+    target, person = (batch["image"][index : index + 1] / 2 + 0.5).clamp(0, 1), batch["flow_valid"][index : index + 1]
+    settings = GenerationSettings(steps=CHECK_SAMPLER.num_inference_steps, seed=0)
+
+    def l1(model: LeffaModel) -> float:
+        generation = AppCallbacks(_pose_store(model)).pose_transfer(
+            example.person, example.target, densepose=example.densepose, settings=settings
+        )
+        image = torch.from_numpy(np.asarray(generation.image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        return float(masked_l1(image, target, person)[0])
+
+    trained, untrained = l1(load_demo_model("cpu", task=POSE_MODEL)), l1(untrained_model(DEMO_MODEL_DIR / POSE_MODEL))
+    assert trained < 0.6 * untrained, (trained, untrained)

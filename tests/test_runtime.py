@@ -10,8 +10,8 @@ from PIL import Image
 
 import leffa.app.runtime
 from leffa.app.runtime import (
-    TryOnExample, demo_example_files, downloads_possible, model_size, pick_dtype, released_runtime,
-    single_model_runtime, tiny_runtime,
+    TryOnExample, demo_example_files, demo_pose_example_files, downloads_possible, model_size, pick_dtype,
+    released_runtime, single_model_runtime, tiny_runtime,
 )
 from leffa.app.service import ModelStore
 
@@ -48,6 +48,13 @@ def _project_examples(folder, count=2):
     return folder
 
 
+def _pose_examples(folder, count=2):
+    for k in range(count):
+        for part in ("person", "target", "densepose"):
+            _image(folder / f"pose_{k:02d}_{part}.png")
+    return folder
+
+
 def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monkeypatch):
     monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", tmp_path / "no-assets")
     for name in ("person1/a.jpg", "person1/b.jpg", "person2/c.jpg", "person2/d.png", "garment/x.jpg"):
@@ -68,6 +75,11 @@ def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monke
     assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "d.png"]
     without_authors = released_runtime(tmp_path / "empty", device="cpu", download=False)
     assert [e.person.name for e in without_authors.tryon_examples] == ["person_00.png", "person_01.png"]
+    _pose_examples(tmp_path / "assets", count=1)
+    with_poses = released_runtime(tmp_path / "ckpts", device="cpu", download=False)
+    assert [(e.person.name, e.target.name) for e in with_poses.pose_examples] == [
+        ("pose_00_person.png", "pose_00_target.png"), ("c.jpg", "d.png"),
+    ]
 
 
 def test_single_model_runtime_serves_every_task(tiny_model, tmp_path):
@@ -91,6 +103,19 @@ def test_demo_example_files_name_each_part(tmp_path):
     (tmp_path / "mask_01.png").unlink()
     with pytest.raises(FileNotFoundError, match="missing mask_01.png"):
         demo_example_files(tmp_path)
+
+
+def test_demo_pose_example_files_name_each_part(tmp_path):
+    assert demo_pose_example_files(tmp_path) == []
+    files = demo_pose_example_files(_pose_examples(tmp_path))
+    assert [(e.person.name, e.target.name, e.densepose.name) for e in files] == [
+        ("pose_00_person.png", "pose_00_target.png", "pose_00_densepose.png"),
+        ("pose_01_person.png", "pose_01_target.png", "pose_01_densepose.png"),
+    ]
+    (tmp_path / "pose_01_densepose.png").unlink()
+    message = "pose example 01 in .* is incomplete: missing pose_01_densepose.png; restore assets/examples"
+    with pytest.raises(FileNotFoundError, match=message):
+        demo_pose_example_files(tmp_path)
 
 
 def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, monkeypatch):
@@ -120,7 +145,7 @@ def test_tiny_runtime_serves_the_demo_models_with_their_examples(tiny_model, tmp
         return tiny_model if task == "virtual_tryon" else pose_model
 
     monkeypatch.setattr(leffa.app.runtime, "load_demo_model", load_demo_model)
-    monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", _project_examples(tmp_path, count=3))
+    monkeypatch.setattr(leffa.app.runtime, "EXAMPLES_DIR", _pose_examples(_project_examples(tmp_path, count=3)))
     runtime = tiny_runtime(device="cpu", notice="weights missing")
     assert loads == [("fp32", "virtual_tryon"), ("fp32", "pose_transfer")]
     assert runtime.tiny and runtime.notice == "weights missing" and not runtime.untrained
@@ -128,4 +153,5 @@ def test_tiny_runtime_serves_the_demo_models_with_their_examples(tiny_model, tmp
     assert runtime.store.size("viton_hd") == (96, 128)  # the demo model's own size
     assert runtime.store.pipeline("dress_code").model is tiny_model
     assert [e.densepose.name for e in runtime.tryon_examples] == [f"densepose_{k:02d}.png" for k in range(3)] * 2
-    assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "person_02.png"]
+    poses = [(e.person.name, e.target.name, e.densepose.name) for e in runtime.pose_examples]
+    assert poses == [tuple(f"pose_{k:02d}_{part}.png" for part in ("person", "target", "densepose")) for k in range(2)]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from train.synthetic.data import DENSEPOSE_PARTS, make_sample, render_densepose, sample_seed
 from train.synthetic.pose import PoseSample, SyntheticPoseDataset, make_pose_sample
+from train.synthetic.pose_examples import write_pose_examples
 
 SEEDS = [sample_seed("test", index) for index in range(4)]
 
@@ -77,3 +78,24 @@ def test_dataset_items_are_model_inputs(tmp_path) -> None:
         dataset[2]
     with pytest.raises(ValueError, match="split must be one of"):
         SyntheticPoseDataset("val")
+
+
+
+def test_pose_examples_are_the_check_batch_pixels_and_refuse_what_a_png_cannot_hold(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {key: rng.integers(0, 256, (2, 3, 8, 6), dtype=np.uint8) for key in ("person", "reference", "densepose")}
+    signed = {key: (torch.from_numpy(value).float() / 127.5 - 1.0).numpy() for key, value in pixels.items()}
+    np.savez(tmp_path / "batch.npz", **signed)
+    written = write_pose_examples(tmp_path / "batch.npz", tmp_path / "out", [1, 0])
+    assert [paths["target"].name for paths in written] == ["pose_00_target.png", "pose_01_target.png"]
+    for k, index in enumerate([1, 0]):
+        for part, key in (("person", "reference"), ("target", "person"), ("densepose", "densepose")):
+            stored = np.asarray(Image.open(written[k][part]))
+            np.testing.assert_array_equal(stored, np.moveaxis(pixels[key][index], 0, -1))
+    with pytest.raises(ValueError, match=r"indices must be distinct samples in 0..1, got \[0, 0\]"):
+        write_pose_examples(tmp_path / "batch.npz", tmp_path / "out", [0, 0])
+    np.savez(tmp_path / "blurred.npz", **{**signed, "densepose": signed["densepose"] + 1e-3})
+    with pytest.raises(ValueError, match="densepose: values are not 8-bit levels"):
+        write_pose_examples(tmp_path / "blurred.npz", tmp_path / "other", [0])

@@ -29,9 +29,13 @@ DEMO_IMAGE_SIZE: tuple[int, int] = (128, 96)
 #: The files of a model folder: a config per part (``<part>.json``) and the weights.
 DEMO_FILES = (*(f"{part}.json" for part in CONFIG_PARTS), MODEL_FILE)
 EXAMPLE_PARTS = ("person", "garment", "mask", "densepose")
+#: Parts of a pose example ``pose_KK_<part>.png``: the person (appearance, pose A), the target photo (pose B)
+#: and the target's DensePose (the synthetic grey part render the pose demo model was trained on).
+POSE_EXAMPLE_PARTS = ("person", "target", "densepose")
 #: One demo model per task, each in ``assets/demo-model/<task>/`` with its ``metadata.json`` and check batch.
 DEMO_TASKS = ("virtual_tryon", "pose_transfer")
 _EXAMPLE_NAME = re.compile(r"^person_(\d+)\.png$")
+_POSE_EXAMPLE_NAME = re.compile(r"^pose_(\d+)_person\.png$")
 
 
 def _missing(folder: Path, names: tuple[str, ...]) -> list[str]:
@@ -103,5 +107,45 @@ def demo_examples(path: str | os.PathLike | None = None) -> list[dict[str, Image
         for part, name in zip(EXAMPLE_PARTS, names, strict=True):
             with Image.open(folder / name) as image:
                 example[part] = image.convert("L" if part == "mask" else "RGB")
+        examples.append(example)
+    return examples
+
+
+def pose_example_name(index: str, part: str) -> str:
+    """File name of one part of pose example ``index`` (e.g. ``"00"``): ``pose_<index>_<part>.png``."""
+    if part not in POSE_EXAMPLE_PARTS:
+        raise ValueError(f"part must be one of {POSE_EXAMPLE_PARTS}, got {part!r}")
+    return f"pose_{index}_{part}.png"
+
+
+def pose_example_indices(path: str | os.PathLike | None = None) -> list[str]:
+    """The ``KK`` of every ``pose_KK_person.png`` in the folder, sorted, after checking each example has all
+    of :data:`POSE_EXAMPLE_PARTS` (empty when there are none)."""
+    folder = Path(path) if path is not None else EXAMPLES_DIR
+    matches = (_POSE_EXAMPLE_NAME.match(p.name) for p in folder.glob("pose_*_person.png"))
+    indices = sorted(match.group(1) for match in matches if match)
+    for index in indices:
+        missing = _missing(folder, tuple(pose_example_name(index, part) for part in POSE_EXAMPLE_PARTS))
+        if missing:
+            raise FileNotFoundError(
+                f"pose example {index} in {folder} is incomplete: missing {', '.join(missing)}; "
+                "restore assets/examples or rewrite them with python -m train.synthetic.pose_examples"
+            )
+    return indices
+
+
+def demo_pose_examples(path: str | os.PathLike | None = None) -> list[dict[str, Image.Image]]:
+    """The shipped pose-transfer examples, in order: dicts with ``person``, ``target`` and ``densepose``
+    (RGB, :data:`DEMO_IMAGE_SIZE`); test samples of the pose demo model's check batch."""
+    folder = Path(path) if path is not None else EXAMPLES_DIR
+    indices = pose_example_indices(folder)
+    if not indices:
+        raise FileNotFoundError(f"no pose examples (pose_KK_person.png, ...) in {folder}; restore assets/examples")
+    examples = []
+    for index in indices:
+        example = {}
+        for part in POSE_EXAMPLE_PARTS:
+            with Image.open(folder / pose_example_name(index, part)) as image:
+                example[part] = image.convert("RGB")
         examples.append(example)
     return examples

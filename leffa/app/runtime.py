@@ -16,7 +16,8 @@ from huggingface_hub import constants as hub_constants
 from leffa.app.batch import images_in
 from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.demo import (
-    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLE_PARTS, EXAMPLES_DIR, demo_examples, load_demo_model,
+    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLE_PARTS, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, demo_examples,
+    load_demo_model, pose_example_indices, pose_example_name,
 )
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel
@@ -102,10 +103,12 @@ def single_model_runtime(
     notice: str = "",
     untrained: frozenset[str] = frozenset({POSE_MODEL}),
     pose_model: LeffaModel | None = None,
+    pose_examples: list[PoseExample] | None = None,
 ) -> Runtime:
     """One small model serving every task at ``size`` (width, height), or ``pose_model`` serving pose
-    transfer when given. Try-on examples are crossed (each person with another one's garment), pose examples
-    pair the persons; ``untrained`` names the tasks the serving model has not learnt."""
+    transfer when given. Try-on examples are crossed (each person with another one's garment); without
+    ``pose_examples`` the pose examples pair the try-on persons; ``untrained`` names the tasks the serving
+    model has not learnt."""
     keys = (*TRYON_MODELS, POSE_MODEL)
     models = {key: model for key in keys}
     if pose_model is not None:
@@ -113,7 +116,8 @@ def single_model_runtime(
     store = ModelStore(
         None, device=model.device, dtype=model.dtype, leffa_models=models, sizes={key: size for key in keys},
     )
-    return Runtime(store, True, crossed(examples), _poses_of(examples), notice, frozenset(untrained))
+    poses = _poses_of(examples) if pose_examples is None else pose_examples
+    return Runtime(store, True, crossed(examples), poses, notice, frozenset(untrained))
 
 
 def crossed(examples: list[TryOnExample]) -> list[TryOnExample]:
@@ -144,7 +148,8 @@ def pose_transfer_trained(folder: Path = DEMO_MODEL_DIR) -> bool:
 
 
 def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
-    """Pose examples from try-on ones: each person in the pose of the next (with its DensePose)."""
+    """Pose examples from try-on ones, for example folders without pose examples: each person in the pose of
+    the next (with its DensePose)."""
     return [PoseExample(a.person, b.person, b.densepose) for a, b in zip(examples, examples[1:])]
 
 
@@ -161,7 +166,8 @@ def tiny_runtime(
     height, width = DEMO_IMAGE_SIZE
     untrained = frozenset() if trained else frozenset({POSE_MODEL})
     examples = demo_example_files(EXAMPLES_DIR)
-    return single_model_runtime(model, (width, height), examples, notice, untrained, pose_model)
+    poses = _project_poses(EXAMPLES_DIR, examples)
+    return single_model_runtime(model, (width, height), examples, notice, untrained, pose_model, poses)
 
 
 def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:
@@ -171,6 +177,20 @@ def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:
         TryOnExample(*(folder / person.name.replace("person", part, 1) for part in EXAMPLE_PARTS))
         for person in sorted(folder.glob("person_*.png"))
     ]
+
+
+def demo_pose_example_files(folder: Path = EXAMPLES_DIR) -> list[PoseExample]:
+    """Paths of the shipped pose examples (``pose_KK_person/target/densepose.png``: test samples of the pose
+    demo model's check batch, written by ``python -m train.synthetic.pose_examples``); empty without any."""
+    return [
+        PoseExample(*(folder / pose_example_name(index, part) for part in POSE_EXAMPLE_PARTS))
+        for index in pose_example_indices(folder)
+    ]
+
+
+def _project_poses(folder: Path, examples: list[TryOnExample]) -> list[PoseExample]:
+    """The folder's pose examples, or pairs of its try-on persons when it has none."""
+    return demo_pose_example_files(folder) or _poses_of(examples)
 
 
 def released_runtime(
@@ -204,5 +224,5 @@ def released_runtime(
     project = demo_example_files(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     tryon = [TryOnExample(p, g) for p, g in zip(persons1, garments)][:_MAX_AUTHOR_EXAMPLES]
     poses = [PoseExample(a, b) for a, b in zip(persons2, persons2[1:])][:_MAX_AUTHOR_EXAMPLES]
-    return Runtime(store, False, crossed(project) + tryon, _poses_of(project) + poses, notice)
+    return Runtime(store, False, crossed(project) + tryon, _project_poses(EXAMPLES_DIR, project) + poses, notice)
 
