@@ -102,6 +102,18 @@ def _check_flow(flow: Tensor, name: str = "flow") -> None:
         raise ValueError(f"{name} must be a tensor of shape (B, h, w, 2), got {shape}")
 
 
+def _valid_pixels(valid: Tensor, batch: int, height: int, width: int) -> Tensor:
+    """``valid`` given as (B, 1, H, W) or (B, H, W), as (B, H, W)."""
+    if valid.shape == (batch, 1, height, width):
+        valid = valid[:, 0]
+    if valid.shape != (batch, height, width):
+        raise ValueError(
+            f"valid must have shape {(batch, 1, height, width)} or {(batch, height, width)}, "
+            f"got {tuple(valid.shape)}"
+        )
+    return valid
+
+
 def _check_image(image: Tensor, name: str) -> None:
     if not isinstance(image, Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -258,13 +270,7 @@ def end_point_error(
     if flow_pred.shape != flow_true.shape:
         raise ValueError(f"flow_pred {tuple(flow_pred.shape)} and flow_true {tuple(flow_true.shape)} differ")
     batch, height, width, _ = flow_pred.shape
-    if valid.shape == (batch, 1, height, width):
-        valid = valid[:, 0]
-    if valid.shape != (batch, height, width):
-        raise ValueError(
-            f"valid must have shape {(batch, 1, height, width)} or {(batch, height, width)}, "
-            f"got {tuple(valid.shape)}"
-        )
+    valid = _valid_pixels(valid, batch, height, width)
     image_height, image_width = (
         check_grid_size(image_size, "image_size") if image_size is not None else (height, width)
     )
@@ -305,13 +311,7 @@ def flow_supervision_loss(
         raise ValueError("flows is empty: select at least one layer to supervise")
     _check_flow(true_flow, "true_flow")
     batch, height, width, _ = true_flow.shape
-    if valid.shape == (batch, 1, height, width):
-        valid = valid[:, 0]
-    if valid.shape != (batch, height, width):
-        raise ValueError(
-            f"valid must have shape {(batch, 1, height, width)} or {(batch, height, width)}, "
-            f"got {tuple(valid.shape)}"
-        )
+    valid = _valid_pixels(valid, batch, height, width)
     if not isinstance(timesteps, Tensor) or timesteps.shape not in ((batch,), ()):
         shape = tuple(timesteps.shape) if isinstance(timesteps, Tensor) else type(timesteps).__name__
         raise ValueError(f"timesteps must be a tensor of shape ({batch},) or a scalar tensor, got {shape}")

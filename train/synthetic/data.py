@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -782,17 +782,59 @@ def make_sample(seed: int, size: Size = (128, 96)) -> SyntheticSample:
 # ---------------------------------------------------------------------------------------------- torch / files
 
 
-def _stack(samples: list[SyntheticSample], with_flow: bool) -> dict[str, np.ndarray]:
+def stack_split(samples: Sequence, images: dict[str, np.ndarray], with_flow: bool) -> dict[str, np.ndarray]:
+    """A split's arrays under the keys :func:`to_batch` reads: ``images`` (``person``, ``garment``, ``mask``),
+    then the samples' ``densepose`` and ``seed`` and, ``with_flow``, their ``flow`` and ``flow_valid``.
+
+    Why ``samples`` of any type with those fields: the try-on and pose-transfer samples share them.
+    """
     arrays = {
-        "person": np.stack([s.person for s in samples]),
-        "garment": np.stack([s.garment for s in samples]),
-        "mask": np.stack([s.mask for s in samples]),
+        **images,
         "densepose": np.stack([s.densepose for s in samples]),
         "seed": np.array([s.seed for s in samples], dtype=np.int64),
     }
     if with_flow:
         arrays["flow"] = np.stack([s.flow for s in samples])
         arrays["flow_valid"] = np.stack([s.flow_valid for s in samples])
+    return arrays
+
+
+def _stack(samples: list[SyntheticSample], with_flow: bool) -> dict[str, np.ndarray]:
+    images = {
+        "person": np.stack([s.person for s in samples]),
+        "garment": np.stack([s.garment for s in samples]),
+        "mask": np.stack([s.mask for s in samples]),
+    }
+    return stack_split(samples, images, with_flow)
+
+
+def cached_split(
+    name: str,
+    count: int,
+    size: Size,
+    seed: int,
+    with_flow: bool,
+    cache_dir: str | Path | None,
+    render: Callable[[tuple[int, int]], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """``render((height, width))`` of ``count`` samples, or its copy in ``cache_dir`` (written on first use).
+
+    One ``.npz`` per ``name`` (the split; other tasks than try-on prefix it)/count/size/seed/flows.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    height, width = check_size(size)
+    path = None
+    if cache_dir is not None:
+        flows = "-flow" if with_flow else ""
+        path = Path(cache_dir) / f"{name}-{height}x{width}-n{count}-s{seed}{flows}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                return {key: stored[key] for key in stored.files}
+    arrays = render((height, width))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
     return arrays
 
 
@@ -810,22 +852,12 @@ def render_split(
     Rendering costs ~25 ms a sample, so training runs cache the uint8 arrays in ``cache_dir`` (one ``.npz``
     per split/count/size/seed) instead of re-rendering them every epoch.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
-    height, width = check_size(size)
-    path = None
-    if cache_dir is not None:
-        flows = "-flow" if with_flow else ""
-        path = Path(cache_dir) / f"{split}-{height}x{width}-n{count}-s{seed}{flows}.npz"
-        if path.is_file():
-            with np.load(path) as stored:
-                return {key: stored[key] for key in stored.files}
-    samples = [make_sample(sample_seed(split, index, seed), (height, width)) for index in range(count)]
-    arrays = _stack(samples, with_flow)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
-    return arrays
+
+    def render(image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+        samples = [make_sample(sample_seed(split, index, seed), image_size) for index in range(count)]
+        return _stack(samples, with_flow)
+
+    return cached_split(split, count, size, seed, with_flow, cache_dir, render)
 
 
 def _signed(images: np.ndarray) -> torch.Tensor:

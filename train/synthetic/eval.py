@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from torch import Tensor
 
+from leffa.core.attention import AttentionObserver
 from leffa.core.flow import attention_to_flow, end_point_error, leffa_loss, reference_grid, upsample_flow, warp
 from leffa.eval.metrics import ssim_map
 from leffa.core.model import LeffaModel
@@ -139,6 +141,41 @@ def _unit(images: Tensor) -> Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class TeacherForcing:
+    """A batch's true latent with fixed noise and its conditioning at latent size: what the teacher-forced
+    passes feed the model, drawn once per seed so every model and timestep sees the same noise."""
+
+    latents: Tensor
+    masked: Tensor
+    ref_latents: Tensor
+    noise: Tensor
+    mask: Tensor
+    densepose: Tensor
+    scheduler: DDPMScheduler
+
+    @classmethod
+    def of(cls, model: LeffaModel, batch: Mapping[str, Tensor], seed: int = 0) -> TeacherForcing:
+        generator = torch.Generator().manual_seed(seed)
+        size = batch["image"].shape[-2:]
+        latent_hw = (size[0] // model.vae_scale_factor, size[1] // model.vae_scale_factor)
+        latents = model.encode_image(batch["image"], generator).float()
+        masked = model.encode_image(batch["image"] * (batch["mask"] < 0.5), generator)
+        ref_latents = model.encode_image(batch["reference"], generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        mask = F.interpolate(batch["mask"], size=latent_hw, mode="nearest")
+        densepose = F.interpolate(batch["densepose"], size=latent_hw, mode="nearest")
+        return cls(latents, masked, ref_latents, noise, mask, densepose, model.make_scheduler())
+
+    def predict(self, model: LeffaModel, t: int, observer: AttentionObserver) -> tuple[Tensor, Tensor]:
+        """The latent noised to timestep ``t`` and the model's conditional noise prediction on it."""
+        step = torch.full((self.latents.shape[0],), int(t), dtype=torch.long)
+        noisy = self.scheduler.add_noise(self.latents, self.noise, step)
+        features = model.reference_features(self.ref_latents, step)
+        eps = model.predict_noise(noisy, self.mask, self.masked, self.densepose, step, features, observer=observer)
+        return noisy, eps
+
+
 @torch.no_grad()
 def teacher_forced(
     model: LeffaModel,
@@ -155,24 +192,13 @@ def teacher_forced(
     one-step estimate of the clean image) and, when ``rows`` (query points in normalised image coordinates)
     are given, ``rows`` per layer (B, points, reference tokens): where those queries attend.
     """
-    generator = torch.Generator().manual_seed(seed)
-    size = batch["image"].shape[-2:]
-    latent_hw = (size[0] // model.vae_scale_factor, size[1] // model.vae_scale_factor)
-    latents = model.encode_image(batch["image"], generator).float()
-    masked = model.encode_image(batch["image"] * (batch["mask"] < 0.5), generator)
-    ref_latents = model.encode_image(batch["reference"], generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    mask = F.interpolate(batch["mask"], size=latent_hw, mode="nearest")
-    densepose = F.interpolate(batch["densepose"], size=latent_hw, mode="nearest")
-    scheduler = model.make_scheduler()
+    forced = TeacherForcing.of(model, batch, seed)
     results = {}
     for t in timesteps:
-        step = torch.full((latents.shape[0],), int(t), dtype=torch.long)
-        noisy = scheduler.add_noise(latents, noise, step)
-        features = model.reference_features(ref_latents, step)
         recorder = record_attention(model, "all", flows=True, rows=rows, temperature=temperature)
-        eps = model.predict_noise(noisy, mask, masked, densepose, step, features, observer=recorder).float()
-        alpha = scheduler.alphas_cumprod[int(t)].float()
+        noisy, eps = forced.predict(model, t, recorder)
+        eps = eps.float()
+        alpha = forced.scheduler.alphas_cumprod[int(t)].float()
         x0 = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()
         results[int(t)] = {
             "flows": recorder.flows_at(None),

@@ -37,10 +37,12 @@ from train.synthetic.data import (
     _make_garment,
     _sample_bilinear,
     _to_flow,
+    cached_split,
     check_size,
     make_sample,
     render_densepose,
     sample_seed,
+    stack_split,
     to_batch,
 )
 
@@ -211,31 +213,17 @@ def render_pose_split(
 
     Rendering costs ~0.2 s a sample, so ``cache_dir`` keeps one ``.npz`` per split/count/size/seed.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
-    height, width = check_size(size)
-    path = None
-    if cache_dir is not None:
-        flows = "-flow" if with_flow else ""
-        path = Path(cache_dir) / f"pose_transfer-{split}-{height}x{width}-n{count}-s{seed}{flows}.npz"
-        if path.is_file():
-            with np.load(path) as stored:
-                return {key: stored[key] for key in stored.files}
-    samples = [make_pose_sample(sample_seed(split, index, seed), (height, width)) for index in range(count)]
-    arrays = {
-        "person": np.stack([s.target for s in samples]),
-        "garment": np.stack([s.source for s in samples]),
-        "mask": np.ones((count, height, width), bool),
-        "densepose": np.stack([s.densepose for s in samples]),
-        "seed": np.array([s.seed for s in samples], dtype=np.int64),
-    }
-    if with_flow:
-        arrays["flow"] = np.stack([s.flow for s in samples])
-        arrays["flow_valid"] = np.stack([s.flow_valid for s in samples])
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
-    return arrays
+
+    def render(image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+        samples = [make_pose_sample(sample_seed(split, index, seed), image_size) for index in range(count)]
+        images = {
+            "person": np.stack([s.target for s in samples]),
+            "garment": np.stack([s.source for s in samples]),
+            "mask": np.ones((count, *image_size), bool),
+        }
+        return stack_split(samples, images, with_flow)
+
+    return cached_split(f"pose_transfer-{split}", count, size, seed, with_flow, cache_dir, render)
 
 
 class SyntheticPoseDataset(Dataset):

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from leffa.core.flow import attention_entropy, reference_grid, upsample_flow
 from leffa.core.model import LeffaModel
 from leffa.core.recording import layer_sizes
 from train.synthetic.data import render_split, to_batch
-from train.synthetic.eval import flow_epe
+from train.synthetic.eval import TeacherForcing, flow_epe
 from train.synthetic.pose import render_pose_split
 
 #: What the probe measures: teacher-forced timesteps (τ = 1) on the first test samples of the task.
@@ -76,25 +75,12 @@ def flow_probe(
     was_training = model.training
     model.eval()
     batch = to_batch(split, np.arange(len(split["seed"])))
-    generator = torch.Generator().manual_seed(seed)
-    size = batch["image"].shape[-2:]
-    latent_hw = (size[0] // model.vae_scale_factor, size[1] // model.vae_scale_factor)
-    latents = model.encode_image(batch["image"], generator).float()
-    masked = model.encode_image(batch["image"] * (batch["mask"] < 0.5), generator)
-    ref_latents = model.encode_image(batch["reference"], generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    mask = F.interpolate(batch["mask"], size=latent_hw, mode="nearest")
-    densepose = F.interpolate(batch["densepose"], size=latent_hw, mode="nearest")
+    forced = TeacherForcing.of(model, batch, seed)
     true_flow, valid = batch["flow"], batch["flow_valid"] * batch["mask"]
-    scheduler = model.make_scheduler()
     scores: dict[str, float] = {}
     for t in timesteps:
-        step = torch.full((latents.shape[0],), int(t), dtype=torch.long)
-        noisy = scheduler.add_noise(latents, noise, step)
         recorder = HeadRecorder(model)
-        model.predict_noise(
-            noisy, mask, masked, densepose, step, model.reference_features(ref_latents, step), observer=recorder
-        )
+        forced.predict(model, t, recorder)
         layer_flows, per_layer = [], []
         for layer, maps in recorder.maps.items():
             h, w = recorder.sizes[layer]
