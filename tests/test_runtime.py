@@ -72,6 +72,7 @@ def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monke
     runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False)
     names = [(e.person.name, e.mask and e.mask.name) for e in runtime.tryon_examples]
     assert names == [("person_00.png", "mask_00.png"), ("person_01.png", "mask_01.png"), ("a.jpg", None)]
+    assert all(e.densepose is None for e in runtime.tryon_examples + runtime.pose_examples)  # not in released format
     assert [e.target.name for e in runtime.pose_examples] == ["person_01.png", "d.png"]
     without_authors = released_runtime(tmp_path / "empty", device="cpu", download=False)
     assert [e.person.name for e in without_authors.tryon_examples] == ["person_00.png", "person_01.png"]

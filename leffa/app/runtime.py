@@ -224,5 +224,9 @@ def released_runtime(
     project = demo_example_files(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
     tryon = [TryOnExample(p, g) for p, g in zip(persons1, garments)][:_MAX_AUTHOR_EXAMPLES]
     poses = [PoseExample(a, b) for a, b in zip(persons2, persons2[1:])][:_MAX_AUTHOR_EXAMPLES]
-    return Runtime(store, False, crossed(project) + tryon, _project_poses(EXAMPLES_DIR, project) + poses, notice)
+    # The project's DensePose renders are in the demo models' format, not the released models': drop them, so
+    # the released DensePose model computes its own from the photo (the masks are format-free and stay).
+    project_tryon = [TryOnExample(e.person, e.garment, e.mask) for e in crossed(project)]
+    project_poses = [PoseExample(e.person, e.target) for e in _project_poses(EXAMPLES_DIR, project)]
+    return Runtime(store, False, project_tryon + tryon, project_poses + poses, notice)
 
