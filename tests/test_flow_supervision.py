@@ -140,8 +140,8 @@ def test_flow_supervision_term_is_the_loss_of_the_recorded_flows(model, monkeypa
         model, _batch(), model.make_scheduler(), generator=torch.Generator().manual_seed(1),
         reference_dropout=0.0, flow_supervision=FlowSupervisionConfig(weight=2.0),
     )
-    assert float(losses.flow_supervision) == pytest.approx(seen[0])
-    assert float(losses.loss) == pytest.approx(float(losses.diffusion) + 2.0 * seen[0], rel=1e-5)
+    assert losses.flow_supervision.item() == pytest.approx(seen[0])
+    assert losses.loss.item() == pytest.approx(losses.diffusion.item() + 2.0 * seen[0], rel=1e-5)
     assert losses.leffa is None and "loss/flow_supervision" in losses.log_values()
     losses.loss.backward()
     to_q = model.unet.get_submodule(model.layers[0]).to_q.weight.grad
