@@ -22,7 +22,7 @@ from leffa.app.inspector import (
     ALL, InspectorView, attention_row, colour_scale, display_to_model, heatmap_over, layer_choices, layer_labels,
     mark_peak, marked_result, scale_top, sharpness, thumbnail, timestep_choices,
 )
-from leffa.app.previews import MASK_COLOR
+from leffa.app.previews import mask_layer
 from leffa.inspect.trace import Trace
 from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource, open_image
@@ -59,7 +59,8 @@ class GenerationSettings:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
         guidance = _number(self.guidance, "guidance")
         if not 0 <= guidance <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance:g}")
+            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance!r}")
+        guidance = float(guidance)
         seed = _whole(self.seed, "seed")
         if not -1 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, got {seed}")
@@ -96,9 +97,11 @@ class MaskStep:
     fingerprint: str
 
 
-def _number(value: Any, name: str) -> float:
+def _number(value: Any, name: str) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return value  # a whole number of any size is finite; float() would overflow past 1e308
     if not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
@@ -106,8 +109,8 @@ def _number(value: Any, name: str) -> float:
 
 def _whole(value: Any, name: str) -> int:
     number = _number(value, name)
-    if isinstance(value, (int, np.integer)):
-        return int(value)  # exact: a float cannot hold every 63-bit seed
+    if isinstance(number, (int, np.integer)):
+        return int(number)  # exact: a float cannot hold every 63-bit seed
     if not number.is_integer():
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(number)
@@ -170,10 +173,7 @@ def editor_value(prepared: Prepared, size: tuple[int, int] | None = None) -> dic
     """
     size = size or prepared.person.size
     person = np.asarray(prepared.person.convert("RGB").resize(size, Image.Resampling.BICUBIC))
-    mask = np.asarray(prepared.mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
-    overlay = np.zeros((*person.shape[:2], 4), np.uint8)
-    overlay[mask] = MASK_COLOR
-    return {"background": person, "layers": [overlay], "composite": None}
+    return {"background": person, "layers": [mask_layer(prepared.mask, size)], "composite": None}
 
 
 def mask_from_editor(value: Mapping[str, Any] | None) -> np.ndarray | None:

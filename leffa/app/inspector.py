@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from leffa.app.service import POSE_MODEL, Generation
+from leffa.core.flow import attention_entropy
 from leffa.inspect.trace import Trace
 from leffa.inspect.visualize import jet, query_token_index
 
@@ -123,8 +125,8 @@ def sharpness(row: np.ndarray) -> Sharpness:
     probabilities = np.asarray(row, np.float64).ravel()
     probabilities = probabilities / probabilities.sum()
     count = probabilities.size
-    nonzero = probabilities[probabilities > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum() / math.log(count)) if count > 1 else 0.0
+    nats = float(attention_entropy(torch.from_numpy(probabilities)[None]))
+    entropy = nats / math.log(count) if count > 1 else 0.0
     return Sharpness(float(probabilities.max() * count), entropy)
 
 

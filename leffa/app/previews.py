@@ -48,13 +48,18 @@ def parse_with_legend(labels: np.ndarray) -> Image.Image:
     return canvas
 
 
+def mask_layer(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """The mask (white = region to generate) at ``size`` (width, height) as a translucent red RGBA layer."""
+    inside = np.asarray(mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
+    overlay = np.zeros((size[1], size[0], 4), np.uint8)
+    overlay[inside] = MASK_COLOR
+    return overlay
+
+
 def mask_over(person: Image.Image, mask: Image.Image) -> Image.Image:
     """The person with the mask (white = region to generate) as a translucent red layer."""
     base = person.convert("RGBA")
-    inside = np.asarray(mask.convert("L").resize(base.size, Image.Resampling.NEAREST)) > 127
-    overlay = np.zeros((base.height, base.width, 4), np.uint8)
-    overlay[inside] = MASK_COLOR
-    return Image.alpha_composite(base, Image.fromarray(overlay)).convert("RGB")
+    return Image.alpha_composite(base, Image.fromarray(mask_layer(mask, base.size))).convert("RGB")
 
 
 def previews(prepared: Prepared) -> list[tuple[Image.Image, str]]:
