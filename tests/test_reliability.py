@@ -25,7 +25,9 @@ from leffa.app.runtime import single_model_runtime
 from leffa.core.configs import BaseConfigs, load_base_configs
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline, resolve_seed
-from leffa.core.serialization import read_state_dict, save_state_dict, stored_configs
+from leffa.core.serialization import (
+    read_config_files, read_state_dict, save_state_dict, stored_configs, write_config_files,
+)
 from leffa.core.validation import NonFiniteOutputError, check_generated, max_inference_steps
 from preprocess.images import load_image
 from tests.conftest import read_run_log, write_block_image
@@ -177,6 +179,18 @@ def test_config_files_beside_the_weights_are_used(tmp_path):
         (folder / f"{part}.json").write_text(json.dumps(getattr(configs, part)))
     loaded = LeffaModel.from_pretrained(folder, device="cpu")
     assert set(loaded.state_dict()) == set(model.state_dict()) and loaded.base == "custom"
+
+
+def test_written_config_files_read_back_and_load(tmp_path):
+    configs = _custom_configs()
+    model = LeffaModel.from_base(configs)
+    folder = tmp_path / "export"
+    write_config_files(configs, folder)
+    assert sorted(f.name for f in folder.iterdir()) == ["scheduler.json", "unet.json", "vae.json"]
+    assert read_config_files(folder) == {part: getattr(configs, part) for part in ("unet", "vae", "scheduler")}
+    save_state_dict(model.state_dict(), folder / "model.safetensors")
+    loaded = LeffaModel.from_pretrained(folder, device="cpu")
+    assert set(loaded.state_dict()) == set(model.state_dict())
 
 
 def test_convert_carries_the_configs_and_refuses_a_pth_that_would_lose_them(tmp_path, capsys):

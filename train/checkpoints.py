@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from leffa.core.configs import BaseConfigs
 from leffa.core.serialization import save_state_dict
 
 CHECKPOINT_PREFIX = "step-"
@@ -81,11 +79,3 @@ def export_checkpoint(
     """
     return save_state_dict(read_checkpoint_weights(find_checkpoint(checkpoint), ema=ema), output, dtype)
 
-
-def write_model_configs(configs: BaseConfigs, folder: str | Path) -> None:
-    """``unet.json``, ``vae.json`` and ``scheduler.json`` beside exported weights, so the folder loads as a
-    model folder (:func:`leffa.app.demo.load_model_folder`) whatever config overrides built the model."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for part in ("unet", "vae", "scheduler"):
-        (folder / f"{part}.json").write_text(json.dumps(getattr(configs, part), indent=2) + "\n")

@@ -48,6 +48,7 @@ from leffa.core.flow import FlowSupervisionConfig, LeffaLossConfig
 from leffa.core.model import DTYPES, LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import LeffaRegisters, select_layers
+from leffa.core.serialization import write_config_files
 from leffa.core.training import TrainingLosses, training_losses
 from leffa.core.transforms import tensor_to_uint8
 from train.batches import BATCH_KEYS, generate_batch, stack_items
@@ -60,7 +61,6 @@ from train.checkpoints import (
     export_checkpoint,
     find_checkpoint,
     list_checkpoints,
-    write_model_configs,
 )
 from train.data_order import EpochSampler, batch_stream, derived_seed
 from train.datasets import Augmentation, DeepFashionPoseDataset, DressCodeDataset, VitonHDDataset
@@ -344,7 +344,7 @@ class Trainer:
             export_checkpoint(checkpoint, exported)
             configs = model_configs(config.model)
             if configs.name == "custom":  # not a shipped base: the configs travel with the weights
-                write_model_configs(configs, self.output_dir)
+                write_config_files(configs, self.output_dir)
             if self.ema is not None:
                 export_checkpoint(checkpoint, self.output_dir / "model-ema.safetensors", ema=True)
             logger.info(f"exported {exported}")

@@ -65,11 +65,6 @@ def load_demo_model(
     )
 
 
-def read_model_configs(folder: str | os.PathLike) -> dict[str, dict]:
-    """The ``unet``, ``vae`` and ``scheduler`` config dicts of a model folder."""
-    return read_config_files(folder)
-
-
 def load_model_folder(
     folder: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -84,7 +79,7 @@ def load_model_folder(
     missing = _missing(folder, DEMO_FILES)
     if missing:
         raise FileNotFoundError(f"model incomplete in {folder}: missing {', '.join(missing)}; {hint}")
-    configs = BaseConfigs(**read_model_configs(folder), name=base)
+    configs = BaseConfigs(**read_config_files(folder), name=base)
     return LeffaModel.from_pretrained(folder / MODEL_FILE, configs, device=device, dtype=dtype).eval()
 
 

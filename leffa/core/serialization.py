@@ -129,6 +129,14 @@ def read_config_files(folder: str | os.PathLike) -> dict[str, dict]:
     return configs
 
 
+def write_config_files(configs: BaseConfigs, folder: str | os.PathLike) -> None:
+    """``unet.json``, ``vae.json`` and ``scheduler.json`` in ``folder``: what :func:`read_config_files` reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in CONFIG_PARTS:
+        (folder / f"{part}.json").write_text(json.dumps(getattr(configs, part), indent=2) + "\n")
+
+
 def stored_configs(path: str | os.PathLike) -> BaseConfigs | None:
     """The model configs stored with a checkpoint, or ``None`` when it carries none (released ``.pth``).
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.app.demo import load_model_folder, read_model_configs
+from leffa.app.demo import load_model_folder
+from leffa.core.serialization import read_config_files
 from leffa.core.flow import upsample_flow, warp
 from leffa.core.model import LeffaModel
 from leffa.core.recording import layer_sizes
@@ -118,7 +119,7 @@ def _test_split() -> dict[str, np.ndarray]:
 def untrained_model(reference_run: str | Path, seed: int = 0) -> LeffaModel:
     """Random UNets (seeded as a base stage starts) with the trained VAE of ``reference_run``."""
     trained = load_run(reference_run)
-    configs = read_model_configs(reference_run)
+    configs = read_config_files(reference_run)
     torch.manual_seed(seed)
     model = LeffaModel.from_config(configs["unet"], configs["vae"], configs["scheduler"], base="synthetic")
     model.vae.load_state_dict(trained.vae.state_dict())

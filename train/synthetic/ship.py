@@ -26,8 +26,7 @@ from torch import Tensor
 from leffa.core.configs import BaseConfigs
 from leffa.core.flow import upsample_flow
 from leffa.core.model import LeffaModel
-from leffa.core.serialization import MODEL_FILE, save_state_dict
-from train.checkpoints import write_model_configs
+from leffa.core.serialization import MODEL_FILE, read_config_files, save_state_dict, write_config_files
 from train.synthetic.data import render_split, to_batch
 from train.synthetic.eval import (
     EvalSettings,
@@ -196,13 +195,12 @@ def export_demo_model(
     their configs, overrides and seeds), the check batch and ``check.json`` with this model's numbers, the
     untrained model's (random UNets, same VAE), the flow baselines and each run in ``compared``.
     """
-    from leffa.app.demo import read_model_configs
     from train.synthetic.experiment import load_run, untrained_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(load_run(run).state_dict(), out / MODEL_FILE, torch.float16)
-    write_model_configs(BaseConfigs(**read_model_configs(run), name="demo"), out)
+    write_config_files(BaseConfigs(**read_config_files(run), name="demo"), out)
     metadata = {"task": task, "trained": True, "image_size": [128, 96], "recipe": recipe}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     batch = read_check_batch(write_check_batch(task, out))
