@@ -7,7 +7,11 @@ the garment's centre while single heads point at the right place, so both are me
     python -m train.synthetic.probe runs/synthetic/grid-strong-l1e-1-s0     # every checkpoint of a run
 
 writes ``<run>/probe_log.jsonl``, one line per checkpoint (the trainer keeps them all with
-``checkpoint.keep: null``; the stage configs checkpoint every 50 steps).
+``checkpoint.keep: null``; the stage configs checkpoint every 50 steps). ``--check`` also samples the run's
+final model on the task's shipped check batch (``check_numbers.json``: garment L1/SSIM with and without
+reference acceleration), and ``--table FILE`` writes the benchmark's Markdown table of the runs.
+
+    python -m train.synthetic.probe runs/synthetic/grid-* --check --table runs/synthetic/grid.md
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ from train.synthetic.pose import render_pose_split
 PROBE_TIMESTEPS = (100, 300)
 PROBE_COUNT = 32
 TASKS = ("tryon", "pose_transfer")
+#: The shipped check batch of each task (``train/synthetic/ship.py``).
+CHECK_BATCHES = {"tryon": "assets/demo-model/virtual_tryon/check_batch.npz",
+                 "pose_transfer": "assets/demo-model/pose_transfer/check_batch.npz"}
+PROBE_FILE = "probe_log.jsonl"
+CHECK_FILE = "check_numbers.json"
 
 
 def probe_split(task: str, count: int = PROBE_COUNT, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -111,8 +120,57 @@ def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -
     for checkpoint in list_checkpoints(run):
         model.load_state_dict(read_checkpoint_weights(checkpoint))
         lines.append({"step": checkpoint_step(checkpoint), **flow_probe(model, split)})
-    (run / "probe_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run / PROBE_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
+
+
+def check_run(run: str | Path, task: str, check_batch: str | Path | None = None) -> dict[str, float]:
+    """The run's final model on the check batch (``ship.check_numbers``), written to ``check_numbers.json``."""
+    from leffa.app.demo import load_model_folder
+    from train.synthetic.ship import check_numbers, read_check_batch
+
+    model = load_model_folder(run, "cpu", torch.float32, base="synthetic", hint="train the run first")
+    numbers = check_numbers(model, read_check_batch(check_batch or CHECK_BATCHES[task]))
+    (Path(run) / CHECK_FILE).write_text(json.dumps(numbers, indent=2) + "\n")
+    return numbers
+
+
+def summary_row(probes: Sequence[Mapping[str, float]], check: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One run's line of the benchmark table: layer-mean EPE (t = 100) at every probed step, and at the last
+    step the best layer, the best single head, the layer-mean EPE at t = 300, the attention entropy (mean
+    over layers) and, with ``check``, the sampled check-batch numbers."""
+    last = probes[-1]
+    row = {f"epe@{line['step']}": line["t100/epe/layer_mean"] for line in probes}
+    row["best layer"] = last["t100/epe/best_layer"]
+    row["best head"] = min(v for k, v in last.items() if k.startswith("t100/epe/head/"))
+    row["epe t300"] = last["t300/epe/layer_mean"]
+    row["entropy"] = float(np.mean([v for k, v in last.items() if k.startswith("t100/entropy/")]))
+    if check is not None:
+        for name, key in (("L1", "plain/garment_l1"), ("SSIM", "plain/garment_ssim"),
+                          ("accel L1", "accel/garment_l1"), ("accel SSIM", "accel/garment_ssim")):
+            row[name] = check[key]
+    return row
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Runs (name -> :func:`summary_row`) as a Markdown table; a column a run lacks stays empty."""
+    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
+    lines = ["| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, row in rows.items():
+        cells = [f"{row[key]:.3f}" if key in ("L1", "SSIM", "accel L1", "accel SSIM") and key in row
+                 else f"{row[key]:.2f}" if key in row else "" for key in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_run_row(run: str | Path) -> dict[str, float]:
+    """:func:`summary_row` of a probed run folder (with its check numbers when they were measured)."""
+    run = Path(run)
+    if not (run / PROBE_FILE).is_file():
+        raise FileNotFoundError(f"{run / PROBE_FILE} not found; run: python -m train.synthetic.probe {run}")
+    probes = [json.loads(line) for line in (run / PROBE_FILE).read_text().splitlines() if line]
+    check = json.loads((run / CHECK_FILE).read_text()) if (run / CHECK_FILE).is_file() else None
+    return summary_row(probes, check)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=TASKS, default="tryon")
     parser.add_argument("--cache-dir", default="runs/synthetic/cache")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--check", action="store_true", help="also sample the final model on the check batch")
+    parser.add_argument("--skip-probed", action="store_true", help="keep a run's probe_log.jsonl if it has one")
+    parser.add_argument("--table", help="write the Markdown table of the runs to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for run in args.runs:
-        last = probe_run(run, args.task, args.cache_dir)[-1]
-        print(f"{run}: step {last['step']} layer-mean EPE t100 {last['t100/epe/layer_mean']:.2f} px")
+        if not (args.skip_probed and (Path(run) / PROBE_FILE).is_file()):
+            last = probe_run(run, args.task, args.cache_dir)[-1]
+            print(f"{run}: step {last['step']} layer-mean EPE t100 {last['t100/epe/layer_mean']:.2f} px")
+        if args.check and not (args.skip_probed and (Path(run) / CHECK_FILE).is_file()):
+            numbers = check_run(run, args.task)
+            print(f"{run}: garment L1 {numbers['plain/garment_l1']:.3f}, SSIM {numbers['plain/garment_ssim']:.3f}")
+    if args.table:
+        table = markdown_table({Path(run).name: read_run_row(run) for run in args.runs})
+        Path(args.table).write_text(table)
+        print(table, end="")
     return 0
 
 
