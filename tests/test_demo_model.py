@@ -220,3 +220,30 @@ def test_pose_transfer_on_the_first_example_beats_the_untrained_model() -> None:
 
     trained, untrained = l1(load_demo_model("cpu", task=POSE_MODEL)), l1(untrained_model(DEMO_MODEL_DIR / POSE_MODEL))
     assert trained < 0.6 * untrained, (trained, untrained)
+
+
+# --------------------------------------------------------------------------------------- shipping a run
+def test_ship_writes_the_runs_ema_weights_with_ema(tmp_path, monkeypatch) -> None:
+    """``ship --ema`` ships ``model-ema.safetensors`` (the trainer's EMA export), not ``model.safetensors``;
+    the measuring is stubbed (its numbers are tested above)."""
+    import shutil
+
+    import train.synthetic.ship as ship
+    from leffa.core.serialization import save_state_dict
+
+    monkeypatch.setattr(ship, "check_numbers", lambda model, batch: {"bias": model.unet.conv_out.bias[0].item()})
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "unet.json", "vae.json", "scheduler.json"):
+        shutil.copy(DEMO_MODEL_DIR / "virtual_tryon" / name, run / name)
+    plain = read_state_dict(run / "model.safetensors")
+    ema = {**plain, "unet.conv_out.bias": plain["unet.conv_out.bias"] + 0.25}
+    save_state_dict(ema, run / ship.EMA_EXPORT)
+    for flag, expected in ((False, plain), (True, ema)):
+        out = tmp_path / f"shipped-{flag}"
+        check = ship.export_demo_model(run, "virtual_tryon", out, recipe=[{"stage": "test"}], ema=flag)
+        shipped = read_state_dict(out / "model.safetensors")
+        torch.testing.assert_close(shipped["unet.conv_out.bias"].float(), expected["unet.conv_out.bias"].float())
+        assert check["demo"]["bias"] == pytest.approx(float(expected["unet.conv_out.bias"][0]), abs=1e-3)
+        assert json.loads((out / "metadata.json").read_text())["recipe"] == [{"stage": "test"}]
+        assert (out / BATCH_FILE).is_file()

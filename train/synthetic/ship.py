@@ -26,7 +26,13 @@ from torch import Tensor
 from leffa.core.configs import BaseConfigs
 from leffa.core.flow import upsample_flow
 from leffa.core.model import LeffaModel
-from leffa.core.serialization import MODEL_FILE, read_config_files, save_state_dict, write_config_files
+from leffa.core.serialization import (
+    MODEL_FILE,
+    read_config_files,
+    read_state_dict,
+    save_state_dict,
+    write_config_files,
+)
 from train.synthetic.data import render_split, to_batch
 from train.synthetic.eval import (
     EvalSettings,
@@ -48,6 +54,8 @@ CHECK_TIMESTEP = 100
 CHECK_SAMPLER = EvalSettings(num_inference_steps=20, sampler_trace_timesteps=(), guidance_scale=2.5, seed=0)
 BATCH_FILE = "check_batch.npz"
 BATCH_KEYS = ("person", "reference", "mask", "densepose", "true_flow", "flow_valid")
+#: The EMA weights the trainer exports beside ``model.safetensors`` (``train.ema.enabled``).
+EMA_EXPORT = "model-ema.safetensors"
 
 
 def write_check_batch(task: str, out: str | Path, size: tuple[int, int] = (128, 96)) -> Path:
@@ -187,9 +195,16 @@ def check_figure(model: LeffaModel, batch: Mapping[str, Tensor], count: int = 3)
 
 
 def export_demo_model(
-    run: str | Path, task: str, out: str | Path, *, recipe: list[dict], compared: Mapping[str, str | Path] = {}
+    run: str | Path,
+    task: str,
+    out: str | Path,
+    *,
+    recipe: list[dict],
+    compared: Mapping[str, str | Path] = {},
+    ema: bool = False,
 ) -> dict:
-    """Write ``run`` as the ``task`` demo model into ``out`` and measure it.
+    """Write ``run`` (with ``ema``: its ``model-ema.safetensors``, the trainer's EMA export) as the ``task``
+    demo model into ``out`` and measure it.
 
     Files: fp16 weights and configs, ``metadata.json`` (``trained: true`` and ``recipe``: the stages with
     their configs, overrides and seeds), the check batch and ``check.json`` with this model's numbers, the
@@ -199,7 +214,10 @@ def export_demo_model(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(load_run(run).state_dict(), out / MODEL_FILE, torch.float16)
+    model = load_run(run)
+    if ema:
+        model.load_state_dict(read_state_dict(Path(run) / EMA_EXPORT))
+    save_state_dict(model.state_dict(), out / MODEL_FILE, torch.float16)
     write_config_files(BaseConfigs(**read_config_files(run), name="demo"), out)
     metadata = {"task": task, "trained": True, "image_size": [128, 96], "recipe": recipe}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
@@ -225,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", help="JSON file: the list of stages that made the run (see metadata.json)")
     parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=RUN", help="runs measured beside it")
     parser.add_argument("--figure", help="also write the check figure (check_figure) to this PNG")
+    parser.add_argument("--ema", action="store_true", help=f"ship the run's EMA weights ({EMA_EXPORT})")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = json.loads(Path(args.recipe).read_text()) if args.recipe else []
     out = args.out or f"assets/demo-model/{args.task}"
     compared = dict(item.split("=", 1) for item in args.compare)
-    check = export_demo_model(args.run, args.task, out, recipe=recipe, compared=compared)
+    check = export_demo_model(args.run, args.task, out, recipe=recipe, compared=compared, ema=args.ema)
     if args.figure:
         from PIL import Image
 
