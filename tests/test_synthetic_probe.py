@@ -69,3 +69,27 @@ def test_summary_row_and_table(tmp_path: Path) -> None:
     assert read_run_row(run) == summary_row(probes)
     (run / "check_numbers.json").write_text(json.dumps(check))
     assert read_run_row(run) == row
+
+
+def test_check_run_measures_on_the_tasks_shipped_check_batch(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import train.synthetic.ship as ship
+    from leffa.app.demo import DEMO_MODEL_DIR
+    from train.synthetic.probe import check_run
+
+    seen = {}
+
+    def fake_numbers(model, batch):
+        seen["count"] = batch["image"].shape[0]
+        return {"plain/garment_l1": float(batch["reference"][0, 0, 0, 0])}
+
+    monkeypatch.setattr(ship, "check_numbers", fake_numbers)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "unet.json", "vae.json", "scheduler.json"):
+        shutil.copy(DEMO_MODEL_DIR / "pose_transfer" / name, run / name)
+    numbers = check_run(run, "pose_transfer")
+    expected = ship.read_check_batch(DEMO_MODEL_DIR / "pose_transfer" / ship.BATCH_FILE)["reference"][0, 0, 0, 0]
+    assert numbers == {"plain/garment_l1": float(expected)} and seen["count"] == ship.CHECK_BATCH_COUNT
+    assert json.loads((run / "check_numbers.json").read_text()) == numbers

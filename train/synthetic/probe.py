@@ -37,9 +37,13 @@ from train.synthetic.pose import render_pose_split
 PROBE_TIMESTEPS = (100, 300)
 PROBE_COUNT = 32
 TASKS = ("tryon", "pose_transfer")
-#: The shipped check batch of each task (``train/synthetic/ship.py``).
-CHECK_BATCHES = {"tryon": "assets/demo-model/virtual_tryon/check_batch.npz",
-                 "pose_transfer": "assets/demo-model/pose_transfer/check_batch.npz"}
+#: Table columns of the sampled check-batch numbers -> their ``ship.check_numbers`` keys.
+SAMPLE_COLUMNS = {
+    "L1": "plain/garment_l1",
+    "SSIM": "plain/garment_ssim",
+    "accel L1": "accel/garment_l1",
+    "accel SSIM": "accel/garment_ssim",
+}
 PROBE_FILE = "probe_log.jsonl"
 CHECK_FILE = "check_numbers.json"
 
@@ -125,12 +129,16 @@ def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -
 
 
 def check_run(run: str | Path, task: str, check_batch: str | Path | None = None) -> dict[str, float]:
-    """The run's final model on the check batch (``ship.check_numbers``), written to ``check_numbers.json``."""
-    from leffa.app.demo import load_model_folder
-    from train.synthetic.ship import check_numbers, read_check_batch
+    """The run's final model on the check batch (``ship.check_numbers``; by default the shipped demo model's
+    batch of ``task``), written to ``check_numbers.json``."""
+    from leffa.app.demo import DEMO_MODEL_DIR
+    from train.synthetic.experiment import load_run
+    from train.synthetic.ship import BATCH_FILE, TASKS as DEMO_TASKS, check_numbers, read_check_batch
 
-    model = load_model_folder(run, "cpu", torch.float32, base="synthetic", hint="train the run first")
-    numbers = check_numbers(model, read_check_batch(check_batch or CHECK_BATCHES[task]))
+    if check_batch is None:
+        demo_task = next(name for name, synthetic in DEMO_TASKS.items() if synthetic == task)
+        check_batch = DEMO_MODEL_DIR / demo_task / BATCH_FILE
+    numbers = check_numbers(load_run(run), read_check_batch(check_batch))
     (Path(run) / CHECK_FILE).write_text(json.dumps(numbers, indent=2) + "\n")
     return numbers
 
@@ -146,9 +154,7 @@ def summary_row(probes: Sequence[Mapping[str, float]], check: Mapping[str, float
     row["epe t300"] = last["t300/epe/layer_mean"]
     row["entropy"] = float(np.mean([v for k, v in last.items() if k.startswith("t100/entropy/")]))
     if check is not None:
-        for name, key in (("L1", "plain/garment_l1"), ("SSIM", "plain/garment_ssim"),
-                          ("accel L1", "accel/garment_l1"), ("accel SSIM", "accel/garment_ssim")):
-            row[name] = check[key]
+        row.update({name: check[key] for name, key in SAMPLE_COLUMNS.items()})
     return row
 
 
@@ -157,7 +163,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     lines = ["| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, row in rows.items():
-        cells = [f"{row[key]:.3f}" if key in ("L1", "SSIM", "accel L1", "accel SSIM") and key in row
+        cells = [f"{row[key]:.3f}" if key in SAMPLE_COLUMNS and key in row
                  else f"{row[key]:.2f}" if key in row else "" for key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
