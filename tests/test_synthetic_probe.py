@@ -93,3 +93,21 @@ def test_check_run_measures_on_the_tasks_shipped_check_batch(tmp_path: Path, mon
     expected = ship.read_check_batch(DEMO_MODEL_DIR / "pose_transfer" / ship.BATCH_FILE)["reference"][0, 0, 0, 0]
     assert numbers == {"plain/garment_l1": float(expected)} and seen["count"] == ship.CHECK_BATCH_COUNT
     assert json.loads((run / "check_numbers.json").read_text()) == numbers
+
+
+def test_probe_run_of_a_model_folder_without_checkpoints_probes_its_model(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import train.synthetic.probe as probe
+    from leffa.app.demo import DEMO_MODEL_DIR
+
+    monkeypatch.setattr(probe, "probe_split", lambda task, cache_dir=None: {"task": task})
+    monkeypatch.setattr(probe, "flow_probe", lambda model, split: {"t100/epe/layer_mean": 2.5, "task": split["task"]})
+    run = tmp_path / "exported"
+    run.mkdir()
+    for name in ("model.safetensors", "unet.json", "vae.json", "scheduler.json"):
+        shutil.copy(DEMO_MODEL_DIR / "virtual_tryon" / name, run / name)
+    assert probe.probe_run(run, "tryon") == [{"step": 0, "t100/epe/layer_mean": 2.5, "task": "tryon"}]
+    (run / "train_info.json").write_text(json.dumps({"steps": 80}))
+    assert probe.probe_run(run, "tryon")[0]["step"] == 80
+    assert json.loads((run / "probe_log.jsonl").read_text())["step"] == 80

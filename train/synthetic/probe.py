@@ -113,17 +113,26 @@ def flow_probe(
 
 
 def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -> list[dict]:
-    """Probe every checkpoint of a trainer run folder and its exported model; writes ``probe_log.jsonl``."""
+    """Probe every checkpoint of a trainer run folder; writes ``probe_log.jsonl``.
+
+    A model folder without checkpoints (an exported or shipped model) gets one line for its
+    ``model.safetensors``, at the step its ``train_info.json`` records (0 when it has none).
+    """
     from leffa.app.demo import load_model_folder
     from train.checkpoints import checkpoint_step, list_checkpoints, read_checkpoint_weights
 
     run = Path(run)
     model = load_model_folder(run, "cpu", torch.float32, base="synthetic", hint="train the run first")
     split = probe_split(task, cache_dir=cache_dir)
+    checkpoints = list_checkpoints(run)
     lines = []
-    for checkpoint in list_checkpoints(run):
+    for checkpoint in checkpoints:
         model.load_state_dict(read_checkpoint_weights(checkpoint))
         lines.append({"step": checkpoint_step(checkpoint), **flow_probe(model, split)})
+    if not checkpoints:
+        info = run / "train_info.json"
+        step = int(json.loads(info.read_text()).get("steps", 0)) if info.is_file() else 0
+        lines.append({"step": step, **flow_probe(model, split)})
     (run / PROBE_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
 
