@@ -61,6 +61,10 @@ def test_summary_row_and_table(tmp_path: Path) -> None:
     assert table[0].startswith("| run | epe@50 | epe@100 | best layer |")
     assert table[2].startswith("| long | 9.00 | 7.00 | 6.00 | 5.00 | 7.50 | 3.50 | 0.150 | 0.300 |")
     assert table[3] == "| short | 9.00 |  | 8.00 | 7.00 | 9.50 | 3.50 |  |  |  |  |"
+    start = summary_row([_probe_line(0, 4.0)])
+    assert markdown_table({"long": row, "start": start}).splitlines()[0].startswith(
+        "| run | epe@0 | epe@50 | epe@100 | best layer |"
+    )
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(FileNotFoundError, match="probe_log.jsonl not found; run: python -m train.synthetic.probe"):

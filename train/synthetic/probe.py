@@ -168,8 +168,14 @@ def summary_row(probes: Sequence[Mapping[str, float]], check: Mapping[str, float
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """Runs (name -> :func:`summary_row`) as a Markdown table; a column a run lacks stays empty."""
-    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
+    """Runs (name -> :func:`summary_row`) as a Markdown table; a column a run lacks stays empty.
+
+    The ``epe@<step>`` columns come first in step order, whichever run has them (a probed start at step 0
+    beside runs probed from step 50), then the others in the order the rows give them.
+    """
+    keys = list(dict.fromkeys(key for row in rows.values() for key in row))
+    steps = sorted((key for key in keys if key.startswith("epe@")), key=lambda key: int(key[4:]))
+    columns = steps + [key for key in keys if not key.startswith("epe@")]
     lines = ["| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, row in rows.items():
         cells = [f"{row[key]:.3f}" if key in SAMPLE_COLUMNS and key in row
