@@ -11,7 +11,7 @@ writes ``<run>/probe_log.jsonl``, one line per checkpoint (the trainer keeps the
 final model on the task's shipped check batch (``check_numbers.json``: garment L1/SSIM with and without
 reference acceleration), and ``--table FILE`` writes the benchmark's Markdown table of the runs.
 
-    python -m train.synthetic.probe runs/synthetic/grid-* --check --table runs/synthetic/grid.md
+    python -m train.synthetic.probe runs/synthetic/grid-strong-* --check --table runs/synthetic/grid.md
 """
 
 from __future__ import annotations
