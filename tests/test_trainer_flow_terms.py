@@ -13,17 +13,18 @@ import torch
 from train.config import load_config
 from train.synthetic.data import render_split, to_batch
 from train.synthetic.eval import flow_epe, teacher_forced
-from train.synthetic.probe import flow_probe
+from train.synthetic.probe import flow_probe, mean_entropy
 from train.train import Trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
-SYNTHETIC = CONFIGS / "synthetic-tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = ROOT / "train" / "configs" / "synthetic-tiny.yaml"
+GRID = ROOT / "train" / "configs" / "synthetic-leffa-grid.yaml"
 #: The benchmark's strong warm start (``docs/synthetic-benchmark.md``), fp16 in the released key format.
-WARM_START = Path(__file__).resolve().parents[1] / "assets" / "benchmark" / "tryon-warm-start.safetensors"
+WARM_START = ROOT / "assets" / "benchmark" / "tryon-warm-start.safetensors"
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 
-def _trainer(tmp_path: Path, *overrides: str) -> Trainer:
+def _trainer(tmp_path: Path, *overrides: str, config: Path = SYNTHETIC) -> Trainer:
     base = (
         f"output_dir={tmp_path / 'run'}",
         "data.length=64",
@@ -34,7 +35,7 @@ def _trainer(tmp_path: Path, *overrides: str) -> Trainer:
         "logging.progress_bar=false",
         "checkpoint.every=1000",
     )
-    return Trainer(load_config(SYNTHETIC, base + overrides))
+    return Trainer(load_config(config, base + overrides))
 
 
 def _layer_epe(trainer: Trainer) -> dict[str, float]:
@@ -73,11 +74,6 @@ def test_pose_transfer_data_trains_with_both_terms(tmp_path: Path) -> None:
     )
 
 
-def _mean_entropy(scores: dict[str, float]) -> float:
-    values = [value for key, value in scores.items() if key.startswith("t100/entropy/")]
-    return sum(values) / len(values)
-
-
 @pytest.mark.slow
 def test_leffa_arm_keeps_the_correspondence_the_baseline_loses(tmp_path: Path) -> None:
     """50 steps of the grid's fine-tune (batch 4) from the benchmark's strong warm start, same seed, batches and
@@ -87,15 +83,14 @@ def test_leffa_arm_keeps_the_correspondence_the_baseline_loses(tmp_path: Path) -
     split = render_split("test", 8, (128, 96), 0)
     scores = {}
     for name, overrides in {"baseline": ("leffa.enabled=false",), "leffa": ()}.items():
-        trainer = Trainer(load_config(CONFIGS / "synthetic-leffa-grid.yaml", (
-            f"output_dir={tmp_path / name}", f"model.init_path={WARM_START}", "model.vae_path=null",
-            "data.length=160", "data.cache_dir=null", "train.batch_size=4", "train.max_steps=50",
-            "logging.log_with=none", "logging.progress_bar=false", "checkpoint.every=1000", *overrides,
-        )))
+        trainer = _trainer(
+            tmp_path / name, f"model.init_path={WARM_START}", "model.vae_path=null", "data.length=160",
+            "data.cache_dir=null", "train.max_steps=50", *overrides, config=GRID,
+        )
         for _ in range(50):
             values = trainer.train_step()
         assert ("loss/leffa" in values) == (name == "leffa")
         scores[name] = flow_probe(trainer.model, split, (100,))
     baseline, leffa = scores["baseline"], scores["leffa"]
     assert leffa["t100/epe/layer_mean"] < baseline["t100/epe/layer_mean"]
-    assert _mean_entropy(leffa) < _mean_entropy(baseline) - 0.05
+    assert mean_entropy(leffa) < mean_entropy(baseline) - 0.05

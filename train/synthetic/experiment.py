@@ -72,11 +72,20 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------- train
 
 
+TRAIN_INFO_FILE = "train_info.json"
+
+
 def load_run(run: str | Path) -> LeffaModel:
     """A run folder (the trainer's ``model.safetensors`` and model configs), loaded strictly, fp32 on the CPU."""
     return load_model_folder(
         run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic.experiment train"
     )
+
+
+def read_train_info(run: str | Path) -> dict:
+    """The run's ``train_info.json`` (written by :func:`train_stage`), or ``{}`` when it has none."""
+    info = Path(run) / TRAIN_INFO_FILE
+    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 def train_stage(config: TrainConfig, log: Log) -> dict:
@@ -104,7 +113,7 @@ def train_stage(config: TrainConfig, log: Log) -> dict:
         "final_leffa_loss": final("loss/leffa"),
         "threads": torch.get_num_threads(),
     }
-    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     log(f"trained {out.name} in {info['wall_seconds'] / 60:.1f} min")
     return info
 
@@ -184,8 +193,7 @@ def write_report(runs: Sequence[str | Path], out: Path) -> dict:
         if not (run / "eval.json").is_file():
             raise FileNotFoundError(f"{run}/eval.json not found; run: python -m train.synthetic.experiment evaluate {run}")
         entry = json.loads((run / "eval.json").read_text())
-        info = run / "train_info.json"
-        entry["train"] = json.loads(info.read_text()) if info.is_file() else {}
+        entry["train"] = read_train_info(run)
         models[run.name] = entry
     results = {"settings": vars(EvalSettings()), "flow_baselines": reference_flow_scores(_test_split()), "models": models}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,11 +118,11 @@ def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -
     A model folder without checkpoints (an exported or shipped model) gets one line for its
     ``model.safetensors``, at the step its ``train_info.json`` records (0 when it has none).
     """
-    from leffa.app.demo import load_model_folder
     from train.checkpoints import checkpoint_step, list_checkpoints, read_checkpoint_weights
+    from train.synthetic.experiment import load_run, read_train_info
 
     run = Path(run)
-    model = load_model_folder(run, "cpu", torch.float32, base="synthetic", hint="train the run first")
+    model = load_run(run)
     split = probe_split(task, cache_dir=cache_dir)
     checkpoints = list_checkpoints(run)
     lines = []
@@ -130,9 +130,7 @@ def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -
         model.load_state_dict(read_checkpoint_weights(checkpoint))
         lines.append({"step": checkpoint_step(checkpoint), **flow_probe(model, split)})
     if not checkpoints:
-        info = run / "train_info.json"
-        step = int(json.loads(info.read_text()).get("steps", 0)) if info.is_file() else 0
-        lines.append({"step": step, **flow_probe(model, split)})
+        lines.append({"step": int(read_train_info(run).get("steps", 0)), **flow_probe(model, split)})
     (run / PROBE_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
 
@@ -161,10 +159,15 @@ def summary_row(probes: Sequence[Mapping[str, float]], check: Mapping[str, float
     row["best layer"] = last["t100/epe/best_layer"]
     row["best head"] = min(v for k, v in last.items() if k.startswith("t100/epe/head/"))
     row["epe t300"] = last["t300/epe/layer_mean"]
-    row["entropy"] = float(np.mean([v for k, v in last.items() if k.startswith("t100/entropy/")]))
+    row["entropy"] = mean_entropy(last)
     if check is not None:
         row.update({name: check[key] for name, key in SAMPLE_COLUMNS.items()})
     return row
+
+
+def mean_entropy(scores: Mapping[str, float], timestep: int = 100) -> float:
+    """The attention entropy of :func:`flow_probe` scores at ``timestep``, averaged over layers (nats)."""
+    return float(np.mean([v for k, v in scores.items() if k.startswith(f"t{timestep}/entropy/")]))
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
