@@ -24,7 +24,7 @@ from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
 from leffa.app.callbacks import (
     AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, editor_value, mask_from_editor,
 )
-from leffa.app.inspector import ALL, InspectorView, display_to_result, run_note
+from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
 from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
@@ -53,15 +53,19 @@ POSE_UNTRAINED = (
 )
 TINY_RESOLUTION = "the built-in demo model runs at the size it was trained at only"
 INSPECTOR_HELP = (
-    "Tick **Record attention for the inspector** before generating. Then click a point of the result: "
-    "the heatmap shows where that pixel looked in the reference (the garment, or the person photo for pose "
-    "transfer), averaged over layers or for the chosen one; the ring marks the attention's peak."
+    "Tick **Record attention for the inspector** before generating. Then click a point of the result: the "
+    "**ring** marks where that pixel takes from in the reference (the garment, or the person photo for pose "
+    "transfer): the attention's mean position, the flow the Leffa loss trains. The **heatmap** shows the "
+    "whole attention: places the pixel favours are coloured, hot spots away from the ring are other places "
+    "it mixes in, and **dotted outlines** mark sinks, places that draw attention from every pixel whichever "
+    "one you click. The words under the selectors say how concentrated the view is. By default the view "
+    "averages the layers and timesteps the Leffa loss trains; pick *all* or a single one to compare."
 )
 FLOW_HELP = (
     "**Reading the flow**: each pixel's colour is the direction (wheel) in which the attention's mean "
     "position in the reference lies from that pixel; pale = a short shift, white = none. Sharp, "
     "correct attention makes the warped reference look like the garment (or person) moved into place. "
-    "**Near-uniform attention** looks like this: heatmaps evenly blue-green with a peak close to 1×, "
+    "**Near-uniform attention** looks like this: heatmaps with hardly any colour (a peak close to 1×), "
     "entropy close to 1, a flow that points every pixel at the reference's centre (the wheel's colours "
     "arranged around the middle) and a warped reference that is one flat average colour."
 )
@@ -76,11 +80,8 @@ CSS = """
 .columns-2 .caption-label, .columns-4 .caption-label { white-space: normal; max-width: 96%; }
 [data-testid="toast-text"] { white-space: pre-line; }
 .colour-scale { padding: 0 4px; }
-.colour-bar { position: relative; height: 14px; border: 1px solid #888; border-radius: 2px; }
-.uniform-mark { position: absolute; top: -3px; bottom: -3px; border-left: 2px solid black; }
-.colour-ticks { position: relative; display: flex; justify-content: space-between; height: 1.4em;
-  font-size: 0.85em; }
-.colour-ticks span[style] { position: absolute; transform: translateX(-50%); white-space: nowrap; }
+.colour-bar { height: 14px; border: 1px solid #888; border-radius: 2px; }
+.colour-ticks { display: flex; justify-content: space-between; height: 1.4em; font-size: 0.85em; }
 .colour-scale p { margin: 2px 0 0; font-size: 0.85em; }
 """
 
@@ -275,13 +276,20 @@ def _inspector_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             height=440, elem_classes=["fill-box"],
         )
         with gr.Column():
-            ui.heatmap = _picture("Attention heatmap (ring: peak)", runtime, elem_id="inspect-heatmap", height=400)
+            ui.heatmap = _picture(
+                "Attention heatmap (ring: where the pixel takes from; dotted: sinks)", runtime,
+                elem_id="inspect-heatmap", height=400,
+            )
             ui.scale = gr.HTML("", label="Heatmap colour scale", elem_id="inspect-scale")
     with gr.Row():
         # Custom values are allowed so that the API may name any recorded layer; others get a clear error.
-        ui.layer = gr.Dropdown([("all layers (average)", ALL)], value=ALL, label="Layer", allow_custom_value=True)
+        ui.layer = gr.Dropdown(
+            [("layers the Leffa loss trains (average)", TRAINED)], value=TRAINED, label="Layer",
+            allow_custom_value=True,
+        )
         ui.timestep = gr.Dropdown(
-            [("all timesteps (average)", ALL)], value=ALL, label="Timestep", allow_custom_value=True
+            [("timesteps the Leffa loss trains (average)", TRAINED)], value=TRAINED, label="Timestep",
+            allow_custom_value=True,
         )
     ui.caption = gr.Markdown("", label="What is shown", elem_id="inspect-caption")
     with gr.Row():
@@ -291,7 +299,8 @@ def _inspector_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             gr.Markdown(FLOW_HELP, elem_id="flow-help")
         ui.warped = _picture("Reference warped by the flow", runtime, elem_id="inspect-warped", height=320)
     ui.per_layer = _gallery(
-        "Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse", runtime,
+        "Heatmap per layer (ring: that layer's point): peak (× uniform) and entropy (1 = uniform) tell sharp "
+        "layers from diffuse", runtime,
         4, height=640, elem_id="inspect-layers",
     )
     ui.outputs = [ui.image, ui.heatmap, ui.scale, ui.per_layer, ui.flow, ui.warped, ui.caption]
@@ -333,8 +342,8 @@ def build_app(runtime: Runtime) -> gr.Blocks:
                 return [*common, *skipped[:4], run_note(recorded, generation), *skipped[4:]]
             layers, steps = actions.inspector_choices(generation)
             return [
-                *common, generation, None, gr.Dropdown(choices=layers, value=ALL),
-                gr.Dropdown(choices=steps, value=ALL), run_note(generation),
+                *common, generation, None, gr.Dropdown(choices=layers, value=TRAINED),
+                gr.Dropdown(choices=steps, value=TRAINED), run_note(generation),
                 *_shown_view(actions.inspect(generation)),
             ]
 

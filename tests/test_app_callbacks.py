@@ -16,9 +16,10 @@ from leffa.app.callbacks import (
     mask_from_editor,
 )
 from leffa.app.inspector import (
-    ALL, attention_row, colour_scale, display_to_model, heatmap_over, layer_labels, mark_peak, marked_result,
-    scale_top, sharpness,
+    ALL, TRAINED, attention_row, colour_scale, display_to_model, dotted_outline, heatmap_over, layer_labels,
+    mark_looked_at, marked_result, scale_top, sharpness,
 )
+from leffa.inspect.spread import attention_spread, sink_mask
 from leffa.app.demo import EXAMPLE_PARTS
 from leffa.app.previews import MASK_COLOR, previews
 from leffa.app.runtime import TryOnExample, crossed, pose_transfer_trained
@@ -273,16 +274,20 @@ def test_inspector_views(actions):
         actions.inspect(plain, (1, 1))
     traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, inspect=True))
     recorded = traced.trace
+    default = recorded.default_view
     labels = layer_labels(recorded.layers, recorded.token_sizes)
     layers, steps = actions.inspector_choices(traced)
-    assert layers == [("all layers (average)", ALL), *((labels[name], name) for name in recorded.layers)]
-    assert steps == [("all timesteps (average)", ALL), *((f"t = {t}", str(t)) for t in recorded.timesteps)]
+    assert [value for _, value in layers] == [TRAINED, ALL, *recorded.layers]
+    assert [label for label, _ in layers][2:] == [labels[name] for name in recorded.layers]
+    assert layers[0][0] == f"layers the Leffa loss trains ({len(default.layers)} of {len(recorded.layers)}, average)"
+    assert [value for _, value in steps] == [TRAINED, ALL, *(str(t) for t in recorded.timesteps)]
+    assert steps[0][0] == f"timesteps the Leffa loss trains (t = {', '.join(map(str, default.timesteps))}, average)"
     assert actions.inspector_choices(plain) == ([], [])
 
     overview = actions.inspect(traced)
     assert overview.heatmap is None and overview.layer_heatmaps == [] and overview.colour_scale == ""
     assert np.array_equal(overview.marked_result, marked_result(traced, None))
-    assert np.array_equal(overview.flow, recorded.flow_color())
+    assert np.array_equal(overview.flow, recorded.flow_color(*default))
     assert "click the result" in overview.caption
 
     # The photo has twice the model's size, so a result pixel (x, y) is model pixel (x + 0.5) / 2 - 0.5.
@@ -292,30 +297,37 @@ def test_inspector_views(actions):
     view = actions.inspect(traced, point, layer, str(timestep))
     density = recorded.attention(model_point, layer, timestep)
     top = scale_top(float(density.max()))
-    assert np.array_equal(view.heatmap, mark_peak(heatmap_over(density, recorded.reference, top), density))
+    looked_at = recorded.flow_at(model_point, layer, timestep)
+    assert view.looked_at == looked_at
+    sinks = sink_mask(recorded.everywhere(layer, timestep))
+    expected = mark_looked_at(dotted_outline(heatmap_over(density, recorded.reference, top), sinks), looked_at)
+    assert np.array_equal(view.heatmap, expected)
+    assert view.spread == attention_spread(density, sinks)
     assert view.colour_scale == colour_scale(top, float(density.max()))
     assert np.array_equal(view.flow, recorded.flow_color(layer, timestep))
     assert np.array_equal(view.warped_reference, recorded.warped_reference(layer, timestep))
-    expected = [
-        f"{labels[name]}: {sharpness(attention_row(recorded, model_point, name, timestep))}" for name in recorded.layers
+    peaks = [sharpness(attention_row(recorded, model_point, name, timestep)) for name in recorded.layers]
+    assert [caption for _, caption in view.layer_heatmaps] == [
+        f"{labels[name]}: {shown}" for name, shown in zip(recorded.layers, peaks)
     ]
-    assert [caption for _, caption in view.layer_heatmaps] == expected
-    layer_densities = [recorded.attention(model_point, name, timestep) for name in recorded.layers]
-    common = scale_top(*(float(d.max()) for d in layer_densities))
-    assert np.array_equal(view.layer_heatmaps[0][0], heatmap_over(layer_densities[0], recorded.reference, common))
-    assert f"share one colour scale, 0 to {common:.1f}× uniform" in view.caption
+    common = float(re.search(r"share one colour scale, 1× to ([\d.]+)× uniform", view.caption)[1])
+    assert common >= max(round(shown.peak, 1) for shown in peaks)  # covers every layer's stated peak
     assert view.marked_result.shape == (512, 384, 3)  # 96x128 enlarged 4 times to fill its box
     assert np.array_equal(view.marked_result, marked_result(traced, point))
-    assert f"**{labels[layer]}**, **t = {timestep}**; point (21, 41) of the result: peak " in view.caption
-    assert "entropy" in view.caption
-    aggregated = actions.inspect(traced, point, ALL, ALL)
-    overall = recorded.attention(model_point)
-    expected = mark_peak(heatmap_over(overall, recorded.reference, scale_top(float(overall.max()))), overall)
-    assert np.array_equal(aggregated.heatmap, expected)
-    assert "**all layers (average)**, **all timesteps (average)**" in aggregated.caption
+    x, y = looked_at
+    assert f"**{labels[layer]}**, **t = {timestep}**; point (21, 41) of the result takes from ({x:.0f}, {y:.0f})" in view.caption
+    assert "This layer: peak" in view.caption and "entropy" in view.caption
+
+    by_default = actions.inspect(traced, point)
+    assert by_default.looked_at == recorded.flow_at(model_point, *default)
+    assert "**layers the Leffa loss trains**, **t = " in by_default.caption
+    assert np.array_equal(actions.inspect(traced, point, TRAINED, TRAINED).heatmap, by_default.heatmap)
+    everything = actions.inspect(traced, point, ALL, ALL)
+    assert everything.looked_at == recorded.flow_at(model_point)
+    assert "**all layers**, **all timesteps**" in everything.caption
     with pytest.raises(ValueError, match="was not recorded"):
         actions.inspect(traced, (10, 20), "no.such.layer")
-    with pytest.raises(ValueError, match="timestep must be 'all' or one of"):
+    with pytest.raises(ValueError, match="timestep must be 'trained', 'all' or one of"):
         actions.inspect(traced, (10, 20), ALL, "late")
 
 

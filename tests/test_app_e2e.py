@@ -91,8 +91,10 @@ def test_api_endpoints_and_outputs_have_meaningful_names(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(endpoints) == {"/make_mask", "/try_on", "/pose_transfer", "/inspect"}
     inspector = [
-        "Inspected run", "Result: click a point", "Attention heatmap (ring: peak)", "Heatmap colour scale",
-        "Heatmap per layer: peak (× uniform) and entropy (1 = uniform) tell sharp layers from diffuse",
+        "Inspected run", "Result: click a point", "Attention heatmap (ring: where the pixel takes from; dotted: sinks)",
+        "Heatmap colour scale",
+        "Heatmap per layer (ring: that layer's point): peak (× uniform) and entropy (1 = uniform) tell sharp "
+        "layers from diffuse",
         "Flow (colour wheel)", "Reference warped by the flow", "What is shown",
     ]
     returns = {name: [item["label"] for item in endpoint["returns"]] for name, endpoint in endpoints.items()}
@@ -129,19 +131,20 @@ def test_try_on_then_inspect(client, server):
     factor = -(-512 // _size(result)[1])  # the clickable result is enlarged to at least 512 pixels tall
     assert _size(inspected) == (_size(result)[0] * factor, _size(result)[1] * factor)
     recorded_layers = [value for _, value in layers["choices"]]
-    assert recorded_layers[0] == "all" and len(recorded_layers) > 2
-    assert all(re.fullmatch(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+", label) for label, _ in layers["choices"][1:])
+    assert recorded_layers[:2] == ["trained", "all"] and layers["value"] == "trained" and len(recorded_layers) > 3
+    assert all(re.fullmatch(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+", label) for label, _ in layers["choices"][2:])
     assert _size(flow) == (width, height) and _size(warped) == (width, height)
 
-    layer = recorded_layers[2]
-    label = layers["choices"][2][0]
-    timestep = timesteps["choices"][1][1]
+    layer = recorded_layers[3]
+    label = layers["choices"][3][0]
+    timestep = timesteps["choices"][2][1]
     marked, heatmap, scale, per_layer, flow, warped, caption = client.predict(
         x=5, y=10, layer=layer, timestep=timestep, api_name="/inspect"
     )
-    assert _size(marked) == _size(inspected) and _size(heatmap) == (width, height)
-    assert "1× = uniform" in scale and "this point's peak is" in scale
-    assert [item["caption"].split(":")[0] for item in per_layer] == [label for label, _ in layers["choices"][1:]]
+    margin = 2 * (min(width, height) // 12 + 2 * max(1, min(width, height) // 96) + 1)  # the ring's frame
+    assert _size(marked) == _size(inspected) and _size(heatmap) == (width + margin, height + margin)
+    assert "1× = uniform" in scale and "This view's peak is" in scale
+    assert [item["caption"].split(":")[0] for item in per_layer] == [label for label, _ in layers["choices"][2:]]
     assert all("peak" in item["caption"] and "entropy" in item["caption"] for item in per_layer)
     assert label in caption and f"t = {timestep}" in caption and "point (5, 10)" in caption
 
@@ -159,7 +162,7 @@ def test_the_readme_api_example(client, server):
     marked, heatmap, colour_scale, per_layer, flow, warped, caption = client.predict(
         x=40, y=60, layer="all", timestep="all", api_name="/inspect"
     )
-    assert "point (40, 60) of the result" in caption and _size(heatmap) == SERVED_SIZE
+    assert "point (40, 60) of the result takes from (" in caption and "(ring)" in caption
 
 
 @pytest.mark.slow
@@ -236,7 +239,7 @@ def test_error_texts_come_back_plain(client, server):
     client.predict(**_example(server), steps=1, seed=1, record_attention=True, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError) as info:
         client.predict(x=1, y=1, layer="all", timestep="late", api_name="/inspect")
-    assert str(info.value).startswith("timestep must be 'all' or one of [")  # not &#x27;all&#x27;
+    assert str(info.value).startswith("timestep must be 'trained', 'all' or one of [")  # not &#x27;all&#x27;
 
 
 def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, monkeypatch):

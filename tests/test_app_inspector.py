@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from leffa.app.inspector import (
-    DISPLAY_HEIGHT, SCALE_FLOOR, Sharpness, colour_scale, display_factor, display_to_result, enlarge,
-    heatmap_over, layer_labels, mark_peak, mark_point, marked_result, run_note, scale_top, sharpness, thumbnail,
+    DISPLAY_HEIGHT, HEAT_OPACITY, SCALE_FLOOR, Sharpness, colour_scale, display_factor, display_to_result,
+    dotted_outline, enlarge, heatmap_over, layer_labels, mark_looked_at, mark_point, marked_result, ring_size,
+    run_note, scale_top, sharpness, thumbnail,
 )
 from leffa.app.previews import MASK_COLOR, label_colours, mask_over, parse_with_legend
-from leffa.inspect.visualize import jet, overlay_heatmap
+from leffa.inspect.visualize import jet
 from preprocess.parsing import LABEL, PARSE_LABELS
 
 SD15_LAYERS = [
@@ -62,41 +63,61 @@ def test_sharpness_matches_a_naive_entropy_and_peak():
     assert str(Sharpness(3.14159, 0.5)) == "peak 3.1× uniform, entropy 0.50"
 
 
-def test_colour_scale_is_jet_from_zero_to_its_top_with_uniform_marked():
+def test_colour_scale_runs_from_uniform_to_its_top_growing_opaque():
     html = colour_scale(4.0, 3.0)
     for value in (0.0, 0.5, 1.0):
         r, g, b = np.round(255 * jet(np.array(value))).astype(int).tolist()
-        assert f"rgb({r}, {g}, {b}) {100 * value:.1f}%" in html
-    assert 'class="uniform-mark" style="left: 25.0%"' in html and 'style="left: 25.0%">▲ 1× = uniform' in html
-    assert "4.0× uniform</span>" in html and "this point's peak is 3.0×" in html
-    assert 'style="left: 85.0%">▲ 1× = uniform' in colour_scale(1.05, 1.05)  # kept clear of the bar's end
+        assert f"rgba({r}, {g}, {b}, {HEAT_OPACITY * value:.2f}) {100 * value:.1f}%" in html
+    assert "<span>1× = uniform</span><span>4.0× uniform</span>" in html and "This view's peak is 3.0×" in html
     assert scale_top(1.1, 1.3) == SCALE_FLOOR and scale_top(1.1, 6.5) == 6.5
 
 
-def test_heatmaps_share_a_scale_that_shows_uniform_attention_mid_way():
+def test_heatmap_leaves_the_reference_untouched_up_to_uniform_and_colours_above():
     generator = np.random.default_rng(2)
     reference = generator.integers(0, 255, (12, 9, 3), dtype=np.uint8)
-    density = generator.random((12, 9)) * 3
-    # With the top at the map's own peak this is the library's overlay (jet, half over the reference) ...
-    assert np.array_equal(heatmap_over(density, reference, float(density.max())), overlay_heatmap(density, reference))
-    # ... and with a higher top, each pixel is the naive blend of jet(density / top).
-    top = 6.0
-    expected = np.round(255 * (0.5 * reference / 255 + 0.5 * jet(density / top))).astype(np.uint8)
-    assert np.array_equal(heatmap_over(density, reference, top), expected)
-    uniform = heatmap_over(np.ones((12, 9)), np.zeros((12, 9, 3), np.uint8), scale_top(1.0))
-    assert uniform[0, 0].tolist() == np.round(127.5 * jet(np.array(0.5))).astype(int).tolist()  # green, not red
+    density = generator.random((12, 9)) * 5
+    top = 4.0
+    shown = heatmap_over(density, reference, top)
+    at_most_uniform = density <= 1
+    assert at_most_uniform.any() and np.array_equal(shown[at_most_uniform], reference[at_most_uniform])
+    level = np.clip((density - 1) / (top - 1), 0, 1)
+    alpha = HEAT_OPACITY * level[..., None]
+    expected = np.round(255 * ((1 - alpha) * reference / 255 + alpha * jet(level))).astype(np.uint8)
+    assert np.array_equal(shown, expected)
+    hottest = np.unravel_index(np.argmax(density), density.shape)
+    assert density[hottest] >= top  # drawn at full strength: 85 % dark red over 15 % of the reference
+    assert np.allclose(shown[hottest], np.round(255 * HEAT_OPACITY * jet(np.array(1.0)) + 0.15 * reference[hottest]), atol=1)
 
 
-def test_mark_peak_rings_the_highest_attention():
-    heatmap = np.full((96, 72, 3), 100, np.uint8)
-    density = np.zeros((96, 72))
-    density[40, 30] = 5
-    changed = np.any(mark_peak(heatmap, density) != heatmap, axis=2)
-    radius = 72 // 12
-    assert not changed[40, 30]  # a ring, so the peak itself stays visible
-    assert changed[40, 30 + radius] and changed[40, 30 - radius] and changed[40 + radius, 30]
-    rows, columns = np.nonzero(changed)
-    assert np.hypot(rows - 40, columns - 30).max() <= radius + 3
+def test_ring_marks_the_point_and_stays_whole_at_the_picture_edges():
+    picture = np.full((96, 72, 3), 100, np.uint8)
+    radius, line, margin = ring_size(picture.shape)
+    assert (radius, line) == (6, 1) and margin == radius + 2 * line + 1
+    for x, y in [(30, 40), (0, 0), (71, 95), (71, 0)]:
+        marked = mark_looked_at(picture, (x, y))
+        assert marked.shape == (96 + 2 * margin, 72 + 2 * margin, 3)
+        framed = np.pad(picture, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
+        changed = np.any(marked != framed, axis=2)
+        rows, columns = np.nonzero(changed)
+        distance = np.hypot(rows - (y + margin), columns - (x + margin))
+        assert not changed[y + margin, x + margin]  # a ring: the point itself stays visible
+        assert distance.max() <= radius + 3 and distance.min() >= radius - 3
+        # whole: the ring reaches its radius on all four sides, none of it falls off the picture
+        for dy, dx in [(0, radius), (0, -radius), (radius, 0), (-radius, 0)]:
+            assert changed[y + margin + dy, x + margin + dx]
+
+
+def test_dotted_outline_draws_only_the_border_of_a_region():
+    picture = np.full((20, 20, 3), 100, np.uint8)
+    region = np.zeros((20, 20), bool)
+    region[5:15, 0:8] = True
+    marked = dotted_outline(picture, region)
+    changed = np.any(marked != picture, axis=2)
+    assert not changed[~region].any() and not changed[7:13, 1:7].any()  # nothing outside, inside untouched
+    border = region.copy()
+    border[6:14, 1:7] = False  # the region's edge pixels, the image edge included
+    assert np.array_equal(changed, border)
+    assert {tuple(colour) for colour in marked[changed]} == {(0, 0, 0), (255, 255, 255)}
 
 
 def test_mark_point_draws_a_crosshair_only_near_the_point():

@@ -114,6 +114,16 @@ def test_trace_writes_panels_per_layer(tiny, tiny_model, tmp_path):
     assert summary["seed"] == 5 and summary["points"] == [[10.0, 20.0], [50.0, 100.0]]
     assert list(summary["layers"].values()) == tiny_model.layers
     assert sorted(p.name for p in (folder / "layers").iterdir()) == sorted(summary["layers"])
+    # Where each point takes from, in reference pixels of the model frame: the default view's flow, which
+    # is the mean of its layers' own points (each over the same timesteps).
+    view, width, height = summary["view"], *summary["reference_size"]
+    assert (width, height) == (48, 64) and set(view["timesteps"]) <= set(summary["timesteps"])
+    assert set(summary["layer_peaks"]) == set(tiny_model.layers) and len(summary["peaks"]) == 2
+    for index, (x, y) in enumerate(summary["peaks"]):
+        assert 0 <= x <= width - 1 and 0 <= y <= height - 1
+        mean = np.mean([summary["layer_peaks"][layer][index] for layer in view["layers"]], axis=0)
+        assert mean == pytest.approx([x, y], abs=2e-3)
+    assert all(text.startswith(("sharp", "broad", "spread", "nearly", "diffuse")) for text in summary["spread"])
     assert Image.open(folder / "result.png").size == (96, 128)
     overview = np.asarray(Image.open(folder / "overview.png"))
     layer_panel = np.asarray(Image.open(folder / "layers" / "00.png"))

@@ -18,12 +18,8 @@ from PIL import Image
 
 from leffa.app.runtime import RESOLUTIONS, model_size
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
-from leffa.app.inspector import (
-    ALL, InspectorView, attention_row, colour_scale, display_to_model, heatmap_over, layer_choices, layer_labels,
-    mark_peak, marked_result, scale_top, sharpness, thumbnail, timestep_choices,
-)
+from leffa.app.inspector import TRAINED, InspectorView, inspector_view, layer_choices, timestep_choices
 from leffa.app.previews import mask_layer
-from leffa.inspect.trace import Trace
 from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource, open_image
 
@@ -217,20 +213,6 @@ def category_note(model_type: str, category: str) -> str:
     return ""
 
 
-def _timestep(value: Any, recorded: Trace) -> int | None:
-    if value is None or value == ALL:
-        return None
-    try:
-        timestep = int(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"timestep must be '{ALL}' or one of {recorded.timesteps}, got {value!r}") from error
-    return timestep
-
-
-def _layer(value: Any) -> str | None:
-    return None if value is None or value == ALL else str(value)
-
-
 class AppCallbacks:
     """The app's actions on one :class:`ModelStore` (models load lazily, on the first action needing them)."""
 
@@ -325,7 +307,7 @@ class AppCallbacks:
     # ---------------------------------------------------------------------------------- inspector
     @staticmethod
     def inspector_choices(generation: Generation | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """(label, value) choices of the layer and timestep selectors (``ALL`` first); empty without a trace."""
+        """(label, value) choices of the layer and timestep selectors (``TRAINED`` first); empty without a trace."""
         if generation is None or generation.trace is None:
             return [], []
         return layer_choices(generation.trace), timestep_choices(generation.trace)
@@ -339,53 +321,17 @@ class AppCallbacks:
         self,
         generation: Generation | None,
         point: tuple[float, float] | None = None,
-        layer: str | None = ALL,
-        timestep: int | str | None = ALL,
+        layer: str | None = TRAINED,
+        timestep: int | str | None = TRAINED,
     ) -> InspectorView:
-        """Heatmaps of where ``point`` (pixel of the shown result) looks in the reference, and the flows.
-
-        ``layer``/``timestep`` ``ALL`` average over every recorded layer/timestep. The result comes enlarged
-        for display (``leffa.app.inspector.marked_result``), the heatmaps at the model's size.
-        """
+        """Where ``point`` (pixel of the shown result) takes from in the reference, its heatmaps and the flows
+        (``leffa.app.inspector.inspector_view``). ``layer``/``timestep``: ``TRAINED`` (the default: those the
+        Leffa loss supervises), ``ALL``, or one recorded layer / timestep."""
         if generation is None:
             raise ValueError("nothing to inspect yet: generate a result first (try-on or pose transfer tab)")
-        recorded = generation.trace
-        if recorded is None:
+        if generation.trace is None:
             raise ValueError(_NO_TRACE)
-        chosen_layer, chosen_step = _layer(layer), _timestep(timestep, recorded)
-        flow = recorded.flow_color(chosen_layer, chosen_step)
-        warped = recorded.warped_reference(chosen_layer, chosen_step)
-        labels = layer_labels(recorded.layers, recorded.token_sizes)
-        where = (
-            f"**{'all layers (average)' if chosen_layer is None else labels[chosen_layer]}**, "
-            f"**{'all timesteps (average)' if chosen_step is None else f't = {chosen_step}'}**"
-        )
-        if point is None:
-            hint = f"{where}: click the result to see where that pixel looked in the reference."
-            return InspectorView(marked_result(generation, None), None, "", [], flow, warped, hint)
-        model_point = display_to_model(point, generation)
-        density = recorded.attention(model_point, chosen_layer, chosen_step)
-        peak = float(density.max())
-        heatmap = mark_peak(heatmap_over(density, recorded.reference, scale_top(peak)), density)
-        layer_densities = {name: recorded.attention(model_point, name, chosen_step) for name in recorded.layers}
-        common_top = scale_top(*(float(layer.max()) for layer in layer_densities.values()))
-        per_layer = [
-            (
-                thumbnail(heatmap_over(layer_density, recorded.reference, common_top)),
-                f"{labels[name]}: {sharpness(attention_row(recorded, model_point, name, chosen_step))}",
-            )
-            for name, layer_density in layer_densities.items()
-        ]
-        caption = f"{where}; point ({point[0]:.0f}, {point[1]:.0f}) of the result"
-        if chosen_layer is not None:
-            caption += f": {sharpness(attention_row(recorded, model_point, chosen_layer, chosen_step))}"
-        else:
-            caption += f": peak {peak:.1f}× uniform"
-        caption += f". The per-layer heatmaps below share one colour scale, 0 to {common_top:.1f}× uniform."
-        return InspectorView(
-            marked_result(generation, point), heatmap, colour_scale(scale_top(peak), peak), per_layer, flow,
-            warped, caption,
-        )
+        return inspector_view(generation, point, layer, timestep)
 
 
 def _require_masked(mask: Image.Image | np.ndarray) -> None:

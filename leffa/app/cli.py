@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leffa.app.callbacks import ALL, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.callbacks import MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.inspector import TRAINED, InspectorView
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
 from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.runtime import (
@@ -229,7 +230,9 @@ def _trace_points(args: argparse.Namespace, job: Job) -> list[tuple[float, float
 
 
 def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> dict[str, Any]:
-    """Result, an overview (all layers averaged) and one panel per layer: heatmaps per point, flow, warp.
+    """Result, an overview (the default view: what the Leffa loss trains) and one panel per layer: heatmaps
+    per point, ringed where the point takes from, flow, warp. ``trace.json`` has that point per input point
+    (``peaks``, reference pixels of the model frame) and per layer (``layer_peaks``).
 
     Everything is drawn before the folder is written, so a failure leaves no partial trace behind.
     """
@@ -239,21 +242,28 @@ def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> d
     height = generation.image.size[1]
     folder = _output(args, job)
 
-    def panel(layer: str) -> np.ndarray:
+    def panel(layer: str) -> tuple[np.ndarray, list[InspectorView]]:
         views = [actions.inspect(generation, point, layer) for point in points]
         images = [view.heatmap for view in views] + [views[0].flow, views[0].warped_reference]
-        labels = [f"attention at ({x:.0f}, {y:.0f})" for x, y in points] + ["flow", "warped reference"]
-        if layer == ALL:
+        labels = [_takes_from(point, view) for point, view in zip(points, views)] + ["flow", "warped reference"]
+        if layer == TRAINED:
             images = [view.marked_result for view in views] + images + [actions.legend(min(height, 128))]
             labels = [f"point ({x:.0f}, {y:.0f})" for x, y in points] + labels + ["flow legend"]
-        return side_by_side(images, labels)
+        return side_by_side(images, labels), views
 
+    overview, default_views = panel(TRAINED)
     names = {f"{index:02d}.png": layer for index, layer in enumerate(recorded.layers)}
-    images = {"result.png": generation.image, "overview.png": Image.fromarray(panel(ALL))}
-    images.update({f"layers/{name}": Image.fromarray(panel(layer)) for name, layer in names.items()})
+    layer_panels = {name: panel(layer) for name, layer in names.items()}
+    images = {"result.png": generation.image, "overview.png": Image.fromarray(overview)}
+    images.update({f"layers/{name}": Image.fromarray(drawn) for name, (drawn, _) in layer_panels.items()})
     summary = {
         "seed": generation.seed, "points": [list(p) for p in points], "timesteps": recorded.timesteps,
         "layers": names,
+        "view": {"layers": recorded.default_view.layers, "timesteps": recorded.default_view.timesteps},
+        "reference_size": [recorded.image_size[1], recorded.image_size[0]],
+        "peaks": [_pixel(view.looked_at) for view in default_views],
+        "layer_peaks": {names[name]: [_pixel(view.looked_at) for view in views] for name, (_, views) in layer_panels.items()},
+        "spread": [str(view.spread) for view in default_views],
     }
     created = not folder.exists()
     try:
@@ -270,6 +280,15 @@ def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> d
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return {"output": str(folder), "seed": generation.seed}
+
+
+def _takes_from(point: tuple[float, float], view: InspectorView) -> str:
+    x, y = view.looked_at
+    return f"({point[0]:.0f}, {point[1]:.0f}) takes from ({x:.0f}, {y:.0f})"
+
+
+def _pixel(point: tuple[float, float]) -> list[float]:
+    return [round(point[0], 3), round(point[1], 3)]
 
 
 # ---------------------------------------------------------------------------------------- arguments

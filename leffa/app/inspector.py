@@ -1,9 +1,12 @@
 """What the attention & flow inspector shows for a recorded generation, in terms a user can read.
 
-Readable layer names ("down 1 · 16×12"), how sharp each layer's attention is (peak over uniform and
-normalised entropy), a colour scale for the heatmaps, markers on the clicked point and on the attention's
-peak, which run is on screen, and the enlargement that lets a small result fill its box and still map a
-click to the right pixel. No Gradio here (``app.py`` lays it out); the attention maths is ``leffa.inspect``.
+:func:`inspector_view` builds the whole view for a clicked point: the ring on where that pixel takes from
+in the reference (the flow there, ``Trace.flow_at``: the attention's mean position, which the Leffa loss
+trains; the attention's maximum is a poor guide, see ``docs/inspector-accuracy.md``), the heatmap of the
+full attention with sinks dotted, how concentrated it is in words, and one heatmap per layer on a shared
+scale. Also readable layer names ("down 1 · 16×12"), which run is on screen, and the enlargement that lets
+a small result fill its box and still map a click to the right pixel. No Gradio here (``app.py`` lays it
+out); the attention maths is ``leffa.inspect``.
 """
 
 from __future__ import annotations
@@ -16,22 +19,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from leffa.app.service import POSE_MODEL, Generation
 from leffa.core.flow import attention_entropy
-from leffa.inspect.trace import Trace
-from leffa.inspect.visualize import jet, query_token_index
+from leffa.inspect.spread import Spread, attention_spread, sink_mask
+from leffa.inspect.trace import LayerChoice, StepChoice, Trace
+from leffa.inspect.visualize import jet
 
 #: Value of the layer and timestep selectors that averages over all recorded ones.
 ALL = "all"
+#: Value of the selectors (and their default) for the layers / timesteps the Leffa loss supervises.
+TRAINED = "trained"
 #: Height of the per-layer heatmaps in the inspector's gallery.
 THUMBNAIL_HEIGHT = 256
 #: The clickable result is enlarged (whole pixels, nearest neighbour) to at least this height, so that it
 #: fills its box: Gradio maps a click on a picture shown larger than its pixel size to no pixel at all.
 DISPLAY_HEIGHT = 512
-#: Heatmap colour scales reach at least this (× uniform), so that uniform attention shows mid-scale
-#: (cyan-green), not as the hottest red.
+#: Heatmap colour scales reach at least this (× uniform), so that near-uniform attention stays faint.
 SCALE_FLOOR = 2.0
+#: Opacity of the heatmap colour at the top of its scale; it falls to 0 at uniform attention, so the reference
+#: shows in its own colours wherever the pixel looks no more than uniformly.
+HEAT_OPACITY = 0.85
 _UNET_LAYER = re.compile(
     r"^(?:(?P<side>down|up)_blocks\.(?P<block>\d+)|mid_block)\.attentions\.(?P<attention>\d+)"
     r"\.transformer_blocks\.(?P<transformer>\d+)\."
@@ -49,6 +58,8 @@ class InspectorView:
     flow: np.ndarray
     warped_reference: np.ndarray
     caption: str
+    looked_at: tuple[float, float] | None = None
+    spread: Spread | None = None
 
 
 @dataclass(frozen=True)
@@ -98,26 +109,60 @@ def _block(match: re.Match) -> str:
 
 
 def layer_choices(recorded: Trace) -> list[tuple[str, str]]:
-    """(label, layer name) pairs for the layer selector, the average over all layers first."""
+    """(label, value) pairs for the layer selector: the trained layers (the default), all, then each."""
     labels = layer_labels(recorded.layers, recorded.token_sizes)
-    return [("all layers (average)", ALL), *((labels[name], name) for name in recorded.layers)]
+    trained = len(recorded.default_view.layers)
+    return [
+        (f"layers the Leffa loss trains ({trained} of {len(recorded.layers)}, average)", TRAINED),
+        ("all layers (average)", ALL),
+        *((labels[name], name) for name in recorded.layers),
+    ]
 
 
 def timestep_choices(recorded: Trace) -> list[tuple[str, str]]:
-    """(label, timestep) pairs for the timestep selector, the average over all timesteps first."""
-    return [("all timesteps (average)", ALL), *((f"t = {t}", str(t)) for t in recorded.timesteps)]
+    """(label, value) pairs for the timestep selector: the trained timesteps (the default), all, then each."""
+    trained = ", ".join(str(t) for t in recorded.default_view.timesteps)
+    return [
+        (f"timesteps the Leffa loss trains (t = {trained}, average)", TRAINED),
+        ("all timesteps (average)", ALL),
+        *((f"t = {t}", str(t)) for t in recorded.timesteps),
+    ]
+
+
+def chosen_view(recorded: Trace, layer: object = TRAINED, timestep: object = TRAINED) -> tuple[LayerChoice, StepChoice, str]:
+    """The selectors' values as ``Trace`` choices, and the view in words (bold, for the caption).
+
+    ``TRAINED`` (or ``None``) is :attr:`Trace.default_view`, ``ALL`` every recorded one."""
+    labels = layer_labels(recorded.layers, recorded.token_sizes)
+    if layer is None or layer == TRAINED:
+        layers, layer_text = recorded.default_view.layers, "layers the Leffa loss trains"
+    elif layer == ALL:
+        layers, layer_text = None, "all layers"
+    else:
+        layers = str(layer)
+        layer_text = labels.get(layers, layers)
+    if timestep is None or timestep == TRAINED:
+        steps = recorded.default_view.timesteps
+        step_text = f"t = {', '.join(str(t) for t in steps)}"
+    elif timestep == ALL:
+        steps, step_text = None, "all timesteps"
+    else:
+        try:
+            steps = int(timestep)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"timestep must be '{TRAINED}', '{ALL}' or one of {recorded.timesteps}, got {timestep!r}"
+            ) from error
+        step_text = f"t = {steps}"
+    return layers, steps, f"**{layer_text}**, **{step_text}**"
 
 
 # ---------------------------------------------------------------------------------------- sharpness
-def attention_row(
-    recorded: Trace, point: tuple[float, float], layer: str, timestep: int | None = None
-) -> np.ndarray:
-    """The recorded attention probabilities (over the layer's pooled keys) of the query under model pixel
-    ``point``, averaged over the recorded timesteps unless one is given; float64, sums to 1."""
-    steps = recorded.timesteps if timestep is None else [timestep]
-    index = query_token_index(point, recorded.map_sizes[layer], recorded.image_size)
-    rows = [recorded.maps[(step, layer)][index].double().numpy() for step in steps]
-    return np.mean(rows, axis=0)
+def attention_row(recorded: Trace, point: tuple[float, float], layer: str, timestep: StepChoice = None) -> np.ndarray:
+    """The recorded attention probabilities (over the layer's stored key cells) of the query under model
+    pixel ``point``, averaged over the chosen timesteps (``None``: all recorded); float64, sums to 1."""
+    keys = recorded.keys(layer, timestep)
+    return np.mean([recorded.row(point, layer, step).double().numpy() for step, _ in keys], axis=0)
 
 
 def sharpness(row: np.ndarray) -> Sharpness:
@@ -137,30 +182,29 @@ def scale_top(*peaks: float) -> float:
 
 
 def heatmap_over(density: np.ndarray, reference: np.ndarray, top: float) -> np.ndarray:
-    """Attention density (1 = uniform) coloured with jet from 0 to ``top`` and blended half over the
-    reference image (uint8 H × W × 3)."""
-    colours = jet(np.clip(density / top, 0.0, 1.0))
-    return np.round(255 * (0.5 * reference / 255 + 0.5 * colours)).astype(np.uint8)
+    """Attention density (1 = uniform) over the reference (uint8 H × W × 3): from uniform up to ``top`` the
+    colour runs through jet and grows opaque (to :data:`HEAT_OPACITY`); at or below uniform the reference
+    shows untouched, so it stays readable and only places the pixel favours are coloured."""
+    level = np.clip((density - 1.0) / (top - 1.0), 0.0, 1.0)[..., None]
+    alpha = HEAT_OPACITY * level
+    blended = (1 - alpha) * reference / 255 + alpha * jet(level[..., 0])
+    return np.round(255 * blended).astype(np.uint8)
 
 
 def colour_scale(top: float, peak: float) -> str:
-    """HTML for the heatmap's colour bar: jet from 0 to ``top`` × uniform with uniform attention (1×)
-    marked, and the clicked point's ``peak``."""
+    """HTML for the heatmap's colour bar: jet from 1× (uniform, transparent) to ``top`` × uniform, and the
+    clicked point's ``peak``."""
     stops = ", ".join(
-        f"rgb({r}, {g}, {b}) {100 * value:.1f}%"
+        f"rgba({r}, {g}, {b}, {HEAT_OPACITY * value:.2f}) {100 * value:.1f}%"
         for value in np.linspace(0, 1, 9)
         for r, g, b in [np.round(255 * jet(np.array(value))).astype(int).tolist()]
     )
-    uniform = 100 / top
-    label_at = min(max(uniform, 8.0), 85.0)  # the label stays inside the bar's width
     return (
         '<div class="colour-scale">'
-        f'<div class="colour-bar" style="background: linear-gradient(to right, {stops})">'
-        f'<span class="uniform-mark" style="left: {uniform:.1f}%"></span></div>'
-        f'<div class="colour-ticks"><span>0</span><span>{top:.1f}× uniform</span></div>'
-        f'<div class="colour-ticks"><span style="left: {label_at:.1f}%">▲ 1× = uniform</span></div>'
-        "<p>Heatmap colour: attention probability relative to spreading evenly over the reference (blended "
-        f"half over it); this point's peak is {peak:.1f}×.</p></div>"
+        f'<div class="colour-bar" style="background: linear-gradient(to right, {stops})"></div>'
+        f'<div class="colour-ticks"><span>1× = uniform</span><span>{top:.1f}× uniform</span></div>'
+        "<p>Heatmap colour: how much more than evenly this pixel attends to each place of the reference; "
+        f"places at or below uniform are left uncoloured. This view's peak is {peak:.1f}×.</p></div>"
     )
 
 
@@ -177,15 +221,37 @@ def mark_point(image: Image.Image, point: tuple[float, float]) -> np.ndarray:
     return np.asarray(marked)
 
 
-def mark_peak(heatmap: np.ndarray, density: np.ndarray) -> np.ndarray:
-    """The heatmap with a ring around the attention's highest point (the first, if there are several)."""
-    y, x = np.unravel_index(int(np.argmax(density)), density.shape)
-    marked = Image.fromarray(heatmap)
-    radius, line = max(3, min(marked.size) // 12), max(1, min(marked.size) // 96)
+def ring_size(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Radius, line width and the margin that keeps a whole ring on a picture of ``shape`` (H, W, ...)."""
+    radius, line = max(3, min(shape[:2]) // 12), max(1, min(shape[:2]) // 96)
+    return radius, line, radius + 2 * line + 1
+
+
+def with_margin(picture: np.ndarray, margin: int) -> np.ndarray:
+    """The picture inside a white frame ``margin`` pixels wide (room for rings at its edges)."""
+    return np.pad(picture, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
+
+
+def mark_looked_at(picture: np.ndarray, point: tuple[float, float]) -> np.ndarray:
+    """The picture framed by :func:`with_margin` with a ring around ``point`` (pixels of the unframed
+    picture), so the ring is never cut at the picture's edge; the centre stays visible."""
+    radius, line, margin = ring_size(picture.shape)
+    marked = Image.fromarray(with_margin(picture, margin))
+    x, y = point[0] + margin, point[1] + margin
     draw = ImageDraw.Draw(marked)
     for colour, width in (("white", 3 * line), ("black", line)):
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=width)
     return np.asarray(marked)
+
+
+def dotted_outline(picture: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The picture with the border of ``region`` (bool, same H × W) drawn dotted black and white."""
+    rows, columns = np.nonzero(region & ~ndimage.binary_erosion(region, border_value=0))
+    marked = picture.copy()
+    dark = ((rows + columns) // 2) % 2 == 0
+    marked[rows[dark], columns[dark]] = 0
+    marked[rows[~dark], columns[~dark]] = 255
+    return marked
 
 
 def thumbnail(image: np.ndarray, height: int = THUMBNAIL_HEIGHT) -> np.ndarray:
@@ -240,6 +306,66 @@ def marked_result(generation: Generation, point: tuple[float, float] | None) -> 
     if point is None:
         return np.asarray(shown)
     return mark_point(shown, tuple((value + 0.5) * factor - 0.5 for value in point))
+
+
+# ------------------------------------------------------------------------------------------ the view
+def inspector_view(
+    generation: Generation, point: tuple[float, float] | None = None, layer: object = TRAINED,
+    timestep: object = TRAINED,
+) -> InspectorView:
+    """Everything the inspector shows for ``point`` (a pixel of the shown result; ``None`` before a click)
+    in the view the selectors chose (:func:`chosen_view`). The result comes enlarged for display
+    (:func:`marked_result`), the heatmaps at the model's size inside a frame that keeps rings whole."""
+    recorded = generation.trace
+    layers, steps, where = chosen_view(recorded, layer, timestep)
+    flow = recorded.flow_color(layers, steps)
+    warped = recorded.warped_reference(layers, steps)
+    if point is None:
+        hint = f"{where}: click the result to see where that pixel looked in the reference."
+        return InspectorView(marked_result(generation, None), None, "", [], flow, warped, hint)
+    model_point = display_to_model(point, generation)
+    density = recorded.attention(model_point, layers, steps)
+    looked_at = recorded.flow_at(model_point, layers, steps)
+    sinks = sink_mask(recorded.everywhere(layers, steps))
+    peak = float(density.max())
+    heatmap = heatmap_over(density, recorded.reference, scale_top(peak))
+    heatmap = mark_looked_at(dotted_outline(heatmap, sinks), looked_at)
+    spread = attention_spread(density, sinks)
+    caption = (
+        f"{where}; point ({point[0]:.0f}, {point[1]:.0f}) of the result takes from ({looked_at[0]:.0f}, "
+        f"{looked_at[1]:.0f}) of the reference (ring): {spread}."
+    )
+    if isinstance(layers, str):
+        caption += f" This layer: {sharpness(attention_row(recorded, model_point, layers, steps))}."
+    per_layer, top = _layer_heatmaps(recorded, model_point, steps)
+    caption += (
+        f" The per-layer heatmaps below share one colour scale, 1× to {top:.1f}× uniform; each ring is that "
+        "layer's own point."
+    )
+    return InspectorView(
+        marked_result(generation, point), heatmap, colour_scale(scale_top(peak), peak), per_layer, flow, warped,
+        caption, looked_at, spread,
+    )
+
+
+def _layer_heatmaps(
+    recorded: Trace, point: tuple[float, float], steps: StepChoice
+) -> tuple[list[tuple[np.ndarray, str]], float]:
+    """Each recorded layer's heatmap (a thumbnail, ringed at its own flow) with its sharpness, on one colour
+    scale whose top covers every layer's peak as the captions state it; and that top."""
+    labels = layer_labels(recorded.layers, recorded.token_sizes)
+    densities = {name: recorded.attention(point, name, steps) for name in recorded.layers}
+    sharp = {name: sharpness(attention_row(recorded, point, name, steps)) for name in recorded.layers}
+    top = scale_top(*(max(sharp[name].peak, float(densities[name].max())) for name in recorded.layers))
+    pictures = []
+    for name, density in densities.items():
+        small = thumbnail(heatmap_over(density, recorded.reference, top))
+        factor = small.shape[0] / density.shape[0]
+        x, y = recorded.flow_at(point, name, steps)
+        pictures.append(
+            (mark_looked_at(small, ((x + 0.5) * factor - 0.5, (y + 0.5) * factor - 0.5)), f"{labels[name]}: {sharp[name]}")
+        )
+    return pictures, top
 
 
 # ----------------------------------------------------------------------------------------- the runs

@@ -4,22 +4,55 @@
 for chosen timesteps and layers, the head-averaged attention of the conditional branch (pooled to at most
 ``map_size`` per grid) and the exact flow fields. The inspector of the app and ``python -m leffa trace``
 are built on it.
+
+Where a pixel looked is the flow at that pixel (:meth:`Trace.flow_at`): the attention-weighted mean position
+in the reference, ``F = Â · C``, the quantity the Leffa loss trains. Attention rows are diffuse and often
+have several modes, so their maximum is a poor guide: on the demo models it misses the true location for
+most clicks while the flow finds it (``docs/inspector-accuracy.md``). A :class:`View` picks the layers and
+timesteps a picture averages; :attr:`Trace.default_view` is those the Leffa loss supervises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from leffa.core.flow import warp
+from leffa.core.flow import LeffaLossConfig, select_layers_by_resolution, warp
 from leffa.core.pipeline import LeffaOutput, LeffaPipeline
 from leffa.core.recording import LayerSelection, record_attention
+from leffa.inspect.grids import interpolation_weights, token_positions
 from leffa.inspect.visualize import aggregate_rows, flow_to_color, overlay_heatmap, query_token_index
 
 DEFAULT_TRACE_STEPS = 3
+#: A choice of recorded layers or timesteps: one, several, or ``None`` for all of them.
+LayerChoice = str | Sequence[str] | None
+StepChoice = int | Sequence[int] | None
+
+
+class View(NamedTuple):
+    """Recorded layers and timesteps that a picture averages over; ``trace.attention(point, *view)``."""
+
+    layers: list[str]
+    timesteps: list[int]
+
+
+def trained_view(
+    token_sizes: dict[str, tuple[int, int]],
+    timesteps: Sequence[int],
+    image_height: int,
+    config: LeffaLossConfig | None = None,
+) -> View:
+    """The layers (token-grid height >= θ_resolution of the image) and timesteps (t < θ_timestep) the Leffa
+    loss supervises (``config``: the paper's defaults), in recorded order; all of them where the rule keeps
+    none."""
+    config = config or LeffaLossConfig()
+    layers = select_layers_by_resolution(token_sizes, image_height, config.theta_resolution)
+    steps = [t for t in timesteps if t < config.theta_timestep]
+    return View(layers or list(token_sizes), steps or list(timesteps))
 
 
 def spread_timesteps(timesteps: Sequence[int], count: int) -> list[int]:
@@ -30,9 +63,17 @@ def spread_timesteps(timesteps: Sequence[int], count: int) -> list[int]:
     return [int(timesteps[i]) for i in dict.fromkeys(positions.tolist())]
 
 
+def _as_list(choice: str | int | Sequence | None) -> list | None:
+    return None if choice is None else [choice] if isinstance(choice, (str, int)) else list(choice)
+
+
 @dataclass
 class Trace:
-    """Recorded attention and flows of one generation (batch of one, conditional branch)."""
+    """Recorded attention and flows of one generation (batch of one, conditional branch).
+
+    ``maps[(t, layer)]`` is (n_q, n_k) over ``map_sizes[layer]`` cells, pooled from the layer's
+    ``token_sizes[layer]`` grid where that is larger; ``flows[(t, layer)]`` is the exact (h, w, 2) flow.
+    """
 
     output: LeffaOutput
     reference: np.ndarray
@@ -43,40 +84,84 @@ class Trace:
     map_sizes: dict[str, tuple[int, int]]
     maps: dict[tuple[int, str], torch.Tensor]
     flows: dict[tuple[int, str], torch.Tensor]
+    default_view: View | None = None
 
-    def _pick(self, layer: str | None, timestep: int | None) -> list[tuple[int, str]]:
-        if layer is not None and layer not in self.layers:
-            raise ValueError(f"layer {layer!r} was not recorded; recorded: {', '.join(self.layers)}")
-        if timestep is not None and timestep not in self.timesteps:
-            raise ValueError(f"timestep {timestep} was not recorded; recorded: {self.timesteps}")
+    def __post_init__(self) -> None:
+        if self.default_view is None:
+            sizes = {name: self.token_sizes[name] for name in self.layers}
+            self.default_view = trained_view(sizes, self.timesteps, self.image_size[0])
+
+    def keys(self, layer: LayerChoice = None, timestep: StepChoice = None) -> list[tuple[int, str]]:
+        """The recorded ``(timestep, layer)`` pairs of a choice (``None``: all), in recorded order."""
+        layers, steps = _as_list(layer), _as_list(timestep)
+        for name in layers or []:
+            if name not in self.layers:
+                raise ValueError(f"layer {name!r} was not recorded; recorded: {', '.join(self.layers)}")
+        for step in steps or []:
+            if step not in self.timesteps:
+                raise ValueError(f"timestep {step} was not recorded; recorded: {self.timesteps}")
+        if layers == [] or steps == []:
+            raise ValueError("choose at least one layer and one timestep")
         return [
             (t, name)
             for t in self.timesteps
             for name in self.layers
-            if (layer is None or name == layer) and (timestep is None or t == timestep)
+            if (layers is None or name in layers) and (steps is None or t in steps)
         ]
 
-    def attention(self, point_xy: tuple[float, float], layer: str | None = None, timestep: int | None = None) -> np.ndarray:
+    def row(self, point_xy: tuple[float, float], layer: str, timestep: int) -> torch.Tensor:
+        """The recorded attention row (over the layer's stored key cells) of the query cell under model
+        pixel ``(x, y)``."""
+        size = self.map_sizes[layer]
+        index = query_token_index(point_xy, size, self.image_size, self.token_sizes[layer])
+        return self.maps[(timestep, layer)][index]
+
+    def attention(self, point_xy: tuple[float, float], layer: LayerChoice = None, timestep: StepChoice = None) -> np.ndarray:
         """Where the output pixel ``(x, y)`` looks in the reference: float32 (H, W) density (1 = uniform).
 
-        ``layer``/``timestep`` ``None`` aggregates over all recorded ones.
+        ``layer``/``timestep``: one, several, or ``None`` for all recorded ones (averaged).
         """
-        keys = self._pick(layer, timestep)
-        rows, sizes = [], []
-        for key in keys:
-            size = self.map_sizes[key[1]]
-            index = query_token_index(point_xy, size, self.image_size)
-            rows.append(self.maps[key][index].float())
-            sizes.append(size)
-        return aggregate_rows(rows, sizes, self.image_size)
+        keys = self.keys(layer, timestep)
+        rows = [self.row(point_xy, name, t).float() for t, name in keys]
+        return self._aggregate(rows, keys)
 
-    def heatmap(self, point_xy: tuple[float, float], layer: str | None = None, timestep: int | None = None) -> np.ndarray:
+    def everywhere(self, layer: LayerChoice = None, timestep: StepChoice = None) -> np.ndarray:
+        """The attention of every output pixel averaged: float32 (H, W) density (1 = uniform). Places far
+        above 1 draw attention whichever pixel one clicks (sinks), not from one pixel in particular."""
+        keys = self.keys(layer, timestep)
+        return self._aggregate([self.maps[key].float().mean(dim=0) for key in keys], keys)
+
+    def _aggregate(self, rows: list[torch.Tensor], keys: list[tuple[int, str]]) -> np.ndarray:
+        sizes = [self.map_sizes[name] for _, name in keys]
+        return aggregate_rows(rows, sizes, self.image_size, [self.token_sizes[name] for _, name in keys])
+
+    def flow_at(self, point_xy: tuple[float, float], layer: LayerChoice = None, timestep: StepChoice = None) -> tuple[float, float]:
+        """Where model pixel ``(x, y)`` takes from: the flow there (attention-weighted mean position, read
+        bilinearly between tokens as :meth:`flow` is), averaged over the chosen layers and timesteps, as
+        ``(x, y)`` in pixels of the reference image. This is the point the inspector marks."""
+        height, width = self.image_size
+        x, y = point_xy
+        if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+            raise ValueError(
+                f"point {point_xy} lies outside the image: x must be in [0, {width - 1}], y in [0, {height - 1}]"
+            )
+        positions = []
+        for key in self.keys(layer, timestep):
+            h, w = self.token_sizes[key[1]]
+            rows = interpolation_weights(token_positions(h, height), np.array([y], np.float64))
+            columns = interpolation_weights(token_positions(w, width), np.array([x], np.float64))
+            flow = self.flows[key].double().numpy()
+            positions.append([float((rows @ flow[..., axis] @ columns.T)[0, 0]) for axis in (0, 1)])
+        fx, fy = np.mean(positions, axis=0)
+        return float((fx + 1) / 2 * (width - 1)), float((fy + 1) / 2 * (height - 1))
+
+    def heatmap(self, point_xy: tuple[float, float], layer: LayerChoice = None, timestep: StepChoice = None) -> np.ndarray:
         """:meth:`attention` overlaid on the reference image, uint8 (H, W, 3)."""
         return overlay_heatmap(self.attention(point_xy, layer, timestep), self.reference)
 
-    def flow(self, layer: str | None = None, timestep: int | None = None) -> torch.Tensor:
-        """Flow at image resolution (H, W, 2); ``None`` averages the recorded layers/timesteps."""
-        keys = self._pick(layer, timestep)
+    def flow(self, layer: LayerChoice = None, timestep: StepChoice = None) -> torch.Tensor:
+        """Flow at image resolution (H, W, 2); several layers/timesteps (``None``: all) are averaged."""
+        keys = self.keys(layer, timestep)
         flows = [
             torch.nn.functional.interpolate(
                 self.flows[key].permute(2, 0, 1)[None], size=self.image_size, mode="bilinear", align_corners=True
@@ -85,11 +170,11 @@ class Trace:
         ]
         return torch.stack(flows).mean(dim=0)
 
-    def flow_color(self, layer: str | None = None, timestep: int | None = None) -> np.ndarray:
+    def flow_color(self, layer: LayerChoice = None, timestep: StepChoice = None) -> np.ndarray:
         """The flow's displacement from identity as a colour-wheel image, uint8 (H, W, 3)."""
         return flow_to_color(self.flow(layer, timestep))
 
-    def warped_reference(self, layer: str | None = None, timestep: int | None = None) -> np.ndarray:
+    def warped_reference(self, layer: LayerChoice = None, timestep: StepChoice = None) -> np.ndarray:
         """The reference image warped by the flow: what the layer 'copies' to each output pixel, uint8."""
         reference = torch.from_numpy(self.reference).permute(2, 0, 1)[None].float()
         warped = warp(reference, self.flow(layer, timestep)[None])

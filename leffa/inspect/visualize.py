@@ -2,7 +2,9 @@
 
 Token positions follow ``leffa.core.flow`` (``align_corners=True``): on an ``H x W`` image the tokens of an
 ``h x w`` map sit at pixels ``(j * (W - 1) / (w - 1), i * (H - 1) / (h - 1))``, so the first and last tokens
-are on the image corners. Image sizes are ``(height, width)``; points are ``(x, y)`` in pixels.
+are on the image corners. A map pooled from a larger token grid (pass that grid as ``token_size``) has its
+cells at their block centres instead (:mod:`leffa.inspect.grids`). Image sizes are ``(height, width)``;
+points are ``(x, y)`` in pixels.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import flow_to_image
 
 from leffa.common import check_grid_size
+from leffa.inspect.grids import cell_under, grid_to_image
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -117,20 +119,36 @@ def _image_to_array(image: Image.Image | np.ndarray, name: str = "image") -> np.
 
 
 def upsample_attention(
-    attn_row: ArrayLike, key_size: tuple[int, int], out_size: tuple[int, int]
+    attn_row: ArrayLike,
+    key_size: tuple[int, int],
+    out_size: tuple[int, int],
+    token_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """One attention row reshaped to the key grid and resized bilinearly to ``out_size`` (float32)."""
+    """One attention row reshaped to the key grid and resized bilinearly to ``out_size`` (float32).
+
+    ``token_size``: the layer's token grid when the row was pooled from it to ``key_size`` (default: not
+    pooled); each pooled cell is then drawn at its block centre, not stretched to the image edges.
+    """
     h_k, w_k = check_grid_size(key_size, "key_size")
     out_size = check_grid_size(out_size, "out_size")
-    row = torch.as_tensor(_to_numpy(attn_row))
-    if row.numel() != h_k * w_k or row.ndim not in (1, 2):
+    token_size = _token_grid(token_size, key_size)
+    row = _to_numpy(attn_row)
+    if row.size != h_k * w_k or row.ndim not in (1, 2):
         raise ValueError(
             f"attn_row must hold h_k*w_k = {h_k * w_k} values for key_size {key_size}, "
             f"got shape {tuple(row.shape)}"
         )
-    grid = row.reshape(1, 1, h_k, w_k)
-    resized = F.interpolate(grid, size=out_size, mode="bilinear", align_corners=True)
-    return resized[0, 0].numpy().astype(np.float32)
+    return grid_to_image(row.reshape(h_k, w_k), token_size, out_size).astype(np.float32)
+
+
+def _token_grid(token_size: tuple[int, int] | None, cells: tuple[int, int]) -> tuple[int, int]:
+    """The token grid a map of ``cells`` was pooled from (``None``: not pooled), checked."""
+    if token_size is None:
+        return cells
+    token_size = check_grid_size(token_size, "token_size")
+    if token_size[0] < cells[0] or token_size[1] < cells[1]:
+        raise ValueError(f"token_size {token_size} is smaller than the map's grid {cells}; it cannot be pooled from it")
+    return token_size
 
 
 def overlay_heatmap(
@@ -164,24 +182,23 @@ def attention_heatmap(
     return overlay_heatmap(heat, pixels, alpha=alpha, colormap=colormap)
 
 
-def _nearest_token(coordinate: float, n_tokens: int, n_pixels: int) -> int:
-    if n_tokens == 1 or n_pixels == 1:
-        return 0
-    return int(round(coordinate * (n_tokens - 1) / (n_pixels - 1)))
-
-
 def query_token_index(
-    point_xy: tuple[float, float], query_size: tuple[int, int], image_size: tuple[int, int]
+    point_xy: tuple[float, float],
+    query_size: tuple[int, int],
+    image_size: tuple[int, int],
+    token_size: tuple[int, int] | None = None,
 ) -> int:
-    """Row-major index of the query token nearest to pixel ``(x, y)`` of an image of ``(height, width)``."""
+    """Row-major index of the query cell under pixel ``(x, y)`` of an image of ``(height, width)``: the
+    nearest token, or with ``token_size`` (the grid ``query_size`` was pooled from) the cell holding it."""
     h_q, w_q = check_grid_size(query_size, "query_size")
     height, width = check_grid_size(image_size, "image_size")
+    tokens_h, tokens_w = _token_grid(token_size, (h_q, w_q))
     x, y = point_xy
     if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
         raise ValueError(
             f"point {point_xy} lies outside the image: x must be in [0, {width - 1}], y in [0, {height - 1}]"
         )
-    return _nearest_token(y, h_q, height) * w_q + _nearest_token(x, w_q, width)
+    return cell_under(y, tokens_h, h_q, height) * w_q + cell_under(x, tokens_w, w_q, width)
 
 
 def query_row(
@@ -201,21 +218,28 @@ def query_row(
 
 
 def aggregate_rows(
-    rows: Sequence[ArrayLike], key_sizes: Sequence[tuple[int, int]], out_size: tuple[int, int]
+    rows: Sequence[ArrayLike],
+    key_sizes: Sequence[tuple[int, int]],
+    out_size: tuple[int, int],
+    token_sizes: Sequence[tuple[int, int] | None] | None = None,
 ) -> np.ndarray:
     """Average attention rows of different key grids (layers, timesteps) on one ``out_size`` map, float32.
 
     Each row is first multiplied by its number of keys, so every layer is a density relative to uniform
     attention (uniform = 1 everywhere) and coarse layers do not dominate just because they have fewer keys.
+    ``token_sizes``: per row, the token grid it was pooled from (see :func:`upsample_attention`).
     """
     if not rows:
         raise ValueError("rows is empty: pass at least one attention row to aggregate")
     if len(rows) != len(key_sizes):
         raise ValueError(f"got {len(rows)} rows but {len(key_sizes)} key sizes; pass one key size per row")
+    token_sizes = [None] * len(rows) if token_sizes is None else list(token_sizes)
+    if len(token_sizes) != len(rows):
+        raise ValueError(f"got {len(rows)} rows but {len(token_sizes)} token sizes; pass one per row")
     total = np.zeros(check_grid_size(out_size, "out_size"), dtype=np.float64)
-    for row, key_size in zip(rows, key_sizes, strict=True):
+    for row, key_size, token_size in zip(rows, key_sizes, token_sizes, strict=True):
         h_k, w_k = check_grid_size(key_size, "key_size")
-        total += h_k * w_k * upsample_attention(row, key_size, out_size)
+        total += h_k * w_k * upsample_attention(row, key_size, out_size, token_size)
     return (total / len(rows)).astype(np.float32)
 
 
