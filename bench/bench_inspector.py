@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from leffa.app.callbacks import AppCallbacks, GenerationSettings, TryOnInputs
 from leffa.app.demo import DEMO_MODEL_DIR
@@ -39,6 +40,9 @@ from leffa.inspect.trace import Trace
 from train.synthetic.pose_examples import signed_to_uint8
 
 TASKS = ("virtual_tryon", "pose_transfer")
+#: A reference place is flat when its 5x5 neighbourhood varies by less than this (std, 8-bit levels).
+FLAT_STD = 6.0
+DEFAULT_MARK = "flow · default view (trained layers and timesteps): the ring, peaks"
 #: What a user runs: the CLI's and the page's defaults, attention recorded.
 STEPS, GUIDANCE = 30, 2.5
 
@@ -100,7 +104,7 @@ def score_run(trace: Trace, truth: np.ndarray, clicks: np.ndarray, stride: int) 
     def distances(marks: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         return np.hypot(*(np.asarray(marks, np.float64) - targets[rows]).T)
 
-    errors["flow · default view (trained layers and timesteps): the ring, peaks"] = distances(
+    errors[DEFAULT_MARK] = distances(
         [trace.flow_at((float(x), float(y)), *default) for x, y in zip(xs, ys)]
     )
     errors["flow · all layers, all timesteps"] = distances(_flow_pixels(trace, None, None)[ys, xs])
@@ -116,6 +120,24 @@ def score_run(trace: Trace, truth: np.ndarray, clicks: np.ndarray, stride: int) 
     for label, density in views.items():
         errors[label] = distances([_argmax(density(float(xs[i]), float(ys[i]))) for i in half], half)
     return errors
+
+
+def flat_places(reference: np.ndarray) -> np.ndarray:
+    """Where the reference (uint8 H × W × 3) is flat: every channel's 5x5 standard deviation below
+    :data:`FLAT_STD` (plain cloth or skin, where nothing but the position tells places apart)."""
+    values = reference.astype(np.float64)
+    mean = ndimage.uniform_filter(values, size=(5, 5, 1))
+    spread = np.sqrt(np.maximum(ndimage.uniform_filter(values**2, size=(5, 5, 1)) - mean**2, 0))
+    return spread.max(axis=-1) < FLAT_STD
+
+
+def by_place(errors: np.ndarray, reference: np.ndarray, truth: np.ndarray, clicks: np.ndarray, stride: int) -> dict[str, np.ndarray]:
+    """The default mark's errors split by what the true location shows: flat or textured reference."""
+    ys, xs = np.nonzero(clicks)
+    keep = (ys % stride == 0) & (xs % stride == 0)
+    target = np.round(truth[ys[keep], xs[keep]]).astype(int)
+    flat = flat_places(reference)[target[:, 1], target[:, 0]]
+    return {"flat reference": errors[flat], "textured reference": errors[~flat]}
 
 
 def border_attention(trace: Trace, clicks: np.ndarray) -> dict[str, float]:
@@ -156,20 +178,23 @@ def run(seeds: Sequence[int], stride: int, radius: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for task in TASKS:
             samples, truth, clicks = write_inputs(task, Path(folder))
-            errors, borders, per_seed = defaultdict(list), defaultdict(list), defaultdict(list)
+            errors, borders, per_seed, places = (defaultdict(list) for _ in range(4))
             for seed in seeds:
                 for index, paths in enumerate(samples):
                     recorded = generate(actions, task, paths, seed).trace
                     for label, values in score_run(recorded, truth[index], clicks[index], stride).items():
                         errors[label].append(values)
-                        if label.startswith("flow · default view"):
-                            per_seed[seed].append(values)
+                    default = errors[DEFAULT_MARK][-1]
+                    per_seed[seed].append(default)
+                    for label, values in by_place(default, recorded.reference, truth[index], clicks[index], stride).items():
+                        places[label].append(values)
                     for label, value in border_attention(recorded, clicks[index]).items():
                         borders[label].append(value)
                 print(f"{task}: seed {seed} done", file=sys.stderr, flush=True)
             results["tasks"][task] = {
                 "marks": {label: summarise(values, radius) for label, values in errors.items()},
                 "default view per seed": {str(seed): summarise(values, radius) for seed, values in per_seed.items()},
+                "default view by place": {label: summarise(values, radius) for label, values in places.items()},
                 "edge-row attention / uniform": {label: float(np.mean(values)) for label, values in borders.items()},
             }
     return results
@@ -198,6 +223,13 @@ def markdown(results: dict) -> str:
             for s in (task["default view per seed"][str(seed)] for task in tasks)
         ]
         lines.append(f"| seed {seed} | {' | '.join(cells)} |")
+    lines += ["", "| default view, by what the true place shows | try-on | pose |", "|---|---|---|"]
+    for label in tasks[0]["default view by place"]:
+        cells = [
+            f"{100 * s['hits']:.1f} % / {s['median']:.2f} px of {s['clicks']} clicks"
+            for s in (task["default view by place"][label] for task in tasks)
+        ]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     lines += ["", "| attention on the top + bottom key rows, × their share of keys | try-on | pose |", "|---|---|---|"]
     for label in tasks[0]["edge-row attention / uniform"]:
         values = [task["edge-row attention / uniform"][label] for task in tasks]

@@ -198,11 +198,12 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     assert f"point ({expected[0]}, {expected[1]}) of the result" in caption or any(
         f"point ({expected[0] + dx}, {expected[1] + dy}) of the result" in caption for dx in (-1, 1) for dy in (-1, 1)
     )
-    assert caption.startswith("all layers (average), all timesteps (average)") and "× uniform" in caption
-    assert _natural_size(browser, "#inspect-heatmap img") == SERVED_SIZE
+    assert caption.startswith("layers the Leffa loss trains, t = ") and "of the reference (ring): " in caption
+    margin = 2 * (min(SERVED_SIZE) // 12 + 2 * max(1, min(SERVED_SIZE) // 96) + 1)  # the frame keeping rings whole
+    assert _natural_size(browser, "#inspect-heatmap img") == (SERVED_SIZE[0] + margin, SERVED_SIZE[1] + margin)
     assert _shown_size(browser, "#inspect-heatmap img")[1] > 300
     scale_text = _text(browser, "inspect-scale")
-    assert "1× = uniform" in scale_text and "peak is" in scale_text and "relative to spreading evenly" in scale_text
+    assert "1× = uniform" in scale_text and "peak is" in scale_text and "left uncoloured" in scale_text
     assert "Near-uniform attention" in _text(browser, "flow-help")
     layer_captions = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#inspect-layers .caption-label")]
     assert layer_captions and all(re.match(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+: peak ", c) for c in layer_captions)
