@@ -140,25 +140,28 @@ def by_place(errors: np.ndarray, reference: np.ndarray, truth: np.ndarray, click
     return {"flat reference": errors[flat], "textured reference": errors[~flat]}
 
 
-def border_attention(trace: Trace, clicks: np.ndarray) -> dict[str, float]:
-    """Per layer (default timesteps): the attention share on the top and bottom key rows, over the clicked
-    region's queries, divided by those rows' share of the keys (1 = no preference); and the share of the
-    reference the default view's sinks cover."""
-    shares: dict[str, float] = {}
+def border_attention(trace: Trace, clicks: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Per layer (default timesteps), over the clicked region's queries: the attention share on the top and
+    bottom key rows divided by those rows' share of the keys (1 = no preference), and the correlation of the
+    query's row with the bottom row's part of that share (high: the split encodes the pixel's height). Also
+    the share of the reference the default view's sinks cover (``sink area``, no correlation)."""
+    shares: dict[str, tuple[float, float]] = {}
     labels = layer_labels(trace.layers, trace.token_sizes)
     height, width = trace.image_size
     for name in trace.layers:
         h, w = trace.map_sizes[name]
-        ratios = []
+        rows = np.round(np.arange(h) * (height - 1) / (h - 1)).astype(int)
+        columns = np.round(np.arange(w) * (width - 1) / (w - 1)).astype(int)
+        inside = clicks[rows][:, columns].ravel()
+        query_rows = np.repeat(np.arange(h), w)[inside]
+        ratios, correlations = [], []
         for t in trace.default_view.timesteps:
-            maps = trace.maps[(t, name)].double().numpy().reshape(-1, h, w)
-            rows = np.round(np.arange(h) * (height - 1) / (h - 1)).astype(int)
-            columns = np.round(np.arange(w) * (width - 1) / (w - 1)).astype(int)
-            inside = clicks[rows][:, columns].ravel()
-            edge = (maps[inside][:, 0].sum(-1) + maps[inside][:, -1].sum(-1)).mean()
-            ratios.append(edge / (2 / h))
-        shares[labels[name]] = float(np.mean(ratios))
-    shares["sink area"] = float(sink_mask(trace.everywhere(*trace.default_view)).mean())
+            maps = trace.maps[(t, name)].double().numpy().reshape(-1, h, w)[inside]
+            top, bottom = maps[:, 0].sum(-1), maps[:, -1].sum(-1)
+            ratios.append((top + bottom).mean() / (2 / h))
+            correlations.append(np.corrcoef(query_rows, bottom / (top + bottom))[0, 1])
+        shares[labels[name]] = (float(np.mean(ratios)), float(np.mean(correlations)))
+    shares["sink area"] = (float(sink_mask(trace.everywhere(*trace.default_view)).mean()), float("nan"))
     return shares
 
 
@@ -195,7 +198,9 @@ def run(seeds: Sequence[int], stride: int, radius: float) -> dict:
                 "marks": {label: summarise(values, radius) for label, values in errors.items()},
                 "default view per seed": {str(seed): summarise(values, radius) for seed, values in per_seed.items()},
                 "default view by place": {label: summarise(values, radius) for label, values in places.items()},
-                "edge-row attention / uniform": {label: float(np.mean(values)) for label, values in borders.items()},
+                "edge-row attention / uniform, height correlation": {
+                    label: [float(np.mean(column)) for column in zip(*values)] for label, values in borders.items()
+                },
             }
     return results
 
@@ -230,11 +235,20 @@ def markdown(results: dict) -> str:
             for s in (task["default view by place"][label] for task in tasks)
         ]
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    lines += ["", "| attention on the top + bottom key rows, × their share of keys | try-on | pose |", "|---|---|---|"]
-    for label in tasks[0]["edge-row attention / uniform"]:
-        values = [task["edge-row attention / uniform"][label] for task in tasks]
-        unit = "of the reference" if label == "sink area" else "×"
-        lines.append(f"| {label} | " + " | ".join(f"{value:.2f} {unit}" for value in values) + " |")
+    lines += [
+        "",
+        "| edge-row attention: top + bottom key rows, × their share of keys (correlation of the bottom part "
+        "with the clicked row) | try-on | pose |",
+        "|---|---|---|",
+    ]
+    key = "edge-row attention / uniform, height correlation"
+    for label in tasks[0][key]:
+        pairs = [task[key][label] for task in tasks]
+        if label == "sink area":
+            cells = [f"{area:.2f} of the reference" for area, _ in pairs]
+        else:
+            cells = [f"{ratio:.2f}× ({correlation:.2f})" for ratio, correlation in pairs]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
