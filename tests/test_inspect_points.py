@@ -84,7 +84,8 @@ def test_views_average_the_points_of_their_layers_and_timesteps():
     both = trace.flow_at(point, None, [400, 1])
     each = [trace.flow_at(point, name, t) for t in (400, 1) for name in trace.layers]
     assert both == pytest.approx(tuple(np.mean(each, axis=0)), abs=1e-5)
-    assert trace.keys(LAYER, [1, 900]) == [(900, LAYER), (1, LAYER)]
+    assert trace.keys(LAYER, [1, 900]) == [(900, LAYER), (1, LAYER)] == trace.keys([LAYER], [np.int64(1), 900])
+    assert trace.keys(LAYER, np.int64(1)) == [(1, LAYER)]
     with pytest.raises(ValueError, match="timestep 5 was not recorded"):
         trace.flow_at(point, None, [5])
     with pytest.raises(ValueError, match="at least one layer"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
@@ -64,7 +65,13 @@ def spread_timesteps(timesteps: Sequence[int], count: int) -> list[int]:
 
 
 def _as_list(choice: str | int | Sequence | None) -> list | None:
-    return None if choice is None else [choice] if isinstance(choice, (str, int)) else list(choice)
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        return [choice]
+    if isinstance(choice, Integral):
+        return [int(choice)]
+    return [int(item) if isinstance(item, Integral) else item for item in choice]
 
 
 @dataclass
