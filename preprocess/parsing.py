@@ -1,9 +1,13 @@
 """Human parsing with the released SCHP ATR and LIP ONNX models.
 
 The person image is parsed at 384x512 by both models. The ATR map is the result; LIP only serves to
-split ATR's "face" (which includes the neck) into face and neck. Pre/post-processing follows the
-released demo: the image is warped into the model's square input with an aspect-preserving affine
-map, the logits are upsampled and warped back, and small holes in the upper clothes are filled.
+split ATR's "face" (which includes the neck) into face and neck. Pre/post-processing reproduces the
+released demo exactly (measured against its output on seeded stand-in models,
+``../shared/reference/README.md`` §4b; ``tests/test_parsing.py`` checks the public cases): the image is
+warped into the model's square input with the released affine map, the logits are upsampled
+(``align_corners``) and warped back, and holes in the upper clothes are filled by the released rule.
+Hand-written where OpenCV's and torch's own calls cannot say it, because the released numerics are the
+specification here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 PARSE_WIDTH, PARSE_HEIGHT = 384, 512
@@ -89,45 +95,79 @@ class ParseResult:
         return Image.fromarray(_PREVIEW_COLOURS[self.labels])
 
 
-def schp_affine(width: int, height: int, out_width: int, out_height: int) -> np.ndarray:
-    """Affine map (2x3) from a `width`x`height` image into the `out_width`x`out_height` model input.
+def schp_affine(width: int, height: int, out_width: int, out_height: int, *, inverse: bool = False) -> np.ndarray:
+    """Affine map (2x3) from a ``width`` x ``height`` image into the ``out_width`` x ``out_height`` model input
+    (``inverse``: back), as the released demo builds it.
 
-    SCHP's convention: the box is the whole image ([0, 0, width-1, height-1]); its centre maps to the
-    input centre and its size is enlarged to the input's aspect ratio, then scaled to fit, so the
-    image is never distorted and is padded on the short side.
+    The box is the whole image, ``[0, 0, width - 1, height - 1]``, enlarged to the input's aspect ratio.
+    Three points fix the map: the box centre goes to the input centre ``((out_width - 1) / 2, (out_height -
+    1) / 2)``, the point half the box width above it to the point ``(out_width - 1) / 2`` above the input
+    centre, and the third point is the second turned 90° about the first. The released code writes ``- 1``
+    where the original SCHP does not (a scale of exactly 1 and a shift of 64 px for ATR on 384x512, not
+    1.00196 and 64.125); the points are float32, as there.
     """
-    box_width = max(width - 1.0, (height - 1.0) * out_width / out_height)
-    scale = out_width / box_width
-    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    return np.array(
-        [[scale, 0.0, out_width / 2.0 - scale * centre_x], [0.0, scale, out_height / 2.0 - scale * centre_y]],
-        dtype=np.float64,
-    )
+    box_width, box_height = width - 1.0, height - 1.0
+    aspect = out_width / out_height
+    if box_width > aspect * box_height:
+        box_height = box_width / aspect
+    else:
+        box_width = box_height * aspect
+    source = _triangle(((width - 1) / 2, (height - 1) / 2), box_width / 2)
+    target = _triangle(((out_width - 1) / 2, (out_height - 1) / 2), (out_width - 1) / 2)
+    return cv2.getAffineTransform(target, source) if inverse else cv2.getAffineTransform(source, target)
+
+
+def _triangle(centre: tuple[float, float], half: float) -> np.ndarray:
+    """float32 (3, 2): ``centre``, the point ``half`` above it, and that point turned 90° about the centre."""
+    first = np.array(centre, np.float32)
+    second = first + np.array([0, -half], np.float32)
+    offset = first - second
+    return np.stack([first, second, second + np.array([-offset[1], offset[0]], np.float32)])
 
 
 def upsample_align_corners(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (C, h, w) logits to (C, height, width) with corner pixels aligned.
-
-    Equals torch's `interpolate(mode="bilinear", align_corners=True)`, which SCHP uses.
-    """
-    rows = _linear_resize_axis(logits, height, axis=1)
-    return _linear_resize_axis(rows, width, axis=2)
+    """Bilinear resize of (C, h, w) float32 logits to (C, height, width), corner pixels aligned: torch's own
+    ``interpolate``, which the released demo calls (its rounding decides ties of the argmax)."""
+    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(logits))[None], size=(height, width),
+                            mode="bilinear", align_corners=True)
+    return resized[0].numpy()
 
 
 def fill_upper_clothes_holes(labels: np.ndarray, max_area: int = MAX_FILLED_HOLE_AREA) -> np.ndarray:
-    """Relabel as upper clothes every hole inside upper-clothes-or-arms of at most `max_area` pixels.
+    """The released demo's hole filling: holes inside upper clothes and arms become upper clothes, unless
+    their outline encloses more than ``max_area`` pixels.
 
-    A hole is a 4-connected region outside upper clothes and arms that does not touch the image
-    border. Parsers often leave logos or folds inside a shirt unlabelled; larger holes are real.
+    Step by step, on the map padded by one pixel of background: every background region that upper
+    clothes and arms enclose (not reached from the image corner) is filled, arms included, with upper
+    clothes. A filled hole (not upper clothes or arm before) is restored to its old labels when its outline
+    encloses more than ``max_area``: OpenCV traces it as a 32-bit label image, with the outline through the
+    pixels around the hole, so it encloses about the hole's pixels plus half its perimeter (holes of about
+    1,915-2,000 px are kept, not filled). The restored region is that filled outline, and where it covers an
+    arm pixel the released uint8 sum of the two masks wraps to 0: those arm pixels stay upper clothes.
+    (The released output fills every enclosed hole first, whatever the sizes of the garment's parts.)
     """
-    garment = np.isin(labels, (LABEL["upper_clothes"], LABEL["left_arm"], LABEL["right_arm"]))
-    _, components, stats, _ = cv2.connectedComponentsWithStats((~garment).astype(np.uint8), connectivity=4)
-    border = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= max_area)
-    holes = np.setdiff1d(small[small > 0], border)
-    filled = labels.copy()
-    filled[np.isin(components, holes)] = LABEL["upper_clothes"]
-    return filled
+    upper, arms = LABEL["upper_clothes"], (LABEL["left_arm"], LABEL["right_arm"])
+    padded = np.pad(labels, 1)
+    arm = np.isin(padded, arms).astype(np.uint8)
+    garment = ((padded == upper) | (arm == 1)).astype(np.uint8) * 255
+    closed = _fill_enclosed(garment)
+    filled = np.where(closed == 255, upper, padded).astype(np.uint8)
+    holes = ((closed == 255) & (garment == 0)).astype(np.int32) * 255
+    contours, _ = cv2.findContours(holes, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_TC89_L1)
+    restored = np.zeros_like(padded)
+    for index, contour in enumerate(contours):
+        if abs(cv2.contourArea(contour, True)) > max_area:
+            cv2.drawContours(restored, contours, index, color=255, thickness=-1)
+    keep = restored + arm  # uint8: 255 + 1 wraps to 0, as released
+    return np.where(keep != 0, padded, filled)[1:-1, 1:-1].astype(np.uint8)
+
+
+def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (uint8 0/255, its border background) with every background region not connected to the
+    top-left corner set to 255: flood fill from the corner, then the unreached background added."""
+    reached = mask.copy()
+    cv2.floodFill(reached, np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8), (0, 0), 255)
+    return mask | cv2.bitwise_not(reached)
 
 
 def add_neck(atr_labels: np.ndarray, lip_labels: np.ndarray) -> np.ndarray:
@@ -170,6 +210,7 @@ class SchpModel:
         """(C, H, W) float32 logits for a uint8 BGR image of shape (H, W, 3), in the image's frame."""
         height, width = bgr.shape[:2]
         forward = schp_affine(width, height, self.input_width, self.input_height)
+        inverse = schp_affine(width, height, self.input_width, self.input_height, inverse=True)
         warped = cv2.warpAffine(
             bgr,
             forward,
@@ -186,7 +227,6 @@ class SchpModel:
                 f"parsing model output 1 should hold (1, {self.num_classes}, h, w) logits, got {raw.shape}"
             )
         upsampled = upsample_align_corners(raw, self.input_height, self.input_width)
-        inverse = cv2.invertAffineTransform(forward)
         return np.stack(
             [
                 cv2.warpAffine(
@@ -240,15 +280,3 @@ def _providers(device: str) -> list:
         warnings.warn("onnxruntime has no CUDA provider here; human parsing runs on the CPU", stacklevel=3)
         return ["CPUExecutionProvider"]
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
-
-
-def _linear_resize_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Linear interpolation of `array` along `axis` to `size` samples, first and last samples aligned."""
-    length = array.shape[axis]
-    positions = np.linspace(0.0, length - 1.0, size) if size > 1 else np.zeros(1)
-    lower = np.floor(positions).astype(np.int64)
-    upper = np.minimum(lower + 1, length - 1)
-    weight_shape = [1] * array.ndim
-    weight_shape[axis] = size
-    weight = (positions - lower).astype(array.dtype).reshape(weight_shape)
-    return np.take(array, lower, axis=axis) * (1 - weight) + np.take(array, upper, axis=axis) * weight

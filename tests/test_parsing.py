@@ -88,13 +88,21 @@ def random_atr(tmp_path_factory):
     return SchpModel(path, 18, ATR, ["CPUExecutionProvider"], ort.SessionOptions())
 
 
-def _naive_schp_logits(session: ort.InferenceSession, bgr: np.ndarray, side: int) -> np.ndarray:
-    """The SCHP recipe spelt out: centre/scale box, three-point affine, torch upsampling, inverse warp."""
-    height, width = bgr.shape[:2]
+def _released_triangles(width: int, height: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The released demo's three points for a square input: the box centre, the point half the box above
+    it, and that point turned about the centre; on the input side the same with ``side - 1``."""
     centre = np.array([(width - 1) * 0.5, (height - 1) * 0.5], dtype=np.float32)
     box = max(width - 1, height - 1)
     src = np.float32([centre, centre + [0, -box * 0.5], centre + [-box * 0.5, -box * 0.5]])
-    dst = np.float32([[side * 0.5, side * 0.5], [side * 0.5, 0], [0, 0]])
+    half = (side - 1) * 0.5
+    dst = np.float32([[half, half], [half, 0], [0, 0]])
+    return src, dst
+
+
+def _naive_schp_logits(session: ort.InferenceSession, bgr: np.ndarray, side: int) -> np.ndarray:
+    """The released recipe spelt out: centre/scale box, three-point affine, torch upsampling, inverse warp."""
+    height, width = bgr.shape[:2]
+    src, dst = _released_triangles(width, height, side)
     forward = cv2.getAffineTransform(src, dst)
     inverse = cv2.getAffineTransform(dst, src)
     warped = cv2.warpAffine(bgr, forward, (side, side), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
@@ -118,16 +126,16 @@ def test_label_names_are_atr_plus_neck():
     assert (LABEL["left_shoe"], LABEL["right_shoe"], LABEL["bag"], LABEL["scarf"]) == (9, 10, 16, 17)
 
 
-def test_affine_matches_schp_three_point_construction():
+def test_affine_is_the_released_three_point_construction():
     for width, height in [(384, 512), (512, 300), (100, 100)]:
         for side in (ATR, LIP):
-            centre = np.float32([(width - 1) * 0.5, (height - 1) * 0.5])
-            box = max(width - 1, height - 1)
-            src = np.float32([centre, centre + [0, -box * 0.5], centre + [-box * 0.5, -box * 0.5]])
-            dst = np.float32([[side * 0.5, side * 0.5], [side * 0.5, 0], [0, 0]])
-            np.testing.assert_allclose(
-                schp_affine(width, height, side, side), cv2.getAffineTransform(src, dst), atol=1e-4
+            src, dst = _released_triangles(width, height, side)
+            assert np.array_equal(schp_affine(width, height, side, side), cv2.getAffineTransform(src, dst))
+            assert np.array_equal(
+                schp_affine(width, height, side, side, inverse=True), cv2.getAffineTransform(dst, src)
             )
+    # ATR on the 384x512 parse frame: scale exactly 1 and a shift of 64 px (the original SCHP: 1.00196, 64.125)
+    np.testing.assert_allclose(schp_affine(384, 512, ATR, ATR), [[1, 0, 64], [0, 1, 0]], atol=1e-12)
 
 
 def test_affine_round_trip_is_identity_on_a_non_square_image():
@@ -136,7 +144,7 @@ def test_affine_round_trip_is_identity_on_a_non_square_image():
     smooth = cv2.resize(coarse, (384, 512), interpolation=cv2.INTER_LINEAR)
     forward = schp_affine(384, 512, ATR, ATR)
     square = cv2.warpAffine(smooth, forward, (ATR, ATR), flags=cv2.INTER_LINEAR)
-    back = cv2.warpAffine(square, cv2.invertAffineTransform(forward), (384, 512), flags=cv2.INTER_LINEAR)
+    back = cv2.warpAffine(square, schp_affine(384, 512, ATR, ATR, inverse=True), (384, 512), flags=cv2.INTER_LINEAR)
     inner = (slice(4, -4), slice(4, -4))
     np.testing.assert_allclose(back[inner], smooth[inner], atol=0.02)
     # The person fills the square's height; the sides are padding.
@@ -148,7 +156,7 @@ def test_upsample_align_corners_matches_torch():
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(logits)[None], size=(31, 20), mode="bilinear", align_corners=True
     )[0].numpy()
-    np.testing.assert_allclose(upsample_align_corners(logits, 31, 20), expected, atol=1e-5)
+    assert np.array_equal(upsample_align_corners(logits, 31, 20), expected)  # torch's own rounding
 
 
 def test_model_logits_match_the_naive_recipe(random_atr):
@@ -180,13 +188,50 @@ def test_hole_filling_fills_small_holes_only():
     assert (filled[150:350, 300:330] == LABEL["left_arm"]).all()
 
 
-def test_hole_exactly_at_the_limit_is_filled():
+def _disk(radius: float, centre: tuple[int, int]) -> np.ndarray:
+    rows, columns = np.mgrid[:512, :384]
+    return (rows - centre[1]) ** 2 + (columns - centre[0]) ** 2 <= radius**2
+
+
+def test_the_size_limit_is_on_the_holes_outline_not_its_pixels():
+    """OpenCV traces a hole's outline around its pixels (as the released code has it trace a 32-bit image):
+    a round hole of 1,925 px has an outline of 2,008 and is kept; one of 1,885 px (outline 1,975) is filled."""
     labels = np.full((512, 384), LABEL["upper_clothes"], np.uint8)
-    labels[10:50, 10:60] = 0  # 2000 px
-    labels[100:141, 10:60] = 0  # 2050 px
+    kept, filled_disk = _disk(24.75, (100, 100)), _disk(24.5, (250, 300))
+    assert (kept.sum(), filled_disk.sum()) == (1925, 1885)
+    labels[kept] = LABEL["hat"]
+    labels[filled_disk] = 0
+    labels[400:443, 10:54] = 0  # 43 x 44 = 1,892 px: filled
+    labels[440:485, 200:245] = 0  # 45 x 45 = 2,025 px: kept
+    result = fill_upper_clothes_holes(labels)
+    assert (result[kept] == LABEL["hat"]).all() and (result[440:485, 200:245] == 0).all()
+    assert (result[filled_disk] == LABEL["upper_clothes"]).all()
+    assert (result[400:443, 10:54] == LABEL["upper_clothes"]).all()
+    assert (result != labels).sum() == 1885 + 1892
+
+
+def test_enclosed_regions_are_filled_whatever_the_garment_parts_sizes():
+    """A small arm-labelled ring (a marker on the face) closes over what it encloses, as released."""
+    labels = np.zeros((512, 384), np.uint8)
+    labels[300:330, 100:130] = LABEL["upper_clothes"]  # a small garment part only
+    labels[90:110, 190:210] = LABEL["left_arm"]
+    labels[93:107, 193:207] = LABEL["hat"]  # enclosed by the ring: becomes upper clothes
     filled = fill_upper_clothes_holes(labels)
-    assert (filled[10:50, 10:60] == LABEL["upper_clothes"]).all()
-    assert (filled[100:141, 10:60] == 0).all()
+    assert (filled[93:107, 193:207] == LABEL["upper_clothes"]).all()
+
+
+def test_arm_pixels_under_a_kept_holes_outline_become_upper_clothes():
+    """The released keep-mask is the uint8 sum of the kept outline (255) and the arm mask (1): where both
+    are set it wraps to 0, so the arm pixels the hole's drawn outline covers are taken from the filled map
+    (a plain union would keep them arms)."""
+    labels = np.full((512, 384), LABEL["upper_clothes"], np.uint8)
+    labels[99:151, 99:151] = LABEL["left_arm"]  # an arm ring around ...
+    labels[100:150, 100:150] = 0  # ... a 2500 px hole: kept
+    filled = fill_upper_clothes_holes(labels)
+    assert (filled[100:150, 100:150] == 0).all()
+    # OpenCV's outline polygon (CHAIN_APPROX_TC89_L1) covers the ring's top row, not its right column
+    assert (filled[99, 100:150] == LABEL["upper_clothes"]).all()
+    assert (filled[99:151, 150] == LABEL["left_arm"]).all()
 
 
 def test_neck_is_atr_face_outside_lip_face():
