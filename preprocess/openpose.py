@@ -3,7 +3,10 @@
 The network and its peak/limb grouping are controlnet_aux's body estimator, loaded from the local
 `openpose/body_pose_model.pth` (never from the hub). This module turns its output into the released
 convention (18 COCO keypoints `[x, y]`, missing = [0, 0]) for one person: when several are found,
-the one whose keypoints span the largest box, not merely the first found.
+the one whose keypoints span the largest box. A deliberate difference: the released demo takes the first
+person found (`subset[0]`) and re-indexes the candidates in a way that, with two people or stray peaks
+ahead of the person's own, mixes people; for one person the two agree exactly (tested against the released
+output in `tests/test_preprocess_parity.py`).
 """
 
 from __future__ import annotations
