@@ -236,11 +236,11 @@ def test_error_messages_read_as_plain_text(browser, served, tmp_path):
     _shot(browser, "6-error")
     assert toast.text == "holiday.jpg is not an image file PIL can read (PNG, JPEG, WebP, ...)"
 
-    # A message of several lines (missing preprocessing weights: the tiny model has none) keeps its lines.
+    # A message of several lines (the tiny model cannot preprocess a photo) keeps its lines.
     browser.find_element(By.CSS_SELECTOR, "[data-testid='toast-close']").click()
     _upload(browser, "tryon-garment", runtime.tryon_examples[0].garment)
     browser.find_element(By.ID, "make-mask").click()
     toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
     lines = toast.text.splitlines()
-    assert lines[0].startswith("weights for task 'parsing' are missing from ") and len(lines) >= 4
-    assert lines[-1].strip().startswith("python -m leffa download parsing") and "<br>" not in toast.text
+    assert lines[0].startswith("the built-in demo model cannot preprocess photos") and len(lines) == 5
+    assert lines[3].strip().startswith("python -m leffa download virtual_tryon") and "<br>" not in toast.text

@@ -180,6 +180,9 @@ def test_try_on_in_one_click_reports_progress_and_reproduces_with_its_seed(actio
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     texts = [text for _, text in reports]
     assert "denoising step 1/2" in texts and "denoising step 2/2" in texts and texts[-1] == "done (seed 7)"
+    # the percentage beside a step count is that count's: step 1 of 2 is 50 %
+    assert reports[texts.index("denoising step 1/2")][0] == 0.5
+    assert all(fraction == 0.0 for fraction, text in reports if text.startswith(("preprocessing", "inputs")))
     assert first.image.size == (120, 200) and first.raw.size == SIZE
     again = actions.try_on(_inputs(_photo(120, 200)), FAST)
     assert np.array_equal(np.asarray(first.raw), np.asarray(again.raw))

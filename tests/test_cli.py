@@ -138,8 +138,45 @@ def test_trace_point_outside_the_result_fails_that_pair(tiny, tmp_path, capsys):
         "trace", str(person), str(person), "--mask", str(mask), "--densepose", str(person), "--tiny",
         "-o", str(tmp_path / "out"), "--point", "500,5", *FAST,
     ])
-    assert code == EXIT_ERROR
+    assert code == EXIT_USAGE  # found before any model loads
     assert "outside the result image of 96x128" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _no_model(**options):
+    raise AssertionError("no model may load before the inputs are checked")
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "missing"),
+    [
+        (["tryon"], [], "--mask and --densepose"),
+        (["tryon"], ["--mask", "MASK"], "--densepose"),
+        (["pose-transfer"], [], "--densepose"),
+        (["trace", "--point", "1,1"], ["--densepose", "IMAGE"], "--mask"),
+        (["trace", "--task", "pose-transfer"], [], "--densepose"),
+    ],
+)
+def test_the_tiny_model_asks_for_mask_and_densepose_before_loading(command, given, missing, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "tiny_runtime", _no_model)
+    image = write_block_image(tmp_path / "p.png")
+    given = [str(image) if value in ("MASK", "IMAGE") else value for value in given]
+    with pytest.raises(SystemExit) as info:
+        main([*command, str(image), str(image), *given, "--tiny", "-o", str(tmp_path / "out")])
+    assert info.value.code == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "the built-in tiny model (--tiny) has no preprocessing models" in error and f"give {missing}" in error
+
+
+def test_the_tiny_model_needs_every_pairs_mask_and_densepose(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "tiny_runtime", _no_model)
+    for name in ("p.png", "g.png", "d.png"):
+        write_block_image(tmp_path / name)
+    (tmp_path / "pairs.txt").write_text("p.png g.png - d.png\n")
+    code = main(["tryon", "--pairs", str(tmp_path / "pairs.txt"), "--tiny", "-o", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "give every pair its mask and densepose in the pairs file; missing for p.png + g.png" in error
 
 
 def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, capsys):
@@ -181,7 +218,8 @@ def test_bad_arguments_exit_with_2(arguments, message, capsys):
 
 
 def test_missing_input_file_is_a_runtime_error(tmp_path, capsys):
-    code = main(["tryon", str(tmp_path / "nobody.png"), str(tmp_path / "g.png"), "--tiny"])
+    mask = str(write_block_image(tmp_path / "m.png", mode="L"))
+    code = main(["tryon", str(tmp_path / "nobody.png"), str(tmp_path / "g.png"), "--tiny", "--mask", mask, "--densepose", mask])
     assert code == EXIT_ERROR
     assert f"input not found: {tmp_path / 'nobody.png'}" in capsys.readouterr().err
 
@@ -240,6 +278,13 @@ def test_pairs_file_errors(tmp_path):
         jobs_from_pairs_file(pairs, ())
     pairs.write_text("# nothing\n")
     with pytest.raises(BatchInputError, match="lists no pairs"):
+        jobs_from_pairs_file(pairs, ())
+    # Windows editors start UTF-8 files with a byte-order mark: it is not part of the first path
+    pairs.write_bytes("\ufeffa.png a.png\n".encode())
+    (job,) = jobs_from_pairs_file(pairs, ())
+    assert job.first == tmp_path / "a.png"
+    pairs.write_bytes("a.png caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(BatchInputError, match=r"pairs.txt is not UTF-8 text \(byte 10 cannot be decoded\); save it as UTF-8"):
         jobs_from_pairs_file(pairs, ())
 
 

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 import leffa.app.runtime
+from leffa.app.callbacks import AppCallbacks, TryOnInputs
 from leffa.app.runtime import (
     TryOnExample, demo_example_files, demo_pose_example_files, downloads_possible, model_size, pick_dtype,
     released_runtime, single_model_runtime, tiny_runtime,
 )
-from leffa.app.service import ModelStore
+from leffa.app.service import ModelStore, PreprocessingUnavailableError
 
 
 def _image(path):
@@ -93,6 +94,25 @@ def test_single_model_runtime_serves_every_task(tiny_model, tmp_path):
     assert store.size("pose_transfer") == (48, 64)
     poses = [(e.person.name, e.target.name, e.densepose.name) for e in runtime.pose_examples]
     assert poses == [("p_0.png", "p_1.png", "d_1.png"), ("p_1.png", "p_2.png", "d_2.png")]
+
+
+def test_the_tiny_runtime_says_it_cannot_preprocess_photos(tiny_model, tmp_path, monkeypatch):
+    """Even with preprocessing weights in ./ckpts, the demo model does not preprocess: the message says what
+    is true and both ways on, and no weights are looked for."""
+    monkeypatch.chdir(tmp_path)
+    actions = AppCallbacks(single_model_runtime(tiny_model, (48, 64), []).store)
+    photo = _image(tmp_path / "person.png")
+    for run in (
+        lambda: actions.make_mask(TryOnInputs(photo, photo)),
+        lambda: actions.make_mask(TryOnInputs(photo, photo, mask=photo)),
+        lambda: actions.pose_transfer(photo, photo),
+    ):
+        with pytest.raises(PreprocessingUnavailableError) as raised:
+            run()
+        message = str(raised.value)
+        assert message.startswith("the built-in demo model cannot preprocess photos: it has no human parsing")
+        assert "--mask and --densepose" in message and "python -m leffa download virtual_tryon" in message
+        assert "are missing" not in message
 
 
 def test_demo_example_files_name_each_part(tmp_path):

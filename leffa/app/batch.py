@@ -113,11 +113,23 @@ def _fields(line: str, where: str) -> list[str]:
         raise BatchInputError(f"{where}: {str(error).lower()} in {line.strip()!r}; close the quote") from None
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file, a byte-order mark at its start ignored (editors on Windows write one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BatchInputError(
+            f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise BatchInputError(f"{path} is a folder, not a pairs file") from None
+
+
 def jobs_from_pairs_file(pairs: Path, extra_names: Sequence[str], root: Path | None = None) -> list[Job]:
     """Pairs from a pairs file: ``first second [extras in the order of extra_names]`` per line."""
     root = root or _existing(pairs, "pairs file").parent
     found = []
-    for number, line in enumerate(_existing(pairs, "pairs file").read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(_existing(pairs, "pairs file")).splitlines(), start=1):
         fields = _fields(line, f"{pairs}:{number}")
         if not fields:
             continue

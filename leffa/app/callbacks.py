@@ -30,7 +30,6 @@ MASK_ALPHA_THRESHOLD = 32
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
-_PREPARE_SHARE = 0.2
 _NO_TRACE = (
     "this result was generated without recording attention; tick 'Record attention for the inspector' "
     "and generate again"
@@ -144,7 +143,8 @@ def _fingerprint(*parts: Any) -> str:
 
 
 class _Progress:
-    """Maps preparation and denoising steps onto one progress bar."""
+    """One progress bar: preprocessing reports what it does at 0 %, then the bar follows the denoising
+    steps (step 10 of 30 is 33 %), so the percentage and the step count shown beside it agree."""
 
     def __init__(self, report: ProgressCallback | None) -> None:
         self.report = report
@@ -159,7 +159,7 @@ class _Progress:
         self(self.fraction, text)
 
     def step(self, index: int, total: int, _timestep: int) -> None:
-        self(_PREPARE_SHARE + (1 - _PREPARE_SHARE) * index / total, f"denoising step {index}/{total}")
+        self(index / total, f"denoising step {index}/{total}")
 
 
 def editor_value(prepared: Prepared, size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -247,7 +247,7 @@ class AppCallbacks:
             size=model_size(self.store, inputs.model_type, inputs.resolution), status=tracker.status,
         )
         _require_masked(prepared.mask)
-        tracker(_PREPARE_SHARE, "inputs ready")
+        tracker(0.0, "inputs ready")
         return MaskStep(prepared, inputs.fingerprint())
 
     def try_on(
@@ -298,7 +298,7 @@ class AppCallbacks:
         return self._generate(prepared, arguments, tracker)
 
     def _generate(self, prepared: Prepared, arguments: dict[str, Any], tracker: _Progress) -> Generation:
-        tracker(_PREPARE_SHARE, "denoising")
+        tracker(0.0, "denoising")
         service = self.poses if prepared.model_key == POSE_MODEL else self.tryon
         generation = service.generate(prepared, callback=tracker.step, status=tracker.status, **arguments)
         tracker(1.0, f"done (seed {generation.seed})")

@@ -110,9 +110,15 @@ def _download(names: list[str], root: Path) -> Exception | None:
 
 
 def _missing_message(task: str, root: Path, missing: list[str], cause: Exception | None) -> str:
+    """Which files are missing, and the way on: the download command, or, when the download itself just
+    failed, what to check and how to get the files by hand (running the same command again would fail)."""
     listed = "\n".join(f"  - {root / FILES[name]}" for name in missing)
-    reason = f"\nDownload failed: {cause}" if cause is not None else ""
-    return (
-        f"weights for task {task!r} are missing from {root}:\n{listed}{reason}\n"
-        f"Download them (from the Hugging Face repo {REPO_ID}) with:\n  {download_command(task, root)}"
+    head = f"weights for task {task!r} are missing from {root}:\n{listed}\n"
+    if cause is None:
+        return head + f"Download them (from the Hugging Face repo {REPO_ID}) with:\n  {download_command(task, root)}"
+    return head + (
+        f"Downloading them from the Hugging Face repo {REPO_ID} failed: {cause}\n"
+        "Check that this machine reaches huggingface.co (or your mirror in HF_ENDPOINT) and that "
+        "HF_HUB_OFFLINE is not set, then try again; or copy the files above by hand from "
+        f"https://huggingface.co/{REPO_ID}/tree/main into {root} (files already there are kept)."
     )

@@ -38,6 +38,14 @@ EXIT_CODES = (
     "130 interrupted (Ctrl-C)"
 )
 _OVERWRITE_HINT = "pass --overwrite to replace it, or choose another output"
+_TINY_EXTRAS = (
+    "the built-in tiny model (--tiny) has no preprocessing models, so it cannot make a mask or DensePose from "
+    "a photo"
+)
+
+
+class UsageError(ValueError):
+    """The command cannot run as asked (found before any model loads); exit code 2, like bad arguments."""
 _DEFAULT_OUT = Path("outputs")
 
 
@@ -164,10 +172,29 @@ def _refuse_existing_outputs(args: argparse.Namespace, jobs: Sequence[Job]) -> N
         )
 
 
+def _extras(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("densepose",) if args.task == "pose-transfer" else ("mask", "densepose")
+
+
+def _check_jobs(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
+    """Before any model loads: the tiny model needs every pair's mask and DensePose, and trace points must
+    lie inside each result."""
+    if args.tiny:
+        lacking = [job for job in jobs if any(name not in job.extras for name in _extras(args))]
+        if lacking:
+            names = ", ".join(f"{job.first.name} + {job.second.name}" for job in lacking[:3])
+            more = f" (and {len(lacking) - 3} more)" if len(lacking) > 3 else ""
+            columns = " and ".join(_extras(args))
+            raise UsageError(f"{_TINY_EXTRAS}: give every pair its {columns} in the pairs file; missing for {names}{more}")
+    if args.command == "trace":
+        for job in jobs:
+            _trace_points(args, job)
+
+
 def _run_batch(args: argparse.Namespace, work: Work) -> int:
-    extras = ("densepose",) if args.task == "pose-transfer" else ("mask", "densepose")
-    jobs = _jobs(args, extras)
+    jobs = _jobs(args, _extras(args))
     _refuse_existing_outputs(args, jobs)
+    _check_jobs(args, jobs)
     actions = AppCallbacks(_runtime(args).store)
     report = run_jobs(
         jobs, lambda job: work(actions, job), args.out_dir, fatal=(MissingWeightsError,), stdout=sys.stdout,
@@ -222,7 +249,7 @@ def _trace_points(args: argparse.Namespace, job: Job) -> list[tuple[float, float
     points = args.point or [((width - 1) / 2, (height - 1) / 2)]
     for x, y in points:
         if not (x < width and y < height):
-            raise ValueError(
+            raise UsageError(
                 f"point ({x:g}, {y:g}) lies outside the result image of {width}x{height} pixels; give X below "
                 f"{width} and Y below {height}"
             )
@@ -468,6 +495,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"{args.command}: with --pairs, put masks and DensePose in the pairs file's columns")
     if args.task == "pose-transfer" and getattr(args, "mask", None) is not None:
         parser.error(f"{args.command}: --mask is for try-on; pose transfer takes --densepose only")
+    if args.tiny and args.pairs is None:
+        missing = [f"--{name}" for name in _extras(args) if getattr(args, name, None) is None]
+        if missing:
+            parser.error(f"{args.command}: {_TINY_EXTRAS}: give {' and '.join(missing)}")
     try:
         _settings(args).checked()
     except ValueError as error:
@@ -482,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

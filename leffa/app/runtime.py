@@ -115,6 +115,7 @@ def single_model_runtime(
         models[POSE_MODEL] = pose_model
     store = ModelStore(
         None, device=model.device, dtype=model.dtype, leffa_models=models, sizes={key: size for key in keys},
+        preprocessing=False,
     )
     poses = _poses_of(examples) if pose_examples is None else pose_examples
     return Runtime(store, True, crossed(examples), poses, notice, frozenset(untrained))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.app.checkpoints import ensure_files
+from leffa.app.checkpoints import MissingWeightsError, download_command, ensure_files
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
@@ -41,6 +41,24 @@ POSE_MODEL = "pose_transfer"
 StatusCallback = Callable[[str], None]
 
 
+class PreprocessingUnavailableError(MissingWeightsError):
+    """The model in use has no preprocessing models (the built-in demo model), so a photo needs its own mask
+    and DensePose."""
+
+
+def no_preprocessing_message(ckpt_dir: str | Path = "ckpts") -> str:
+    """What is true when the built-in demo model is asked to preprocess a photo, and the two ways on."""
+    return (
+        "the built-in demo model cannot preprocess photos: it has no human parsing, OpenPose or DensePose "
+        "model to make a mask and DensePose from a photo.\n"
+        "Give it your own: under 'Your own mask / DensePose' on the page (try-on: both; pose transfer: the "
+        "target's DensePose), or --mask and --densepose on the command line; the examples bring theirs.\n"
+        "Or use the released models, which include the preprocessing ones (try-on: about 8 GB):\n"
+        f"  {download_command('virtual_tryon', ckpt_dir)}\n"
+        "and start without --tiny."
+    )
+
+
 class ModelStore:
     """Lazily loaded models shared by the services; each is loaded at most once.
 
@@ -48,7 +66,9 @@ class ModelStore:
     the built-in demo model; other keys load the released weights from ``ckpt_dir`` (downloaded there on
     first use when ``download`` is true). ``offload`` keeps the Leffa models on the CPU between calls and
     moves the one in use to ``device`` for the length of a generation (for devices short of memory). ``speed``
-    is applied to each Leffa model loaded from ``ckpt_dir`` (:mod:`leffa.core.speed`).
+    is applied to each Leffa model loaded from ``ckpt_dir`` (:mod:`leffa.core.speed`). ``preprocessing=False``
+    (the built-in demo model) has no parsing, OpenPose or DensePose models: asking for one raises
+    :class:`PreprocessingUnavailableError` instead of looking for weights.
     """
 
     def __init__(
@@ -62,8 +82,10 @@ class ModelStore:
         sizes: dict[str, tuple[int, int]] | None = None,
         offload: bool = False,
         speed: SpeedOptions | None = None,
+        preprocessing: bool = True,
     ) -> None:
         self.ckpt_dir = ckpt_dir
+        self.preprocessing = preprocessing
         self.speed = speed
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -73,6 +95,11 @@ class ModelStore:
         self._pipelines = {key: LeffaPipeline(model) for key, model in (leffa_models or {}).items()}
         self._models: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def _preprocessor(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
+        if not self.preprocessing:
+            raise PreprocessingUnavailableError(no_preprocessing_message())
+        return self._get(key, build, status)
 
     def _get(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
         with self._lock:
@@ -124,7 +151,7 @@ class ModelStore:
             device = "cuda" if self.device.type == "cuda" else "cpu"
             return HumanParser(files["parsing_atr"], files["parsing_lip"], device=device)
 
-        return self._get("human parsing", build, status)
+        return self._preprocessor("human parsing", build, status)
 
     def openpose(self, status: StatusCallback | None = None):
         from preprocess.openpose import OpenPoseDetector
@@ -133,7 +160,7 @@ class ModelStore:
             files = ensure_files("openpose", self.ckpt_dir, download=self.download)
             return OpenPoseDetector(files["openpose"], device=str(self.device))
 
-        return self._get("openpose", build, status)
+        return self._preprocessor("openpose", build, status)
 
     def densepose(self, status: StatusCallback | None = None):
         from preprocess.densepose import DensePoseModel
@@ -142,7 +169,7 @@ class ModelStore:
             files = ensure_files("densepose", self.ckpt_dir, download=self.download)
             return DensePoseModel.from_checkpoint(files["densepose_weights"], device=self.device)
 
-        return self._get("densepose", build, status)
+        return self._preprocessor("densepose", build, status)
 
     def describe(self) -> str:
         """Which models are loaded, and where (for the app's status note)."""
