@@ -284,7 +284,7 @@ def test_pairs_file_errors(tmp_path):
     (job,) = jobs_from_pairs_file(pairs, ())
     assert job.first == tmp_path / "a.png"
     pairs.write_bytes("a.png caf\xe9.png\n".encode("latin-1"))
-    with pytest.raises(BatchInputError, match=r"pairs.txt is not UTF-8 text \(byte 10 cannot be decoded\); save it as UTF-8"):
+    with pytest.raises(BatchInputError, match=r"pairs.txt is not UTF-8 text \(byte 9 cannot be decoded\); save it as UTF-8"):
         jobs_from_pairs_file(pairs, ())
 
 
