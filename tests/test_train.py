@@ -186,6 +186,30 @@ def test_cli_reports_config_errors_and_exits_2(capsys):
     assert "unknown config key optim.lr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("data:\n  type: vitonhd\n  root: MISSING\n", "error: missing folder MISSING; expected VITON-HD layout"),
+        (
+            "model:\n  base: tiny\n  init: checkpoint\n  init_path: MISSING/init.safetensors\n"
+            "data:\n  type: synthetic\n  size: [64, 48]\n  length: 4\n",
+            "error: checkpoint not found: MISSING/init.safetensors",
+        ),
+    ],
+)
+def test_cli_reports_a_missing_data_root_or_init_checkpoint_in_one_line(tmp_path, capsys, section, message):
+    missing = str(tmp_path / "nowhere")
+    config = tmp_path / "config.yaml"
+    base = "" if "model:" in section else "model:\n  base: tiny\n"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\n{base}{section.replace('MISSING', missing)}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(message.replace("MISSING", missing)) and error.count("\n") == 1, error
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------- steps
 
 

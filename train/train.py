@@ -509,11 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.override)
-    except (FileNotFoundError, ConfigError) as error:
+        # Building the trainer reads the data and the init checkpoint: a missing folder or file, or weights
+        # that do not fit, are the user's setup as much as the config is, and get the same one-line answer.
+        trainer = Trainer(config)
+        if args.resume:
+            trainer.resume(args.resume)
+    except (OSError, ValueError, ConfigError) as error:
         parser.exit(2, f"error: {error}\n")
-    trainer = Trainer(config)
-    if args.resume:
-        trainer.resume(args.resume)
     trainer.fit()
     return 0
 
