@@ -22,7 +22,8 @@ from gradio.utils import get_upload_folder
 
 from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
 from leffa.app.callbacks import (
-    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, editor_value, mask_from_editor,
+    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, checked_flag, editor_value,
+    mask_from_editor,
 )
 from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
@@ -354,7 +355,8 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         def make_mask(person=None, garment=None, model_type=None, category=None, resolution=None,
                       garment_png=None, mask=None, densepose=None, progress=gr.Progress()):
             inputs = TryOnInputs(
-                person, garment, model_type, category, mask, densepose, garment_png, resolution
+                person, garment, model_type, category, mask, densepose, checked_flag(garment_png, "garment_png"),
+                resolution,
             )
             step = actions.make_mask(inputs, _reporter(progress))
             editable = editor_value(step.prepared, tryon.editor_size)
@@ -367,7 +369,8 @@ def build_app(runtime: Runtime) -> gr.Blocks:
                    seed=None, ref_acceleration=None, record_attention=None, mask_step=None, edited_mask=None,
                    recorded=None, progress=gr.Progress()):
             inputs = TryOnInputs(
-                person, garment, model_type, category, mask, densepose, garment_png, resolution
+                person, garment, model_type, category, mask, densepose, checked_flag(garment_png, "garment_png"),
+                resolution,
             )
             settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint)
             generation = actions.try_on(
@@ -434,7 +437,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             api_visibility="private",
         )
         # Clients cannot send a click, so the API takes the point (result pixels) through a hidden button.
-        point_x, point_y = gr.Number(visible=False), gr.Number(visible=False)
+        point_x, point_y = RawNumber(visible=False), RawNumber(visible=False)
         gr.Button(visible=False).click(
             inspect_point, [point_x, point_y, *selection, recorded_state], [point_state, *inspector.outputs],
             api_name="inspect",

@@ -17,6 +17,7 @@ import gradio as gr
 from gradio.components.image_editor import EditorData
 from gradio.data_classes import FileData
 from gradio.processing_utils import save_bytes_to_cache
+from pydantic import ValidationError
 
 
 def _saved(data: bytes | None, cache_dir: str, name: str) -> str | None:
@@ -40,6 +41,22 @@ class UploadedImage(gr.Image):
         return None if payload.path is None else str(payload.path)
 
 
+class CheckedEditorData(EditorData):
+    """The editor's value as Gradio models it, but anything that is not such a value (an API client's
+    string, number or list) gets the project's message instead of Gradio's generic error."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> CheckedEditorData:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError:
+            raise gr.Error(
+                "edited_mask must be the mask editor's value, a dict with 'background', 'layers' (image files) "
+                f"and 'composite', or None for no edit; got {obj!r:.80}",
+                print_exception=False,
+            ) from None
+
+
 class MaskEditor(gr.ImageEditor):
     """The mask editor; its painted layers reach the callback as file paths (decoded by the library).
 
@@ -48,6 +65,7 @@ class MaskEditor(gr.ImageEditor):
     """
 
     is_template = True
+    data_model = CheckedEditorData
 
     def preprocess(self, payload: EditorData | None) -> dict[str, Any] | None:
         if payload is None:

@@ -68,7 +68,7 @@ def write_inputs(task: str, folder: Path) -> tuple[list[dict[str, Path]], np.nda
 
 def generate(actions: AppCallbacks, task: str, paths: dict[str, Path], seed: int) -> Generation:
     """One recorded run as the app and the CLI make it (pose transfer: person = the reference appearance)."""
-    settings = GenerationSettings(STEPS, GUIDANCE, seed, inspect=True)
+    settings = GenerationSettings(STEPS, GUIDANCE, seed, record_attention=True)
     if task == "pose_transfer":
         return actions.pose_transfer(
             paths["reference"], paths["person"], densepose=paths["densepose"], resolution="full", settings=settings

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from leffa.app.callbacks import (
-    MASK_ALPHA_THRESHOLD, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note, editor_value,
-    mask_from_editor,
+    MASK_ALPHA_THRESHOLD, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note, checked_flag,
+    checked_point, editor_value, mask_from_editor,
 )
 from leffa.app.inspector import (
     ALL, TRAINED, attention_row, colour_scale, display_to_model, dotted_outline, heatmap_over, layer_labels,
@@ -60,9 +60,9 @@ def _inputs(person=None, garment=None, **options) -> TryOnInputs:
 
 # ------------------------------------------------------------------------------------------ settings
 def test_settings_accept_whole_floats_from_number_widgets():
-    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=True, inspect=True)
+    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=True, record_attention=True)
     checked = settings.checked()
-    expected = dict(steps=30, guidance=2.0, seed=-1, ref_acceleration=True, repaint=False, inspect=True)
+    expected = dict(steps=30, guidance=2.0, seed=-1, ref_acceleration=True, repaint=False, record_attention=True)
     assert checked == expected
     assert isinstance(checked["steps"], int) and isinstance(checked["seed"], int)
 
@@ -84,7 +84,7 @@ def test_settings_accept_whole_floats_from_number_widgets():
         (GenerationSettings(guidance=None), "guidance must be a number, got None"),
         (GenerationSettings(guidance=float("nan")), "guidance must be a finite number, got nan"),
         (GenerationSettings(repaint="no"), "repaint must be true or false, got 'no'"),
-        (GenerationSettings(inspect=1), "inspect must be true or false, got 1"),
+        (GenerationSettings(record_attention=1), "record_attention must be true or false, got 1"),
     ],
 )
 def test_settings_reject_bad_values(settings, message):
@@ -275,7 +275,7 @@ def test_inspector_views(actions):
     plain = actions.try_on(_inputs(), FAST)
     with pytest.raises(ValueError, match="Record attention for the inspector"):
         actions.inspect(plain, (1, 1))
-    traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, inspect=True))
+    traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, record_attention=True))
     recorded = traced.trace
     default = recorded.default_view
     labels = layer_labels(recorded.layers, recorded.token_sizes)
@@ -380,3 +380,19 @@ def test_pose_transfer_counts_as_trained_only_when_its_metadata_says_so(tmp_path
 
 def test_the_tiny_model_offers_only_the_size_it_was_trained_at(actions):
     assert actions.resolution_choices("pose_transfer", ("full",)) == [("64×48", "full")]
+
+
+def test_flags_and_points_are_checked_by_type_and_named(actions):
+    with pytest.raises(ValueError, match="^prepare_garment_png must be true or false, got 'false'$"):
+        actions.make_mask(_inputs(prepare_garment_png="false"))
+    assert checked_flag(False, "garment_png") is False
+    for value in ("false", "x", None, 0, [1]):
+        with pytest.raises(ValueError, match=f"^garment_png must be true or false, got {re.escape(repr(value))}$"):
+            checked_flag(value, "garment_png")
+    assert checked_point((3, 4.5)) == (3.0, 4.5)
+    for point, message in [
+        ((None, 1), "^x must be a number, got None$"), ((1, "abc"), "^y must be a number, got 'abc'$"),
+        ((1, float("inf")), "^y must be a finite number, got inf$"), (5, "^a point must be a pair of numbers"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            checked_point(point)

@@ -208,10 +208,18 @@ def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, se
         ({"seed": "lucky"}, "^seed must be a number, got 'lucky'$"),
         ({"guidance": None}, "^guidance must be a number, got None$"),
         ({"repaint": "no"}, "^repaint must be true or false, got 'no'$"),
+        ({"record_attention": "yes"}, "^record_attention must be true or false, got 'yes'$"),
+        ({"edited_mask": "abc"}, "^edited_mask must be the mask editor's value, a dict with 'background'"),
+        ({"edited_mask": [1]}, "^edited_mask must be the mask editor's value"),
     ]
+    # A flag is a boolean: "false" is not read as true (it gave the same image as True), nor is "x", 0 or [1].
+    for value in ("false", "x", None, 0, [1]):
+        cases.append(({"garment_png": value}, f"^garment_png must be true or false, got {re.escape(repr(value))}$"))
     for change, message in cases:
         with pytest.raises(AppError, match=message):
             client.predict(**{**files, "steps": 1, "edited_mask": None, **change}, api_name="/try_on")
+    with pytest.raises(AppError, match="^garment_png must be true or false, got 'false'$"):
+        client.predict(**{**files, "garment_png": "false"}, api_name="/make_mask")
     with pytest.raises(AppError, match="^steps must be a number, got 'x'$"):
         client.predict(
             person=files["person"], target=files["person"], densepose=files["densepose"], steps="x",
@@ -237,6 +245,11 @@ def test_huge_upload_is_refused_from_its_header_without_decoding(client, server,
 @pytest.mark.slow
 def test_error_texts_come_back_plain(client, server):
     client.predict(**_example(server), steps=1, seed=1, record_attention=True, edited_mask=None, api_name="/try_on")
+    for x, message in ((None, "^x must be a number, got None$"), ("abc", "^x must be a number, got 'abc'$")):
+        with pytest.raises(AppError, match=message):
+            client.predict(x=x, y=1, layer="all", timestep="all", api_name="/inspect")
+    with pytest.raises(AppError, match=r"^y must be a number, got \[1\]$"):
+        client.predict(x=1, y=[1], layer="all", timestep="all", api_name="/inspect")
     with pytest.raises(AppError) as info:
         client.predict(x=1, y=1, layer="all", timestep="late", api_name="/inspect")
     assert str(info.value).startswith("timestep must be 'trained', 'all' or one of [")  # not &#x27;all&#x27;

@@ -69,7 +69,7 @@ def test_edited_mask_replaces_the_automatic_one(store):
 
 
 def test_inspect_records_a_trace(store):
-    result = TryOn(store)(_photo(), _photo(), steps=2, seed=1, inspect=True)
+    result = TryOn(store)(_photo(), _photo(), steps=2, seed=1, record_attention=True)
     assert result.trace is not None and result.trace.heatmap((10, 10)).shape == (64, 48, 3)
 
 

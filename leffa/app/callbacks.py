@@ -45,7 +45,7 @@ class GenerationSettings:
     seed: float = -1
     ref_acceleration: bool = False
     repaint: bool = False
-    inspect: bool = False
+    record_attention: bool = False
 
     def checked(self) -> dict[str, Any]:
         """Keyword arguments for ``generate``; a clear ``ValueError`` for wrong types or out-of-range values."""
@@ -62,7 +62,8 @@ class GenerationSettings:
         return dict(
             steps=steps, guidance=guidance, seed=seed,
             ref_acceleration=_flag(self.ref_acceleration, "ref_acceleration"),
-            repaint=_flag(self.repaint, "repaint"), inspect=_flag(self.inspect, "inspect"),
+            repaint=_flag(self.repaint, "repaint"),
+            record_attention=_flag(self.record_attention, "record_attention"),
         )
 
 
@@ -115,6 +116,19 @@ def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return bool(value)
+
+
+def checked_flag(value: Any, name: str) -> bool:
+    """``value`` if it is a boolean; else a ``ValueError`` naming the parameter ``name`` (strings such as
+    "false", numbers and None are refused, not read as truthy)."""
+    return _flag(value, name)
+
+
+def checked_point(point: Any, names: tuple[str, str] = ("x", "y")) -> tuple[float, float]:
+    """A clicked point as two finite numbers; a ``ValueError`` naming the coordinate (``x``/``y``) else."""
+    if not isinstance(point, (tuple, list)) or len(point) != 2:
+        raise ValueError(f"a point must be a pair of numbers ({', '.join(names)}), got {point!r}")
+    return tuple(float(_number(value, name)) for value, name in zip(point, names))
 
 
 def _require(image: ImageSource | None, what: str) -> ImageSource:
@@ -236,6 +250,7 @@ class AppCallbacks:
         """Letterbox the photos and make (or take) the mask and DensePose, ready for editing."""
         person = _require(inputs.person, "person photo")
         garment = _require(inputs.garment, "garment photo")
+        _flag(inputs.prepare_garment_png, "prepare_garment_png")
         if inputs.model_type not in TRYON_MODELS:
             choices = ", ".join(TRYON_MODELS)
             raise ValueError(f"unknown model type {inputs.model_type!r}; choose one of {choices}")
@@ -331,7 +346,7 @@ class AppCallbacks:
             raise ValueError("nothing to inspect yet: generate a result first (try-on or pose transfer tab)")
         if generation.trace is None:
             raise ValueError(_NO_TRACE)
-        return inspector_view(generation, point, layer, timestep)
+        return inspector_view(generation, None if point is None else checked_point(point), layer, timestep)
 
 
 def _require_masked(mask: Image.Image | np.ndarray) -> None:

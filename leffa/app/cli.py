@@ -138,12 +138,16 @@ def _jobs(args: argparse.Namespace, extra_names: Sequence[str]) -> list[Job]:
     return jobs_from_paths(args.first, args.second, {name: getattr(args, name) for name in extra_names})
 
 
-def _settings(args: argparse.Namespace, inspect: bool = False) -> GenerationSettings:
-    return GenerationSettings(args.steps, args.guidance, args.seed, args.ref_acceleration, args.repaint, inspect)
+def _settings(args: argparse.Namespace, record_attention: bool = False) -> GenerationSettings:
+    return GenerationSettings(
+        args.steps, args.guidance, args.seed, args.ref_acceleration, args.repaint, record_attention
+    )
 
 
-def _generate(args: argparse.Namespace, actions: AppCallbacks, job: Job, inspect: bool = False) -> Generation:
-    settings = _settings(args, inspect)
+def _generate(
+    args: argparse.Namespace, actions: AppCallbacks, job: Job, record_attention: bool = False
+) -> Generation:
+    settings = _settings(args, record_attention)
     densepose = job.extras.get("densepose")
     if args.task == "pose-transfer":
         return actions.pose_transfer(
@@ -264,7 +268,7 @@ def _write_trace(args: argparse.Namespace, actions: AppCallbacks, job: Job) -> d
     Everything is drawn before the folder is written, so a failure leaves no partial trace behind.
     """
     points = _trace_points(args, job)
-    generation = _generate(args, actions, job, inspect=True)
+    generation = _generate(args, actions, job, record_attention=True)
     recorded = generation.trace
     height = generation.image.size[1]
     folder = _output(args, job)

@@ -239,11 +239,11 @@ class _Generator:
         seed: int | None = -1,
         ref_acceleration: bool = False,
         repaint: bool = False,
-        inspect: bool = False,
+        record_attention: bool = False,
         callback: StepCallback | None = None,
         status: StatusCallback | None = None,
     ) -> Generation:
-        """Sample an image; ``inspect`` also records attention and flows for the inspector."""
+        """Sample an image; ``record_attention`` also records attention and flows for the inspector."""
         pipe = self.store.pipeline(prepared.model_key, status)
         arguments = dict(
             num_inference_steps=steps, guidance_scale=guidance, seed=seed, ref_acceleration=ref_acceleration,
@@ -252,7 +252,7 @@ class _Generator:
         inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
         recorded = None
         with self.store.placed(pipe):
-            if inspect:
+            if record_attention:
                 recorded = trace(pipe, *inputs, **arguments)
                 output = recorded.output
             else:
