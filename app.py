@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import errno
 import re
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -489,8 +491,33 @@ def make_runtime(args: argparse.Namespace) -> Runtime:
     )
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on ``host:port`` (the port is taken, or the address is not this machine's),
+    with what to do; ``None`` when it can."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is taken: another program, perhaps an earlier python app.py, is "
+                    f"listening there. Stop it, or choose another port: python app.py --port "
+                    f"{port + 1 if port < 65535 else 7861} (or set GRADIO_SERVER_PORT)"
+                )
+            return (
+                f"cannot listen on {host}:{port} ({error.strerror or error}); give --host an address of this "
+                "machine (127.0.0.1 for this machine only) and --port a free port from 1024 to 65535"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.port is not None:
+        problem = listen_problem(args.host, args.port)
+        if problem is not None:  # said before any model loads
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         runtime = make_runtime(args)
     except (ValueError, OSError) as error:
@@ -498,7 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(error, ValueError) else 1
     if runtime.notice:
         print(runtime.notice)
-    serve(runtime, server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        serve(runtime, server_name=args.host, server_port=args.port, share=args.share)
+    except OSError:  # taken between the check and the launch
+        problem = None if args.port is None else listen_problem(args.host, args.port)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

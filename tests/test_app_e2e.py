@@ -334,3 +334,20 @@ def test_make_demo_without_weights_names_the_missing_files_on_the_page(tmp_path,
     status = _find(_components(runtime), elem_id="model-status")["value"]
     assert runtime.tiny and str(tmp_path / "virtual_tryon.pth") in status
     assert f"python -m leffa download virtual_tryon --ckpt-dir {tmp_path}" in status
+
+
+def test_a_busy_port_is_named_with_another_to_choose_before_any_model_loads(monkeypatch, capsys):
+    import socket
+
+    import app
+
+    monkeypatch.setattr(app, "make_runtime", lambda args: pytest.fail("no model may load for a busy port"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert app.main(["--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: port {port} on 127.0.0.1 is taken") and f"--port {port + 1}" in error
+    assert app.main(["--host", "203.0.113.7", "--port", "7860"]) == 2  # not an address of this machine
+    assert "give --host an address of this machine" in capsys.readouterr().err
