@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app_components import MaskEditor, RawNumber, RawSlider, UploadedImage
+from app_components import MaskEditor, RawNumber, UploadedImage, raw_slider
 from leffa.app.callbacks import (
     AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, checked_flag, editor_value,
     mask_from_editor,
@@ -136,8 +136,8 @@ def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
 def _settings_controls(prefix: str) -> list[gr.components.Component]:
     """Sampling controls of one tab: steps, guidance, seed, reference acceleration, recording."""
     with gr.Row():
-        steps = RawSlider(1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
-        guidance = RawSlider(0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
+        steps = raw_slider("steps", 1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
+        guidance = raw_slider("guidance", 0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
         seed = RawNumber(-1, precision=0, label="Seed (−1 = random)")
     with gr.Row():
         acceleration = gr.Checkbox(False, label="Reference acceleration (≈30% faster)")

@@ -84,13 +84,28 @@ def _not_a_number(payload: Any) -> bool:
 
 
 class RawSlider(gr.Slider):
-    """A slider that keeps Gradio's bound check for numbers and leaves anything else for the callback to
-    reject with a clear message."""
+    """A slider that checks numbers against its bounds under the API parameter's name (``parameter``; Gradio's
+    own message names no parameter) and leaves anything else for the callback to reject clearly."""
 
     is_template = True
+    parameter = "value"  # set per slider by :func:`raw_slider` (Gradio builds its config from __init__'s signature)
 
     def preprocess(self, payload: Any) -> Any:
-        return payload if _not_a_number(payload) else super().preprocess(payload)
+        if _not_a_number(payload):
+            return payload
+        if not self.minimum <= payload <= self.maximum:
+            raise gr.Error(
+                f"{self.parameter} must be between {self.minimum:g} and {self.maximum:g}, got {payload!r}",
+                print_exception=False,
+            )
+        return super().preprocess(payload)
+
+
+def raw_slider(parameter: str, *args: Any, **kwargs: Any) -> RawSlider:
+    """A :class:`RawSlider` whose bound errors name the API parameter ``parameter``."""
+    slider = RawSlider(*args, **kwargs)
+    slider.parameter = parameter
+    return slider
 
 
 class RawNumber(gr.Number):

@@ -65,6 +65,10 @@ def _read(source: ImageSource, max_pixels: int) -> Image.Image:
     path = Path(source)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not an image file; pass an image inside it")
+    if path.exists() and not path.is_file():
+        raise InvalidImageError(
+            f"{path} is not a regular file (a pipe, socket or device); save the image to a file and pass that"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:

@@ -184,8 +184,13 @@ def test_errors_come_back_as_errors(client, server, tmp_path):
     Image.new("RGB", (20, 20), "white").save(too_small)
     with pytest.raises(AppError, match="no person photo"):
         client.predict(**{**files, "person": None}, edited_mask=None, api_name="/try_on")
-    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own bounds
+    with pytest.raises(AppError, match="^steps must be between 1 and 100, got 0$"):  # the slider's own bounds
         client.predict(**files, steps=0, edited_mask=None, api_name="/try_on")
+    with pytest.raises(AppError, match="^guidance must be between 0 and 10, got -1$"):
+        client.predict(**files, guidance=-1, edited_mask=None, api_name="/try_on")
+    with pytest.raises(AppError, match="^steps must be between 1 and 100, got 0$"):
+        client.predict(person=files["person"], target=files["person"], densepose=files["densepose"], steps=0,
+                       api_name="/pose_transfer")
     with pytest.raises(AppError, match="seed must be -1"):
         client.predict(**files, seed=-5, edited_mask=None, api_name="/try_on")
     with pytest.raises(AppError, match="generate a result first"):

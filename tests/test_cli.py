@@ -300,3 +300,27 @@ def test_tiny_runs_the_shipped_demo_model_on_its_examples(tmp_path):
     assert code == EXIT_OK
     result = out / f"{example.person.stem}__{example.garment.stem}.png"
     assert Image.open(result).size == Image.open(example.person).size
+
+
+def test_an_output_folder_that_is_a_file_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "tiny_runtime", _no_model)
+    image = str(write_block_image(tmp_path / "p.png"))
+    taken = tmp_path / "results"
+    taken.write_text("my notes")
+    arguments = ["tryon", image, image, "--mask", image, "--densepose", image, "--tiny"]
+    assert main([*arguments, "-o", str(taken)]) == EXIT_USAGE
+    assert f"the output folder {taken} is a file, not a folder; choose another --out-dir" in capsys.readouterr().err
+    assert main([*arguments, "-o", str(taken / "sub")]) == EXIT_USAGE
+    assert f"{taken} is a file, so the output folder {taken / 'sub'} cannot be made in it" in capsys.readouterr().err
+    assert taken.read_text() == "my notes"
+
+
+def test_a_pipe_is_not_taken_for_a_missing_image(tmp_path):
+    import os
+
+    from preprocess.images import InvalidImageError, load_image
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidImageError, match="is not a regular file \\(a pipe, socket or device\\)"):
+        load_image(fifo)

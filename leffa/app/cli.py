@@ -195,7 +195,19 @@ def _check_jobs(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
             _trace_points(args, job)
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """The output folder, or the nearest part of its path that exists, must be a folder (else mkdir's bare
+    "[Errno 17] File exists")."""
+    existing = next((path for path in (out_dir, *out_dir.parents) if path.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == out_dir:
+        raise UsageError(f"the output folder {out_dir} is a file, not a folder; choose another --out-dir")
+    raise UsageError(f"{existing} is a file, so the output folder {out_dir} cannot be made in it; choose another --out-dir")
+
+
 def _run_batch(args: argparse.Namespace, work: Work) -> int:
+    _check_out_dir(args.out_dir)
     jobs = _jobs(args, _extras(args))
     _refuse_existing_outputs(args, jobs)
     _check_jobs(args, jobs)
