@@ -299,3 +299,34 @@ def test_base_is_detected_from_keys(tiny_model, tmp_path):
     assert detect_base(sdxl) == "sdxl-inpainting"
     with pytest.raises(ValueError, match="not a Leffa checkpoint"):
         detect_base({"weight": torch.zeros(1)})
+
+
+def test_a_model_that_knows_its_training_size_refuses_others(tiny_model, tmp_path):
+    """The demo models' metadata.json says the size they were trained at: from_pretrained reads it and the
+    pipeline refuses other sizes (noise, slowly) with the letterbox call that fixes it."""
+    import json
+
+    from PIL import Image
+
+    from leffa.core.pipeline import LeffaPipeline
+
+    path = save_state_dict(tiny_model.state_dict(), tmp_path / "model.safetensors")
+    assert LeffaModel.from_pretrained(path, base="tiny", device="cpu").trained_size is None  # no metadata
+    (tmp_path / "metadata.json").write_text(json.dumps({"trained": True, "image_size": [64, 48]}))
+    model = LeffaModel.from_pretrained(tmp_path, base="tiny", device="cpu")
+    assert model.trained_size == (64, 48)
+    pipe = LeffaPipeline(model)
+
+    def run(width: int, height: int):
+        image = Image.new("RGB", (width, height), "white")
+        return pipe(image, image, Image.new("L", (width, height), 255), image, num_inference_steps=1, seed=0)
+
+    with pytest.raises(ValueError, match=r"trained at 48x64 pixels \(width x height.*gives noise at 96x128: "
+                                         r"letterbox the images to its size, .*letterbox\(image, size=\(48, 64\)\)"):
+        run(96, 128)
+    assert run(48, 64)[0].size == (48, 64)
+    model.trained_size = None
+    assert run(96, 128)[0].size == (96, 128)
+    (tmp_path / "metadata.json").write_text(json.dumps({"image_size": "big"}))
+    with pytest.raises(ValueError, match=r"image_size must be \[height, width\] in pixels, got 'big'"):
+        LeffaModel.from_pretrained(tmp_path, base="tiny", device="cpu")

@@ -27,9 +27,7 @@ from leffa.core.attention import (
 )
 from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
 from leffa.common import CheckpointMismatchError, check_state_dict, resolve_device
-from leffa.core.serialization import (
-    MODEL_FILE, read_state_dict, stored_configs,
-)
+from leffa.core.serialization import MODEL_FILE, read_state_dict, stored_configs, trained_size
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -102,6 +100,9 @@ class LeffaModel(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.base = base
         self.vae_force_upcast = vae_force_upcast
+        #: (height, width) the model was trained at, when known (``from_pretrained`` reads it from the
+        #: ``metadata.json`` beside the weights); the pipeline refuses other sizes. ``None``: any size.
+        self.trained_size: tuple[int, int] | None = None
         self._layers = tuple(install_processors(unet_encoder, unet))
 
     # ----------------------------------------------------------------------------------------- building
@@ -155,17 +156,20 @@ class LeffaModel(nn.Module):
 
         ``base="auto"`` uses the configs stored with the checkpoint (see
         :func:`~leffa.core.serialization.stored_configs`), else picks a shipped base by the keys
-        (:func:`detect_base`). Every error names the file.
+        (:func:`detect_base`). A ``metadata.json`` beside the weights with an ``image_size`` sets
+        :attr:`trained_size`. Every error names the file.
         """
         path = Path(path)
         if path.is_dir():
             path = path / MODEL_FILE
+        size = trained_size(path)
         state = read_state_dict(path)
         model = cls.from_base(checkpoint_configs(path, state, base), device="meta")
         try:
             model.load_state_dict(state, assign=True)
         except CheckpointMismatchError as error:
             raise CheckpointMismatchError(f"{path}: {error}") from None
+        model.trained_size = size
         return model.place(resolve_device(device), dtype)
 
     def place(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> LeffaModel:

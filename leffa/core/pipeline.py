@@ -163,6 +163,7 @@ class LeffaPipeline:
                 )
             check_finite(tensor, name)
         h, w = src.shape[-2:]
+        self._check_trained_size(h, w)
         factor = self.model.vae_scale_factor
         if h % factor or w % factor:
             raise ValueError(
@@ -183,6 +184,18 @@ class LeffaPipeline:
                 raise ValueError(f"{name}: values must be in [-1, 1] (use leffa.core.transforms.image_to_tensor)")
         mask = (mask >= 0.5).to(src.dtype)
         return [t.expand(batch, -1, -1, -1) for t in (src, ref, mask, densepose)]
+
+    def _check_trained_size(self, height: int, width: int) -> None:
+        """A model that knows its training size (the demo models) gives noise at others, slowly: refuse."""
+        trained = self.model.trained_size
+        if trained is None or (height, width) == tuple(trained):
+            return
+        th, tw = trained
+        raise ValueError(
+            f"this model was trained at {tw}x{th} pixels (width x height, its metadata.json) and gives noise at "
+            f"{width}x{height}: letterbox the images to its size, leffa.core.transforms.letterbox(image, "
+            f"size=({tw}, {th})), or pass height={th}, width={tw} (set model.trained_size = None to run anyway)"
+        )
 
     # ---------------------------------------------------------------------------------- features
     def _uncond_features(self, batch: int, latent_hw: tuple[int, int], timestep: torch.Tensor):

@@ -27,6 +27,8 @@ SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 #: The weights file of a model folder.
 MODEL_FILE = "model.safetensors"
+#: Beside a model's weights: what is known about how it was made (the demo models write ``image_size``).
+METADATA_FILE = "metadata.json"
 #: The config files of a model folder (``<part>.json`` beside the weights) and header keys (``leffa.<part>``).
 CONFIG_PARTS = ("unet", "vae", "scheduler")
 _METADATA_PREFIX = "leffa."
@@ -135,6 +137,23 @@ def write_config_files(configs: BaseConfigs, folder: str | os.PathLike) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for part in CONFIG_PARTS:
         (folder / f"{part}.json").write_text(json.dumps(getattr(configs, part), indent=2) + "\n")
+
+
+def trained_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The (height, width) a model was trained at, from the ``image_size`` of the ``metadata.json`` beside
+    its weights; ``None`` when there is no such file or entry (the released checkpoints)."""
+    file = _checkpoint_file(path).parent / METADATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        size = json.loads(file.read_text()).get("image_size")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{file} is not a JSON object ({error}); restore or rewrite it") from error
+    if size is None:
+        return None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"{file}: image_size must be [height, width] in pixels, got {size!r}")
+    return size[0], size[1]
 
 
 def stored_configs(path: str | os.PathLike) -> BaseConfigs | None:
