@@ -24,8 +24,8 @@ from gradio.utils import get_upload_folder
 
 from app_components import MaskEditor, RawNumber, UploadedImage, raw_slider
 from leffa.app.callbacks import (
-    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, checked_flag, editor_value,
-    mask_from_editor,
+    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, checked_flag, editor_brush_size,
+    editor_value, mask_from_editor,
 )
 from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
@@ -215,7 +215,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
     # The editor's canvas must have the size of the images it gets, or Gradio does not draw the mask
     # layer; so it always shows them at the model's full size (the edit is scaled back).
     ui.editor_size = runtime.store.size("viton_hd")
-    brush_size = max(1, min(ui.editor_size) // 40)
+    brush_size = editor_brush_size(ui.editor_size)
     mask_colour = (f"rgb{MASK_COLOR[:3]}", MASK_COLOR[3] / 255)
     with gr.Row():
         ui.editor = MaskEditor(
@@ -231,7 +231,19 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="tryon-previews")
     rows = [_paths(e.person, e.garment, e.mask, e.densepose) for e in runtime.tryon_examples]
     _examples(rows, [ui.person, ui.garment, ui.mask, ui.densepose])
+    _forget_on_new_inputs([ui.person, ui.garment, ui.mask, ui.densepose], [ui.editor, ui.result, ui.previews], ui.seed)
     return ui
+
+
+def _forget_on_new_inputs(inputs: list[gr.components.Component], pictures: list[gr.components.Component],
+                          seed: gr.Textbox) -> None:
+    """New photos (uploaded or an example) clear the tab's result, seed, mask and previews: they belonged to
+    the photos before."""
+    def forget() -> list[Any]:
+        return [None] * len(pictures) + [""]
+
+    for component in inputs:
+        component.change(forget, None, [*pictures, seed], queue=False, show_progress="hidden", api_visibility="private")
 
 
 def _resolution(actions: AppCallbacks, runtime: Runtime, key: str) -> gr.Radio:
@@ -264,6 +276,7 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="pose-previews")
     rows = [_paths(e.person, e.target, e.densepose) for e in runtime.pose_examples]
     _examples(rows, [ui.person, ui.target, ui.densepose])
+    _forget_on_new_inputs([ui.person, ui.target, ui.densepose], [ui.result, ui.previews], ui.seed)
     return ui
 
 

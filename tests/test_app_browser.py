@@ -221,6 +221,15 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     note = _text(browser, "inspect-run")
     assert note.startswith("Showing the try-on result of ") and f"(seed {seed})." in note
 
+    # New photos: the result, its seed and the mask belonged to the old ones, so they go.
+    _open_tab(browser, "Virtual try-on")
+    assert _image_source(browser, "#tryon-result img")
+    _upload(browser, "tryon-garment", runtime.tryon_examples[1].garment)
+    wait.until(lambda driver: not driver.find_elements(By.CSS_SELECTOR, "#tryon-result img"))
+    seed_field = browser.find_element(By.CSS_SELECTOR, "#tryon-seed textarea, #tryon-seed input")
+    assert seed_field.get_attribute("value") == ""
+    _shot(browser, "5b-new-garment")
+
 
 def test_error_messages_read_as_plain_text(browser, served, tmp_path):
     url, runtime = served

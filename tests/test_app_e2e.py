@@ -109,6 +109,15 @@ def test_api_endpoints_and_outputs_have_meaningful_names(client):
     assert parameters[-6:] == ["steps", "guidance", "seed", "ref_acceleration", "record_attention", "edited_mask"]
 
 
+def test_the_mask_brush_covers_a_sleeve_in_a_few_strokes(client):
+    from leffa.app.callbacks import editor_brush_size
+
+    (editor,) = [c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "mask-editor"]
+    assert editor["props"]["brush"]["default_size"] == editor_brush_size(SERVED_SIZE) == 4
+    assert editor["props"]["eraser"]["default_size"] == 4
+    assert editor_brush_size((96, 128)) == 6 and editor_brush_size((768, 1024)) == 48
+
+
 @pytest.mark.slow
 def test_try_on_then_inspect(client, server):
     example = server[1].tryon_examples[0]
