@@ -24,8 +24,8 @@ from gradio.utils import get_upload_folder
 
 from app_components import MaskEditor, RawNumber, UploadedImage, raw_slider
 from leffa.app.callbacks import (
-    AppCallbacks, GenerationSettings, MaskStep, TryOnInputs, category_note, checked_flag, editor_brush_size,
-    editor_value, mask_from_editor,
+    AppCallbacks, MaskStep, TryOnInputs, category_note, checked_flag, editor_brush_size, editor_value,
+    mask_from_editor,
 )
 from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
@@ -33,6 +33,7 @@ from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
 )
 from leffa.app.service import POSE_MODEL, Generation
+from leffa.core.settings import SamplingSettings
 from preprocess.masks import CATEGORIES
 
 #: Errors raised by the library for bad input, missing weights or a device that ran out of memory.
@@ -145,8 +146,12 @@ def _settings_controls(prefix: str) -> list[gr.components.Component]:
     return [steps, guidance, seed, acceleration, inspect]
 
 
-def _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint=False) -> GenerationSettings:
-    return GenerationSettings(steps, guidance, seed, ref_acceleration, repaint, record_attention)
+def _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint=False) -> SamplingSettings:
+    """The page's and the API's sampling controls (public names ``steps``, ``guidance``) as the settings object."""
+    return SamplingSettings(
+        num_inference_steps=steps, guidance_scale=guidance, seed=seed, ref_acceleration=ref_acceleration,
+        repaint=repaint, record_attention=record_attention,
+    )
 
 
 def _display_classes(runtime: Runtime) -> list[str]:

@@ -30,11 +30,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from leffa.app.callbacks import AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.callbacks import AppCallbacks, TryOnInputs
 from leffa.app.demo import DEMO_MODEL_DIR
 from leffa.app.inspector import layer_labels
 from leffa.app.runtime import tiny_runtime
 from leffa.app.service import Generation
+from leffa.core.settings import SamplingSettings
 from leffa.inspect.spread import sink_mask
 from leffa.inspect.trace import Trace
 from train.synthetic.pose_examples import signed_to_uint8
@@ -68,7 +69,7 @@ def write_inputs(task: str, folder: Path) -> tuple[list[dict[str, Path]], np.nda
 
 def generate(actions: AppCallbacks, task: str, paths: dict[str, Path], seed: int) -> Generation:
     """One recorded run as the app and the CLI make it (pose transfer: person = the reference appearance)."""
-    settings = GenerationSettings(STEPS, GUIDANCE, seed, record_attention=True)
+    settings = SamplingSettings(num_inference_steps=STEPS, guidance_scale=GUIDANCE, seed=seed, record_attention=True)
     if task == "pose_transfer":
         return actions.pose_transfer(
             paths["reference"], paths["person"], densepose=paths["densepose"], resolution="full", settings=settings

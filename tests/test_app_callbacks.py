@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from leffa.app.callbacks import (
-    MASK_ALPHA_THRESHOLD, MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs, category_note, checked_flag,
+    MASK_ALPHA_THRESHOLD, AppCallbacks, TryOnInputs, category_note, checked_flag,
     checked_point, editor_value, mask_from_editor,
 )
 from leffa.app.inspector import (
@@ -22,13 +22,15 @@ from leffa.app.inspector import (
 from leffa.inspect.spread import attention_spread, sink_mask
 from leffa.app.demo import EXAMPLE_PARTS
 from leffa.app.previews import MASK_COLOR, previews
+from leffa.core.settings import SamplingSettings
+from leffa.core.validation import MAX_SEED
 from leffa.app.runtime import TryOnExample, crossed, pose_transfer_trained
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore
 from tests.fake_preprocessing import FakeOpenPose, FakeParser
 
 SIZE = (48, 64)  # model size (width, height) the tests run the tiny model at
-FAST = GenerationSettings(steps=2, seed=7)
+FAST = SamplingSettings(num_inference_steps=2, seed=7)
 
 
 def _photo(width=96, height=128, colour=(200, 120, 90)) -> Image.Image:
@@ -60,40 +62,44 @@ def _inputs(person=None, garment=None, **options) -> TryOnInputs:
 
 # ------------------------------------------------------------------------------------------ settings
 def test_settings_accept_whole_floats_from_number_widgets():
-    settings = GenerationSettings(steps=30.0, guidance=2, seed=-1.0, ref_acceleration=True, record_attention=True)
-    checked = settings.checked()
-    expected = dict(steps=30, guidance=2.0, seed=-1, ref_acceleration=True, repaint=False, record_attention=True)
-    assert checked == expected
-    assert isinstance(checked["steps"], int) and isinstance(checked["seed"], int)
+    settings = SamplingSettings(
+        num_inference_steps=30.0, guidance_scale=2, seed=-1.0, ref_acceleration=True, record_attention=True
+    )
+    assert settings == SamplingSettings(
+        num_inference_steps=30, guidance_scale=2.0, seed=-1, ref_acceleration=True, repaint=False,
+        record_attention=True,
+    )
+    assert isinstance(settings.num_inference_steps, int) and isinstance(settings.seed, int)
+    assert isinstance(settings.guidance_scale, float)
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("values", "message"),
     [
-        (GenerationSettings(steps=0), "steps must be between 1 and 200"),
-        (GenerationSettings(steps=2.5), "steps must be a whole number"),
-        (GenerationSettings(steps=None), "steps must be a number, got None"),
-        (GenerationSettings(guidance=-0.5), "guidance must be between 0 and 50, got -0.5"),
-        (GenerationSettings(seed=-2), "seed must be -1"),
-        (GenerationSettings(seed=0.5), "seed must be a whole number"),
-        (GenerationSettings(seed=True), "seed must be a number, got True"),
-        (GenerationSettings(seed=2**70), f"seed must be -1 (random) or between 0 and {2**63 - 1}, got {2**70}"),
-        (GenerationSettings(guidance=10**400), "guidance must be between 0 and 50"),
-        (GenerationSettings(steps="30"), "steps must be a number, got '30'"),
-        (GenerationSettings(seed="lucky"), "seed must be a number, got 'lucky'"),
-        (GenerationSettings(guidance=None), "guidance must be a number, got None"),
-        (GenerationSettings(guidance=float("nan")), "guidance must be a finite number, got nan"),
-        (GenerationSettings(repaint="no"), "repaint must be true or false, got 'no'"),
-        (GenerationSettings(record_attention=1), "record_attention must be true or false, got 1"),
+        (dict(num_inference_steps=0), "steps (num_inference_steps) must be between 1 and 200"),
+        (dict(num_inference_steps=2.5), "steps (num_inference_steps) must be a whole number"),
+        (dict(num_inference_steps=None), "steps (num_inference_steps) must be a number, got None"),
+        (dict(guidance_scale=-0.5), "guidance (guidance_scale) must be between 0 and 50, got -0.5"),
+        (dict(seed=-2), "seed must be -1"),
+        (dict(seed=0.5), "seed must be a whole number"),
+        (dict(seed=True), "seed must be a number, got True"),
+        (dict(seed=2**70), f"seed must be -1 (random) or a whole number from 0 to 2**64 - 1, got {2**70}"),
+        (dict(guidance_scale=10**400), "guidance (guidance_scale) must be between 0 and 50"),
+        (dict(num_inference_steps="30"), "steps (num_inference_steps) must be a number, got '30'"),
+        (dict(seed="lucky"), "seed must be a number, got 'lucky'"),
+        (dict(guidance_scale=None), "guidance (guidance_scale) must be a number, got None"),
+        (dict(guidance_scale=float("nan")), "guidance (guidance_scale) must be a finite number, got nan"),
+        (dict(repaint="no"), "repaint must be true or false, got 'no'"),
+        (dict(record_attention=1), "record_attention must be true or false, got 1"),
     ],
 )
-def test_settings_reject_bad_values(settings, message):
+def test_settings_reject_bad_values_when_made(values, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        settings.checked()
+        SamplingSettings(**values)
 
 
 def test_the_largest_seed_stays_exact():
-    assert GenerationSettings(seed=MAX_SEED).checked()["seed"] == MAX_SEED
+    assert SamplingSettings(seed=MAX_SEED).seed == MAX_SEED == 2**64 - 1
 
 
 # ------------------------------------------------------------------------------------- mask editor
@@ -197,8 +203,6 @@ def test_try_on_bad_inputs_are_clear_errors(actions):
         actions.make_mask(_inputs(model_type="idm"))
     with pytest.raises(ValueError, match="unknown garment category"):
         actions.make_mask(_inputs(category="hat"))
-    with pytest.raises(ValueError, match="steps must be between"):
-        actions.try_on(_inputs(), GenerationSettings(steps=0))
     with pytest.raises(ValueError, match="at least 64 pixels"):
         actions.make_mask(_inputs(_photo(20, 20)))
     step = actions.make_mask(_inputs())
@@ -275,7 +279,7 @@ def test_inspector_views(actions):
     plain = actions.try_on(_inputs(), FAST)
     with pytest.raises(ValueError, match="Record attention for the inspector"):
         actions.inspect(plain, (1, 1))
-    traced = actions.try_on(_inputs(), GenerationSettings(steps=2, seed=3, record_attention=True))
+    traced = actions.try_on(_inputs(), SamplingSettings(num_inference_steps=2, seed=3, record_attention=True))
     recorded = traced.trace
     default = recorded.default_view
     labels = layer_labels(recorded.layers, recorded.token_sizes)

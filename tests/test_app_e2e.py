@@ -218,9 +218,9 @@ def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, se
         ({"person": unreadable}, "^holiday.jpg is not an image file PIL can read"),
         ({"mask": unreadable}, "^holiday.jpg is not an image file PIL can read"),
         ({"edited_mask": {"background": None, "layers": [unreadable], "composite": None}}, "^holiday.jpg is not an"),
-        ({"steps": "thirty"}, "^steps must be a number, got 'thirty'$"),
+        ({"steps": "thirty"}, r"^steps \(num_inference_steps\) must be a number, got 'thirty'$"),
         ({"seed": "lucky"}, "^seed must be a number, got 'lucky'$"),
-        ({"guidance": None}, "^guidance must be a number, got None$"),
+        ({"guidance": None}, r"^guidance \(guidance_scale\) must be a number, got None$"),
         ({"repaint": "no"}, "^repaint must be true or false, got 'no'$"),
         ({"record_attention": "yes"}, "^record_attention must be true or false, got 'yes'$"),
         ({"edited_mask": "abc"}, "^edited_mask must be the mask editor's value, a dict with 'background'"),
@@ -234,7 +234,7 @@ def test_unreadable_uploads_and_wrong_types_get_the_projects_messages(client, se
             client.predict(**{**files, "steps": 1, "edited_mask": None, **change}, api_name="/try_on")
     with pytest.raises(AppError, match="^garment_png must be true or false, got 'false'$"):
         client.predict(**{**files, "garment_png": "false"}, api_name="/make_mask")
-    with pytest.raises(AppError, match="^steps must be a number, got 'x'$"):
+    with pytest.raises(AppError, match=r"^steps \(num_inference_steps\) must be a number, got 'x'$"):
         client.predict(
             person=files["person"], target=files["person"], densepose=files["densepose"], steps="x",
             api_name="/pose_transfer",

@@ -200,7 +200,7 @@ def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, caps
         (["tryon", "a.png"], "give two inputs"),
         (["tryon", "a.png", "b.png", "--pairs", "p.txt"], "either two inputs or --pairs, not both"),
         (["tryon", "--pairs", "p.txt", "--mask", "m.png"], "put masks and DensePose in the pairs file"),
-        (["tryon", "a.png", "b.png", "--steps", "0"], "must be at least 1"),
+        (["tryon", "a.png", "b.png", "--steps", "0"], "steps (num_inference_steps) must be between 1 and 200, got 0"),
         (["tryon", "a.png", "b.png", "--resolution", "4k"], "invalid choice: '4k'"),
         (["tryon", "a.png", "b.png", "--category", "hat"], "invalid choice: 'hat'"),
         (["trace", "a.png", "b.png", "--point", "3"], "expected X,Y in pixels"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leffa.app.callbacks import AppCallbacks, GenerationSettings
+from leffa.app.callbacks import AppCallbacks
 from leffa.app.demo import (
     DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, demo_pose_examples, load_demo_model,
 )
@@ -20,6 +20,7 @@ from leffa.common import CheckpointMismatchError
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.serialization import read_state_dict
+from leffa.core.settings import SamplingSettings
 from train.synthetic.data import make_sample, render_split, sample_seed, to_batch
 from train.synthetic.eval import masked_l1
 from train.synthetic.experiment import untrained_model
@@ -209,7 +210,7 @@ def test_pose_transfer_on_the_first_example_beats_the_untrained_model() -> None:
     batch = read_check_batch(DEMO_MODEL_DIR / POSE_MODEL / BATCH_FILE)
     index = DEFAULT_INDICES[0]
     target, person = (batch["image"][index : index + 1] / 2 + 0.5).clamp(0, 1), batch["flow_valid"][index : index + 1]
-    settings = GenerationSettings(steps=CHECK_SAMPLER.num_inference_steps, seed=0)
+    settings = SamplingSettings(num_inference_steps=CHECK_SAMPLER.num_inference_steps, seed=0)
 
     def l1(model: LeffaModel) -> float:
         generation = AppCallbacks(_pose_store(model)).pose_transfer(

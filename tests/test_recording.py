@@ -12,6 +12,7 @@ from leffa.core.flow import attention_to_flow, leffa_loss
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.recording import LeffaRegisters, layer_sizes, record_attention, select_layers
+from leffa.core.settings import SamplingSettings
 from leffa.inspect.trace import spread_timesteps, trace
 
 
@@ -218,7 +219,7 @@ def test_spread_timesteps():
 
 def test_trace_browses_recorded_maps_and_flows(tiny_model, tiny_inputs):
     pipe = LeffaPipeline(tiny_model)
-    result = trace(pipe, *tiny_inputs, num_inference_steps=4, num_trace_steps=2, seed=3, output_type="pt")
+    result = trace(pipe, *tiny_inputs, SamplingSettings(num_inference_steps=4, seed=3), num_trace_steps=2, output_type="pt")
     plain = pipe(*tiny_inputs, num_inference_steps=4, seed=3, output_type="pt")
     assert torch.equal(result.output.images, plain.images)
     assert result.timesteps == [751, 1] and result.layers == tiny_model.layers
@@ -237,10 +238,10 @@ def test_trace_browses_recorded_maps_and_flows(tiny_model, tiny_inputs):
 def test_trace_errors(tiny_model, tiny_inputs):
     pipe = LeffaPipeline(tiny_model)
     with pytest.raises(ValueError, match="not in the 4-step schedule"):
-        trace(pipe, *tiny_inputs, num_inference_steps=4, timesteps=[500])
+        trace(pipe, *tiny_inputs, SamplingSettings(num_inference_steps=4), timesteps=[500])
     batch = [torch.cat([x, x]) for x in tiny_inputs]
     with pytest.raises(ValueError, match="one image at a time"):
-        trace(pipe, *batch, num_inference_steps=2)
+        trace(pipe, *batch, SamplingSettings(num_inference_steps=2))
 
 
 def test_batch_rows_record_only_those_samples(tiny_model):

@@ -17,7 +17,6 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from leffa.app import cli
-from leffa.app.callbacks import MAX_SEED
 from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
 from leffa.app.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from leffa.app.demo import DEMO_MODEL_DIR, DEMO_TASKS, load_demo_model
@@ -346,7 +345,8 @@ def test_seed_range_is_checked_in_the_library_and_the_cli(tiny_model, tiny_input
         with pytest.raises(ValueError, match="seed must be -1 \\(random\\) or a whole number from 0 to 2\\*\\*64 - 1"):
             LeffaPipeline(tiny_model)(*tiny_inputs, num_inference_steps=1, seed=seed)
     assert _exit_code(["tryon", "a.png", "b.png", "--tiny", "--seed", str(2**64)]) == EXIT_USAGE
-    assert f"argument --seed: must be -1 (random) or from 0 to {MAX_SEED}, got {2**64}" in capsys.readouterr().err
+    # one range, checked in one place (the settings object) for the page, the API and the command line
+    assert f"seed must be -1 (random) or a whole number from 0 to 2**64 - 1, got {2**64}" in capsys.readouterr().err
 
 
 def test_pairs_files_accept_quoted_paths_with_spaces(tmp_path):
@@ -364,10 +364,10 @@ def test_pairs_files_accept_quoted_paths_with_spaces(tmp_path):
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--steps", "500"], "steps must be between 1 and 200, got 500"),
-        (["--guidance", "nan"], "guidance must be"),
-        (["--guidance", "inf"], "guidance must be"),
-        (["--guidance", "51"], "guidance must be between 0 and 50"),
+        (["--steps", "500"], "steps (num_inference_steps) must be between 1 and 200, got 500"),
+        (["--guidance", "nan"], "guidance (guidance_scale) must be"),
+        (["--guidance", "inf"], "guidance (guidance_scale) must be"),
+        (["--guidance", "51"], "guidance (guidance_scale) must be between 0 and 50"),
     ],
 )
 def test_batch_settings_are_checked_once_before_loading(no_model, tmp_path, option, message, capsys):
@@ -376,4 +376,4 @@ def test_batch_settings_are_checked_once_before_loading(no_model, tmp_path, opti
     assert _exit_code(["tryon", "--pairs", str(pairs), "--tiny", *option]) == EXIT_USAGE
     assert f"tryon: {message}" in capsys.readouterr().err
     assert _exit_code(["tryon", "--pairs", str(pairs), "--tiny", "--seed", "-7"]) == EXIT_USAGE
-    assert "argument --seed: must be -1 (random) or from 0 to" in capsys.readouterr().err
+    assert "tryon: seed must be -1 (random) or a whole number from 0 to" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from leffa.app.checkpoints import MissingWeightsError
+from leffa.core.settings import SamplingSettings
 from leffa.app.service import ModelStore, PoseTransfer, TryOn
 from leffa.common import NoPersonError
 from preprocess.images import InvalidImageError
@@ -32,7 +33,7 @@ def store(tiny_model, monkeypatch, tmp_path):
 
 
 def test_tryon_with_automatic_mask_and_densepose(store):
-    result = TryOn(store)(_photo(), _photo(colour=(20, 40, 200)), steps=2, seed=5)
+    result = TryOn(store)(_photo(), _photo(colour=(20, 40, 200)), settings=SamplingSettings(num_inference_steps=2, seed=5))
     prepared = result.prepared
     assert result.image.size == (120, 200) and result.raw.size == SIZE
     assert set(prepared.previews) == {"parse", "keypoints", "mask", "densepose"}
@@ -41,7 +42,7 @@ def test_tryon_with_automatic_mask_and_densepose(store):
     dense = np.asarray(prepared.densepose)
     assert dense.shape == (64, 48, 3) and dense[0, 0].tolist() == [0, 0, 0] and dense[32, 24].any()
     assert result.seed == 5
-    again = TryOn(store)(_photo(), _photo(colour=(20, 40, 200)), steps=2, seed=5)
+    again = TryOn(store)(_photo(), _photo(colour=(20, 40, 200)), settings=SamplingSettings(num_inference_steps=2, seed=5))
     assert np.array_equal(np.asarray(result.raw), np.asarray(again.raw))
 
 
@@ -69,12 +70,12 @@ def test_edited_mask_replaces_the_automatic_one(store):
 
 
 def test_inspect_records_a_trace(store):
-    result = TryOn(store)(_photo(), _photo(), steps=2, seed=1, record_attention=True)
+    result = TryOn(store)(_photo(), _photo(), settings=SamplingSettings(num_inference_steps=2, seed=1, record_attention=True))
     assert result.trace is not None and result.trace.heatmap((10, 10)).shape == (64, 48, 3)
 
 
 def test_pose_transfer_uses_target_iuv_and_full_mask(store):
-    result = PoseTransfer(store)(_photo(), _photo(90, 150), steps=1, seed=2)
+    result = PoseTransfer(store)(_photo(), _photo(90, 150), settings=SamplingSettings(num_inference_steps=1, seed=2))
     assert result.image.size == (90, 150)
     assert np.asarray(result.prepared.mask).min() == 255
     dense = np.asarray(result.prepared.densepose)

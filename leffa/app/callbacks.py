@@ -20,6 +20,7 @@ from leffa.app.runtime import RESOLUTIONS, model_size
 from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
 from leffa.app.inspector import TRAINED, InspectorView, inspector_view, layer_choices, timestep_choices
 from leffa.app.previews import mask_layer
+from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings, checked_flag, checked_number
 from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource, open_image
 
@@ -27,44 +28,10 @@ from preprocess.images import ImageSource, open_image
 ProgressCallback = Callable[[float, str], None]
 #: Editor layer pixels at least this opaque count as masked (brush edges are anti-aliased).
 MASK_ALPHA_THRESHOLD = 32
-MAX_STEPS = 200
-MAX_GUIDANCE = 50.0
-MAX_SEED = 2**63 - 1
 _NO_TRACE = (
     "this result was generated without recording attention; tick 'Record attention for the inspector' "
     "and generate again"
 )
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling controls shared by both tabs (values straight from the UI's number widgets)."""
-
-    steps: float = 30
-    guidance: float = 2.5
-    seed: float = -1
-    ref_acceleration: bool = False
-    repaint: bool = False
-    record_attention: bool = False
-
-    def checked(self) -> dict[str, Any]:
-        """Keyword arguments for ``generate``; a clear ``ValueError`` for wrong types or out-of-range values."""
-        steps = _whole(self.steps, "steps")
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-        guidance = _number(self.guidance, "guidance")
-        if not 0 <= guidance <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance!r}")
-        guidance = float(guidance)
-        seed = _whole(self.seed, "seed")
-        if not -1 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, got {seed}")
-        return dict(
-            steps=steps, guidance=guidance, seed=seed,
-            ref_acceleration=_flag(self.ref_acceleration, "ref_acceleration"),
-            repaint=_flag(self.repaint, "repaint"),
-            record_attention=_flag(self.record_attention, "record_attention"),
-        )
 
 
 @dataclass(frozen=True)
@@ -93,42 +60,11 @@ class MaskStep:
     fingerprint: str
 
 
-def _number(value: Any, name: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return value  # a whole number of any size is finite; float() would overflow past 1e308
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _whole(value: Any, name: str) -> int:
-    number = _number(value, name)
-    if isinstance(number, (int, np.integer)):
-        return int(number)  # exact: a float cannot hold every 63-bit seed
-    if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def checked_flag(value: Any, name: str) -> bool:
-    """``value`` if it is a boolean; else a ``ValueError`` naming the parameter ``name`` (strings such as
-    "false", numbers and None are refused, not read as truthy)."""
-    return _flag(value, name)
-
-
 def checked_point(point: Any, names: tuple[str, str] = ("x", "y")) -> tuple[float, float]:
     """A clicked point as two finite numbers; a ``ValueError`` naming the coordinate (``x``/``y``) else."""
     if not isinstance(point, (tuple, list)) or len(point) != 2:
         raise ValueError(f"a point must be a pair of numbers ({', '.join(names)}), got {point!r}")
-    return tuple(float(_number(value, name)) for value, name in zip(point, names))
+    return tuple(float(checked_number(value, name)) for value, name in zip(point, names))
 
 
 def _require(image: ImageSource | None, what: str) -> ImageSource:
@@ -257,7 +193,7 @@ class AppCallbacks:
         """Letterbox the photos and make (or take) the mask and DensePose, ready for editing."""
         person = _require(inputs.person, "person photo")
         garment = _require(inputs.garment, "garment photo")
-        _flag(inputs.prepare_garment_png, "prepare_garment_png")
+        checked_flag(inputs.prepare_garment_png, "prepare_garment_png")
         if inputs.model_type not in TRYON_MODELS:
             choices = ", ".join(TRYON_MODELS)
             raise ValueError(f"unknown model type {inputs.model_type!r}; choose one of {choices}")
@@ -275,7 +211,7 @@ class AppCallbacks:
     def try_on(
         self,
         inputs: TryOnInputs,
-        settings: GenerationSettings = GenerationSettings(),
+        settings: SamplingSettings = DEFAULT_SAMPLING,
         *,
         mask_step: MaskStep | None = None,
         edited_mask: np.ndarray | None = None,
@@ -286,7 +222,6 @@ class AppCallbacks:
         Otherwise (first click, or inputs changed since) the inputs are prepared afresh and the edit is
         ignored, since it belongs to other inputs.
         """
-        arguments = settings.checked()
         if mask_step is not None and mask_step.fingerprint == inputs.fingerprint():
             prepared = mask_step.prepared
             if edited_mask is not None:
@@ -294,7 +229,7 @@ class AppCallbacks:
                 prepared = prepared.with_mask(edited_mask)
         else:
             prepared = self.make_mask(inputs, progress).prepared
-        return self._generate(prepared, arguments, _Progress(progress))
+        return self._generate(prepared, settings, _Progress(progress))
 
     # ---------------------------------------------------------------------------------- pose transfer
     def pose_transfer(
@@ -304,11 +239,10 @@ class AppCallbacks:
         *,
         densepose: ImageSource | None = None,
         resolution: str = "full",
-        settings: GenerationSettings = GenerationSettings(),
+        settings: SamplingSettings = DEFAULT_SAMPLING,
         progress: ProgressCallback | None = None,
     ) -> Generation:
         """Generate the person of the first photo in the pose of the second."""
-        arguments = settings.checked()
         person = _require(person, "person photo")
         target = _require(target, "target-pose photo")
         tracker = _Progress(progress)
@@ -317,12 +251,12 @@ class AppCallbacks:
             person, target, densepose=densepose, size=model_size(self.store, POSE_MODEL, resolution),
             status=tracker.status,
         )
-        return self._generate(prepared, arguments, tracker)
+        return self._generate(prepared, settings, tracker)
 
-    def _generate(self, prepared: Prepared, arguments: dict[str, Any], tracker: _Progress) -> Generation:
+    def _generate(self, prepared: Prepared, settings: SamplingSettings, tracker: _Progress) -> Generation:
         tracker(0.0, "denoising")
         service = self.poses if prepared.model_key == POSE_MODEL else self.tryon
-        generation = service.generate(prepared, callback=tracker.step, status=tracker.status, **arguments)
+        generation = service.generate(prepared, settings, callback=tracker.step, status=tracker.status)
         tracker(1.0, f"done (seed {generation.seed})")
         return generation
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leffa.app.callbacks import MAX_SEED, AppCallbacks, GenerationSettings, TryOnInputs
+from leffa.app.callbacks import AppCallbacks, TryOnInputs
 from leffa.app.inspector import TRAINED, InspectorView
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
 from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
@@ -27,6 +27,7 @@ from leffa.app.runtime import (
     DEVICES, DTYPES, RESOLUTIONS, Runtime, missing_weights, released_runtime, tiny_runtime,
 )
 from leffa.app.service import TRYON_MODELS, Generation
+from leffa.core.settings import SamplingSettings
 from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
 from leffa.inspect.visualize import side_by_side
 from preprocess.images import load_image
@@ -138,9 +139,10 @@ def _jobs(args: argparse.Namespace, extra_names: Sequence[str]) -> list[Job]:
     return jobs_from_paths(args.first, args.second, {name: getattr(args, name) for name in extra_names})
 
 
-def _settings(args: argparse.Namespace, record_attention: bool = False) -> GenerationSettings:
-    return GenerationSettings(
-        args.steps, args.guidance, args.seed, args.ref_acceleration, args.repaint, record_attention
+def _settings(args: argparse.Namespace, record_attention: bool = False) -> SamplingSettings:
+    return SamplingSettings(
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        ref_acceleration=args.ref_acceleration, repaint=args.repaint, record_attention=record_attention,
     )
 
 
@@ -335,20 +337,6 @@ def _pixel(point: tuple[float, float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------- arguments
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not -1 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be -1 (random) or from 0 to {MAX_SEED}, got {value}")
-    return value
-
-
 def _task(text: str) -> str:
     if text not in TASKS:
         raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose from {', '.join(TASKS)}")
@@ -383,9 +371,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
+    group.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     group.add_argument("--guidance", type=float, default=2.5, help="guidance scale (default 2.5)")
-    group.add_argument("--seed", type=_seed, default=-1, help="-1 (default) picks one at random; it is logged")
+    group.add_argument("--seed", type=int, default=-1, help="-1 (default) picks one at random; it is logged")
     group.add_argument("--ref-acceleration", action="store_true", help="run the reference UNet once (faster)")
     group.add_argument(
         "--resolution", default="full", choices=RESOLUTIONS, help="the model's size, or half of it for speed"
@@ -511,14 +499,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"{args.command}: with --pairs, put masks and DensePose in the pairs file's columns")
     if args.task == "pose-transfer" and getattr(args, "mask", None) is not None:
         parser.error(f"{args.command}: --mask is for try-on; pose transfer takes --densepose only")
+    try:
+        _settings(args)
+    except ValueError as error:
+        parser.error(f"{args.command}: {error}")
     if args.tiny and args.pairs is None:
         missing = [f"--{name}" for name in _extras(args) if getattr(args, name, None) is None]
         if missing:
             parser.error(f"{args.command}: {_TINY_EXTRAS}: give {' and '.join(missing)}")
-    try:
-        _settings(args).checked()
-    except ValueError as error:
-        parser.error(f"{args.command}: {error}")
     args.out_dir = args.out_dir or _DEFAULT_OUT / args.command
 
 

@@ -24,6 +24,7 @@ from leffa.app.checkpoints import MissingWeightsError, download_command, ensure_
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
+from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings
 from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.inspect.trace import Trace, trace
 from leffa.core.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
@@ -233,30 +234,22 @@ class _Generator:
     def generate(
         self,
         prepared: Prepared,
+        settings: SamplingSettings = DEFAULT_SAMPLING,
         *,
-        steps: int = 30,
-        guidance: float = 2.5,
-        seed: int | None = -1,
-        ref_acceleration: bool = False,
-        repaint: bool = False,
-        record_attention: bool = False,
         callback: StepCallback | None = None,
         status: StatusCallback | None = None,
     ) -> Generation:
-        """Sample an image; ``record_attention`` also records attention and flows for the inspector."""
+        """Sample an image with ``settings``; ``settings.record_attention`` also records attention and flows
+        for the inspector."""
         pipe = self.store.pipeline(prepared.model_key, status)
-        arguments = dict(
-            num_inference_steps=steps, guidance_scale=guidance, seed=seed, ref_acceleration=ref_acceleration,
-            repaint=repaint, callback=callback, output_type="pil",
-        )
         inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
         recorded = None
         with self.store.placed(pipe):
-            if record_attention:
-                recorded = trace(pipe, *inputs, **arguments)
+            if settings.record_attention:
+                recorded = trace(pipe, *inputs, settings, callback=callback, output_type="pil")
                 output = recorded.output
             else:
-                output = pipe(*inputs, **arguments)
+                output = pipe.sample(*inputs, settings, callback=callback, output_type="pil")
         raw = output[0]
         return Generation(crop_back(raw, prepared.box), raw, output.seed, prepared, recorded)
 

@@ -25,6 +25,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from leffa.core.attention import AttentionObserver
 from leffa.core.model import LeffaModel
+from leffa.core.settings import SamplingSettings
 from leffa.core.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
 from leffa.core.validation import check_finite, check_generated, check_sampling_settings, check_seed
 
@@ -128,6 +129,25 @@ class LeffaPipeline:
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor or PIL image(s), got {type(value).__name__}")
         return value
+
+    def sample(
+        self,
+        src_image: ImageInput,
+        ref_image: ImageInput,
+        mask: ImageInput,
+        densepose: ImageInput,
+        settings: SamplingSettings,
+        **options: Any,
+    ) -> LeffaOutput:
+        """:meth:`__call__` with the sampling controls of ``settings`` (what the app, the command line and
+        batches pass on whole); ``options`` are ``__call__``'s others (``callback``, ``observer``,
+        ``output_type``, ``height``/``width``, ...). ``settings.record_attention`` is for the caller (see
+        :func:`leffa.inspect.trace.trace`), not the sampler."""
+        return self(
+            src_image, ref_image, mask, densepose,
+            num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+            seed=settings.seed, ref_acceleration=settings.ref_acceleration, repaint=settings.repaint, **options,
+        )
 
     def prepare_inputs(
         self,

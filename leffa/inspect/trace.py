@@ -25,6 +25,7 @@ import torch
 from leffa.core.flow import LeffaLossConfig, select_layers_by_resolution, warp
 from leffa.core.pipeline import LeffaOutput, LeffaPipeline
 from leffa.core.recording import LayerSelection, record_attention
+from leffa.core.settings import SamplingSettings
 from leffa.inspect.grids import interpolation_weights, token_positions
 from leffa.inspect.visualize import aggregate_rows, flow_to_color, overlay_heatmap, query_token_index
 
@@ -194,28 +195,32 @@ def trace(
     ref_image,
     mask,
     densepose,
+    settings: SamplingSettings | None = None,
     *,
     layers: LayerSelection = "all",
     timesteps: Sequence[int] | None = None,
     num_trace_steps: int = DEFAULT_TRACE_STEPS,
     map_size: tuple[int, int] | None = (32, 24),
     temperature: float = 1.0,
-    num_inference_steps: int = 30,
-    **kwargs,
+    **options,
 ) -> Trace:
-    """Generate once (same arguments as :class:`LeffaPipeline`) while recording attention and flows.
+    """Generate once with ``settings`` (default :class:`SamplingSettings`; ``options`` as for
+    :meth:`LeffaPipeline.sample`) while recording attention and flows.
 
     ``timesteps`` defaults to ``num_trace_steps`` timesteps spread over the schedule; maps are pooled to
     at most ``map_size`` (query and key grids) to bound memory; flows are kept exact.
     """
+    settings = settings or SamplingSettings()
     scheduler = pipe.model.make_scheduler()
-    scheduler.set_timesteps(num_inference_steps)
+    scheduler.set_timesteps(settings.num_inference_steps)
     schedule = [int(t) for t in scheduler.timesteps]
     chosen = spread_timesteps(schedule, num_trace_steps) if timesteps is None else [int(t) for t in timesteps]
     missing = sorted(set(chosen) - set(schedule))
     if missing:
-        raise ValueError(f"timesteps {missing} are not in the {num_inference_steps}-step schedule {schedule}")
-    size = {key: kwargs.pop(key) for key in ("height", "width", "densepose_format") if key in kwargs}
+        raise ValueError(
+            f"timesteps {missing} are not in the {settings.num_inference_steps}-step schedule {schedule}"
+        )
+    size = {key: options.pop(key) for key in ("height", "width", "densepose_format") if key in options}
     inputs = pipe.prepare_inputs(src_image, ref_image, mask, densepose, **size)
     reference = inputs[1]
     if reference.shape[0] != 1:
@@ -223,7 +228,7 @@ def trace(
     recorder = record_attention(
         pipe.model, layers, chosen, flows=True, maps=True, map_size=map_size, temperature=temperature, keep_last=1
     )
-    output = pipe(*inputs, num_inference_steps=num_inference_steps, observer=recorder, **kwargs)
+    output = pipe.sample(*inputs, settings, observer=recorder, **options)
     images = ((reference[0].float().permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().byte().cpu().numpy()
     return Trace(
         output=output,
