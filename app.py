@@ -32,7 +32,8 @@ from leffa.app.previews import MASK_COLOR, previews
 from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
 )
-from leffa.app.service import POSE_MODEL, Generation
+from leffa.app.models import POSE_MODEL
+from leffa.app.service import Generation
 from leffa.core.settings import SamplingSettings
 from preprocess.masks import CATEGORIES
 

@@ -374,7 +374,7 @@ def section_offload(plan: Plan) -> list[str]:
     generate(resident, plan, inputs)
     warm = generate(resident, plan, inputs)
     model.to("cpu")
-    store = ModelStore(None, device=plan.device, dtype=name, leffa_models={"viton_hd": model}, offload=True)
+    store = ModelStore(None, device=plan.device, dtype=name, loaded={"viton_hd": model}, offload=True)
     pipe = store.pipeline("viton_hd")
     reset_peak(plan.device)
 

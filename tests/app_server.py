@@ -29,7 +29,8 @@ def served_app() -> Iterator[tuple[str, object]]:
     """Yield (url, runtime) of the app on 127.0.0.1; close it afterwards."""
     from app import serve
     from leffa.core.model import LeffaModel
-    from leffa.app.runtime import TryOnExample, single_model_runtime
+    from leffa.app.examples import TryOnExample
+    from leffa.app.runtime import single_model_runtime
     from train.synthetic.data import make_examples
 
     torch.manual_seed(0)

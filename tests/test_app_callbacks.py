@@ -23,8 +23,10 @@ from leffa.inspect.spread import attention_spread, sink_mask
 from leffa.app.demo import EXAMPLE_PARTS
 from leffa.app.previews import MASK_COLOR, previews
 from leffa.core.settings import SamplingSettings
+from leffa.app.models import RELEASED_MODELS, served_at
 from leffa.core.validation import MAX_SEED
-from leffa.app.runtime import TryOnExample, crossed, pose_transfer_trained
+from leffa.app.demo import pose_transfer_trained
+from leffa.app.examples import TryOnExample, crossed
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.app.service import ModelStore
 from tests.fake_preprocessing import FakeOpenPose, FakeParser
@@ -48,9 +50,8 @@ def _mask(width=96, height=128, box=(24, 32, 72, 96)) -> Image.Image:
 
 @pytest.fixture()
 def actions(tiny_model, tmp_path):
-    keys = ("viton_hd", "dress_code", "pose_transfer")
-    models, sizes = {key: tiny_model for key in keys}, {key: SIZE for key in keys}
-    store = ModelStore(tmp_path, device="cpu", leffa_models=models, sizes=sizes)
+    loaded = {key: tiny_model for key in RELEASED_MODELS}
+    store = ModelStore(tmp_path, device="cpu", loaded=loaded, models=served_at(RELEASED_MODELS, SIZE, "tiny"))
     return AppCallbacks(store, notice="weights are missing")
 
 

@@ -135,9 +135,9 @@ def test_per_layer_heatmaps_are_thumbnails():
     assert thumbnail(small) is small
 
 
-def _generation(width: int, height: int, model_key: str = "viton_hd", trace=None, seed: int = 7):
+def _generation(width: int, height: int, model_type: str = "viton_hd", trace=None, seed: int = 7):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8))
-    prepared = SimpleNamespace(model_key=model_key)
+    prepared = SimpleNamespace(model_type=model_type)
     return SimpleNamespace(image=image, prepared=prepared, trace=trace, seed=seed, made_at=datetime(2026, 1, 2, 3, 4, 5))
 
 
@@ -163,7 +163,7 @@ def test_run_note_says_which_run_is_shown_and_flags_an_unrecorded_latest_one():
     assert run_note(None).startswith("No recorded result yet")
     recorded = _generation(96, 128, trace=object(), seed=7)
     assert run_note(recorded) == "Showing the try-on result of 03:04:05 (seed 7)."
-    plain = _generation(96, 128, model_key="pose_transfer", seed=9)
+    plain = _generation(96, 128, model_type="pose_transfer", seed=9)
     note = run_note(recorded, plain)
     assert note.startswith("Showing the try-on result of 03:04:05 (seed 7). The latest result (pose-transfer ")
     assert "(seed 9)) was generated without recording attention" in note

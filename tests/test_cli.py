@@ -291,7 +291,7 @@ def test_pairs_file_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "virtual_tryon" / "model.safetensors").is_file(), reason="no demo model in assets/")
 def test_tiny_runs_the_shipped_demo_model_on_its_examples(tmp_path):
-    from leffa.app.runtime import demo_example_files
+    from leffa.app.examples import demo_example_files
 
     example = demo_example_files()[0]
     out = tmp_path / "out"

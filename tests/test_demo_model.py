@@ -14,8 +14,9 @@ from leffa.app.callbacks import AppCallbacks
 from leffa.app.demo import (
     DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, demo_pose_examples, load_demo_model,
 )
-from leffa.app.runtime import demo_pose_example_files
-from leffa.app.service import POSE_MODEL, ModelStore, PoseTransfer
+from leffa.app.examples import demo_pose_example_files
+from leffa.app.models import POSE_MODEL, RELEASED_MODELS, served_at
+from leffa.app.service import ModelStore, PoseTransfer
 from leffa.common import CheckpointMismatchError
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
@@ -178,7 +179,9 @@ def test_figures_use_the_finest_attention_layers_of_the_shipped_architecture() -
 # ------------------------------------------------------------------------------ the app's pose examples
 def _pose_store(model: LeffaModel) -> ModelStore:
     height, width = DEMO_IMAGE_SIZE
-    return ModelStore(None, device="cpu", leffa_models={POSE_MODEL: model}, sizes={POSE_MODEL: (width, height)})
+    return ModelStore(
+        None, device="cpu", loaded={POSE_MODEL: model}, models=served_at(RELEASED_MODELS, (width, height), "demo")
+    )
 
 
 def test_pose_examples_are_check_batch_samples_through_the_apps_conversion() -> None:

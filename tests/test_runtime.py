@@ -10,11 +10,10 @@ from PIL import Image
 
 import leffa.app.runtime
 from leffa.app.callbacks import AppCallbacks, TryOnInputs
-from leffa.app.runtime import (
-    TryOnExample, demo_example_files, demo_pose_example_files, downloads_possible, model_size, pick_dtype,
-    released_runtime, single_model_runtime, tiny_runtime,
-)
+from leffa.app.examples import TryOnExample, demo_example_files, demo_pose_example_files
+from leffa.app.runtime import downloads_possible, pick_dtype, released_runtime, single_model_runtime, tiny_runtime
 from leffa.app.service import ModelStore, PreprocessingUnavailableError
+from leffa.app.models import RELEASED_MODELS, frame_size, served_at
 
 
 def _image(path):
@@ -23,13 +22,15 @@ def _image(path):
     return path
 
 
-def test_model_size_and_dtype_choices():
-    store = ModelStore(None, device="cpu", sizes={"viton_hd": (96, 128)})
-    assert model_size(store, "viton_hd", "full") == (96, 128)
-    assert model_size(store, "viton_hd", "half") == (48, 64)
-    assert model_size(store, "dress_code", "half") == (384, 512)  # the released models' 768×1024
+def test_frame_size_and_dtype_choices():
+    store = ModelStore(None, device="cpu", models={**RELEASED_MODELS, **served_at({"viton_hd": RELEASED_MODELS["viton_hd"]}, (96, 128), "demo")})
+    assert frame_size(store.spec("viton_hd"), "full") == (96, 128)
+    assert frame_size(store.spec("viton_hd"), "half") == (48, 64)
+    assert frame_size(store.spec("dress_code"), "half") == (384, 512)  # the released models' 768×1024
+    with pytest.raises(ValueError, match="unknown model type 'idm'; choose one of viton_hd, dress_code, pose_transfer"):
+        store.size("idm")
     with pytest.raises(ValueError, match="unknown resolution '4k'; choose one of full, half"):
-        model_size(store, "viton_hd", "4k")
+        frame_size(store.spec("viton_hd"), "4k")
     assert pick_dtype("auto", "cpu") == "fp32" and pick_dtype("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         pick_dtype("fp8", "cpu")
@@ -140,7 +141,7 @@ def test_demo_pose_example_files_name_each_part(tmp_path):
 
 
 def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, monkeypatch):
-    store = ModelStore(None, device="meta", leffa_models={"viton_hd": tiny_model}, offload=True)
+    store = ModelStore(None, device="meta", loaded={"viton_hd": tiny_model}, offload=True)
     pipe = store.pipeline("viton_hd")
     moves, cleared = [], []
     monkeypatch.setattr(pipe.model, "to", lambda device: moves.append(str(device)))
@@ -150,7 +151,7 @@ def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, mon
         raise RuntimeError("out of memory")
     assert moves == ["meta", "cpu"] and cleared == [True]  # back on the CPU even after an error
     assert "wait on the CPU" in store.describe()
-    plain = ModelStore(None, device="cpu", leffa_models={"viton_hd": tiny_model})
+    plain = ModelStore(None, device="cpu", loaded={"viton_hd": tiny_model})
     with plain.placed(plain.pipeline("viton_hd")):
         pass
     assert "wait on the CPU" not in plain.describe()

@@ -8,6 +8,7 @@ from PIL import Image
 
 from leffa.app.checkpoints import MissingWeightsError
 from leffa.core.settings import SamplingSettings
+from leffa.app.models import RELEASED_MODELS, served_at
 from leffa.app.service import ModelStore, PoseTransfer, TryOn
 from leffa.common import NoPersonError
 from preprocess.images import InvalidImageError
@@ -25,7 +26,7 @@ def _photo(width=120, height=200, colour=(200, 120, 90)):
 @pytest.fixture()
 def store(tiny_model, monkeypatch, tmp_path):
     models = {key: tiny_model for key in ("viton_hd", "dress_code", "pose_transfer")}
-    store = ModelStore(tmp_path, device="cpu", leffa_models=models, sizes={key: SIZE for key in models})
+    store = ModelStore(tmp_path, device="cpu", loaded=models, models=served_at(RELEASED_MODELS, SIZE, "tiny"))
     monkeypatch.setattr(store, "parser", lambda status=None: FakeParser())
     monkeypatch.setattr(store, "openpose", lambda status=None: FakeOpenPose())
     monkeypatch.setattr(store, "densepose", lambda status=None: FakeDensePose())

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leffa.app.runtime import RESOLUTIONS, model_size
-from leffa.app.service import POSE_MODEL, TRYON_MODELS, Generation, ModelStore, PoseTransfer, Prepared, TryOn
+from leffa.app.models import POSE_MODEL, RESOLUTIONS, TRYON_MODEL_TYPES, frame_size, model_spec
+from leffa.app.service import Generation, ModelStore, PoseTransfer, Prepared, TryOn
 from leffa.app.inspector import TRAINED, InspectorView, inspector_view, layer_choices, timestep_choices
 from leffa.app.previews import mask_layer
 from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings, checked_flag, checked_number
@@ -181,7 +181,7 @@ class AppCallbacks:
 
     def resolution_choices(self, key: str, names: Sequence[str] = RESOLUTIONS) -> list[tuple[str, str]]:
         """(label, value) pairs naming the real pixel sizes, e.g. ("1024×768", "full")."""
-        return [(f"{h}×{w}", name) for name in names for w, h in [model_size(self.store, key, name)]]
+        return [(f"{h}×{w}", name) for name in names for w, h in [frame_size(self.store.spec(key), name)]]
 
     def status(self) -> str:
         """Which models are loaded and where, plus any notice about missing weights."""
@@ -194,15 +194,13 @@ class AppCallbacks:
         person = _require(inputs.person, "person photo")
         garment = _require(inputs.garment, "garment photo")
         checked_flag(inputs.prepare_garment_png, "prepare_garment_png")
-        if inputs.model_type not in TRYON_MODELS:
-            choices = ", ".join(TRYON_MODELS)
-            raise ValueError(f"unknown model type {inputs.model_type!r}; choose one of {choices}")
+        model_spec(self.store.models, inputs.model_type, TRYON_MODEL_TYPES)
         tracker = _Progress(progress)
         tracker(0.0, "preprocessing: mask and DensePose")
         prepared = self.tryon.prepare(
             person, garment, model_type=inputs.model_type, category=inputs.category, mask=inputs.mask,
             densepose=inputs.densepose, prepare_garment_png=inputs.prepare_garment_png,
-            size=model_size(self.store, inputs.model_type, inputs.resolution), status=tracker.status,
+            size=frame_size(self.store.spec(inputs.model_type), inputs.resolution), status=tracker.status,
         )
         _require_masked(prepared.mask)
         tracker(0.0, "inputs ready")
@@ -248,14 +246,14 @@ class AppCallbacks:
         tracker = _Progress(progress)
         tracker(0.0, "preprocessing: DensePose of the target pose")
         prepared = self.poses.prepare(
-            person, target, densepose=densepose, size=model_size(self.store, POSE_MODEL, resolution),
+            person, target, densepose=densepose, size=frame_size(self.store.spec(POSE_MODEL), resolution),
             status=tracker.status,
         )
         return self._generate(prepared, settings, tracker)
 
     def _generate(self, prepared: Prepared, settings: SamplingSettings, tracker: _Progress) -> Generation:
         tracker(0.0, "denoising")
-        service = self.poses if prepared.model_key == POSE_MODEL else self.tryon
+        service = self.poses if prepared.model_type == POSE_MODEL else self.tryon
         generation = service.generate(prepared, settings, callback=tracker.step, status=tracker.status)
         tracker(1.0, f"done (seed {generation.seed})")
         return generation

@@ -24,9 +24,10 @@ from leffa.app.inspector import TRAINED, InspectorView
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
 from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.runtime import (
-    DEVICES, DTYPES, RESOLUTIONS, Runtime, missing_weights, released_runtime, tiny_runtime,
+    DEVICES, DTYPES, Runtime, missing_weights, released_runtime, tiny_runtime,
 )
-from leffa.app.service import TRYON_MODELS, Generation
+from leffa.app.models import RESOLUTIONS, TRYON_MODEL_TYPES
+from leffa.app.service import Generation
 from leffa.core.settings import SamplingSettings
 from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
 from leffa.inspect.visualize import side_by_side
@@ -402,7 +403,7 @@ def _input_options(parser: argparse.ArgumentParser, first: str, second: str, ext
 
 def _tryon_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("try-on")
-    group.add_argument("--model-type", default="viton_hd", choices=list(TRYON_MODELS))
+    group.add_argument("--model-type", default="viton_hd", choices=list(TRYON_MODEL_TYPES))
     group.add_argument("--category", default="upper_body", choices=list(CATEGORIES))
     group.add_argument("--prepare-garment-png", action="store_true", help="centre a cut-out PNG on white")
     group.add_argument("--repaint", action="store_true", help="keep all outside the mask as photographed")

@@ -10,6 +10,7 @@ synthetic people and garments in ``assets/examples/``; real photos are far outsi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -144,3 +145,16 @@ def demo_pose_examples(path: str | os.PathLike | None = None) -> list[dict[str, 
                 example[part] = image.convert("RGB")
         examples.append(example)
     return examples
+
+
+def pose_transfer_trained(folder: str | os.PathLike = DEMO_MODEL_DIR) -> bool:
+    """Whether the built-in demo has a trained pose-transfer model: ``<folder>/pose_transfer/`` with a JSON
+    file (its config or metadata) that says ``"trained": true``."""
+    for path in sorted((Path(folder) / "pose_transfer").glob("*.json")):
+        try:
+            metadata = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metadata, dict) and metadata.get("trained") is True:
+            return True
+    return False

@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from leffa.app.service import POSE_MODEL, Generation
+from leffa.app.models import POSE_MODEL
+from leffa.app.service import Generation
 from leffa.core.flow import attention_entropy
 from leffa.inspect.spread import Spread, attention_spread, sink_mask
 from leffa.inspect.trace import LayerChoice, StepChoice, Trace
@@ -371,7 +372,7 @@ def _layer_heatmaps(
 # ----------------------------------------------------------------------------------------- the runs
 def run_summary(generation: Generation) -> str:
     """E.g. "try-on result of 14:03:12 (seed 7)"."""
-    task = "pose-transfer" if generation.prepared.model_key == POSE_MODEL else "try-on"
+    task = "pose-transfer" if generation.prepared.model_type == POSE_MODEL else "try-on"
     return f"{task} result of {generation.made_at:%H:%M:%S} (seed {generation.seed})"
 
 

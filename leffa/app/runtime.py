@@ -7,7 +7,6 @@ OpenPose, DensePose) come with the released weights.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,41 +14,23 @@ from huggingface_hub import constants as hub_constants
 
 from leffa.app.batch import images_in
 from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
-from leffa.app.demo import (
-    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLE_PARTS, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, demo_examples,
-    load_demo_model, pose_example_indices, pose_example_name,
+from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLES_DIR, load_demo_model, pose_transfer_trained
+from leffa.app.examples import (
+    PoseExample, TryOnExample, crossed, demo_example_files, poses_of, project_poses,
 )
+from leffa.app.models import POSE_MODEL, POSE_TASK, RELEASED_MODELS, TRYON_TASK, served_at
+from leffa.app.service import ModelStore
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel
 from leffa.core.speed import SpeedOptions, apply_speed_options
-from leffa.app.service import POSE_MODEL, TRYON_MODELS, ModelStore
 
-#: Resolution choices: the model's own, or half of it per side for speed.
-RESOLUTIONS: tuple[str, ...] = ("full", "half")
 #: Device choices offered by the app and the command line.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 #: ``auto`` picks fp16 on CUDA (as the released demo runs) and fp32 elsewhere.
 DTYPES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 _MAX_AUTHOR_EXAMPLES = 6
-
-
-@dataclass(frozen=True)
-class TryOnExample:
-    """Inputs of one try-on example; ``mask``/``densepose`` stand in for the preprocessing models."""
-
-    person: Path
-    garment: Path
-    mask: Path | None = None
-    densepose: Path | None = None
-
-
-@dataclass(frozen=True)
-class PoseExample:
-    """Inputs of one pose-transfer example; ``densepose`` is that of the target pose."""
-
-    person: Path
-    target: Path
-    densepose: Path | None = None
+#: Where the demo models' weights are, per task (the registry entries of a single-model runtime name them).
+DEMO_WEIGHTS = {TRYON_TASK: DEMO_MODEL_DIR / TRYON_TASK, POSE_TASK: DEMO_MODEL_DIR / POSE_TASK}
 
 
 @dataclass
@@ -63,14 +44,6 @@ class Runtime:
     pose_examples: list[PoseExample]
     notice: str = ""
     untrained: frozenset[str] = field(default_factory=frozenset)
-
-
-def model_size(store: ModelStore, key: str, resolution: str) -> tuple[int, int]:
-    """Input size (width, height) of a Leffa model key: its own (``full``) or half of it per side."""
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unknown resolution {resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
-    width, height = store.size(key)
-    return (width // 2, height // 2) if resolution == "half" else (width, height)
 
 
 def pick_dtype(dtype: str, device: str) -> str:
@@ -109,49 +82,15 @@ def single_model_runtime(
     transfer when given. Try-on examples are crossed (each person with another one's garment); without
     ``pose_examples`` the pose examples pair the try-on persons; ``untrained`` names the tasks the serving
     model has not learnt."""
-    keys = (*TRYON_MODELS, POSE_MODEL)
-    models = {key: model for key in keys}
+    loaded = {key: model for key in RELEASED_MODELS}
     if pose_model is not None:
-        models[POSE_MODEL] = pose_model
+        loaded[POSE_MODEL] = pose_model
     store = ModelStore(
-        None, device=model.device, dtype=model.dtype, leffa_models=models, sizes={key: size for key in keys},
-        preprocessing=False,
+        None, models=served_at(RELEASED_MODELS, size, "demo", weights=DEMO_WEIGHTS), device=model.device,
+        dtype=model.dtype, loaded=loaded, preprocessing=False,
     )
-    poses = _poses_of(examples) if pose_examples is None else pose_examples
+    poses = poses_of(examples) if pose_examples is None else pose_examples
     return Runtime(store, True, crossed(examples), poses, notice, frozenset(untrained))
-
-
-def crossed(examples: list[TryOnExample]) -> list[TryOnExample]:
-    """Each person (with their mask and DensePose) wearing another example's garment: first every person
-    with the next one's garment, then the one after, and so on; the matched pairs are left out (kept when
-    there is only one)."""
-    count = len(examples)
-    if count < 2:
-        return list(examples)
-    return [
-        TryOnExample(person.person, examples[(index + shift) % count].garment, person.mask, person.densepose)
-        for shift in range(1, count)
-        for index, person in enumerate(examples)
-    ]
-
-
-def pose_transfer_trained(folder: Path = DEMO_MODEL_DIR) -> bool:
-    """Whether the built-in demo has a trained pose-transfer model: ``<folder>/pose_transfer/`` with a JSON
-    file (its config or metadata) that says ``"trained": true``."""
-    for path in sorted((folder / POSE_MODEL).glob("*.json")):
-        try:
-            metadata = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(metadata, dict) and metadata.get("trained") is True:
-            return True
-    return False
-
-
-def _poses_of(examples: list[TryOnExample]) -> list[PoseExample]:
-    """Pose examples from try-on ones, for example folders without pose examples: each person in the pose of
-    the next (with its DensePose)."""
-    return [PoseExample(a.person, b.person, b.densepose) for a, b in zip(examples, examples[1:])]
 
 
 def tiny_runtime(
@@ -167,31 +106,8 @@ def tiny_runtime(
     height, width = DEMO_IMAGE_SIZE
     untrained = frozenset() if trained else frozenset({POSE_MODEL})
     examples = demo_example_files(EXAMPLES_DIR)
-    poses = _project_poses(EXAMPLES_DIR, examples)
+    poses = project_poses(EXAMPLES_DIR, examples)
     return single_model_runtime(model, (width, height), examples, notice, untrained, pose_model, poses)
-
-
-def demo_example_files(folder: Path = EXAMPLES_DIR) -> list[TryOnExample]:
-    """Paths of the shipped example inputs (the app's example tables need files, not images)."""
-    demo_examples(folder)  # a clear error when the folder is incomplete
-    return [
-        TryOnExample(*(folder / person.name.replace("person", part, 1) for part in EXAMPLE_PARTS))
-        for person in sorted(folder.glob("person_*.png"))
-    ]
-
-
-def demo_pose_example_files(folder: Path = EXAMPLES_DIR) -> list[PoseExample]:
-    """Paths of the shipped pose examples (``pose_KK_person/target/densepose.png``: test samples of the pose
-    demo model's check batch, written by ``python -m train.synthetic.pose_examples``); empty without any."""
-    return [
-        PoseExample(*(folder / pose_example_name(index, part) for part in POSE_EXAMPLE_PARTS))
-        for index in pose_example_indices(folder)
-    ]
-
-
-def _project_poses(folder: Path, examples: list[TryOnExample]) -> list[PoseExample]:
-    """The folder's pose examples, or pairs of its try-on persons when it has none."""
-    return demo_pose_example_files(folder) or _poses_of(examples)
 
 
 def released_runtime(
@@ -228,6 +144,6 @@ def released_runtime(
     # The project's DensePose renders are in the demo models' format, not the released models': drop them, so
     # the released DensePose model computes its own from the photo (the masks are format-free and stay).
     project_tryon = [TryOnExample(e.person, e.garment, e.mask) for e in crossed(project)]
-    project_poses = [PoseExample(e.person, e.target) for e in _project_poses(EXAMPLES_DIR, project)]
-    return Runtime(store, False, project_tryon + tryon, project_poses + poses, notice)
+    project_pose_pairs = [PoseExample(e.person, e.target) for e in project_poses(EXAMPLES_DIR, project)]
+    return Runtime(store, False, project_tryon + tryon, project_pose_pairs + poses, notice)
 

@@ -9,7 +9,7 @@ trace, crop back to the photo's framing), so a user can edit the mask in between
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,23 +21,18 @@ import torch
 from PIL import Image
 
 from leffa.app.checkpoints import MissingWeightsError, download_command, ensure_files
+from leffa.app.models import POSE_MODEL, RELEASED_MODELS, TRYON_MODEL_TYPES, ModelSpec, model_spec
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
 from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings
 from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.inspect.trace import Trace, trace
-from leffa.core.transforms import DEFAULT_SIZE, Letterbox, crop_back, letterbox
+from leffa.core.transforms import Letterbox, crop_back, letterbox
 from preprocess.garment import prepare_garment
 from preprocess.images import ImageSource, load_image, open_image
 from preprocess.masks import CATEGORIES, agnostic_mask, binarize_mask
 
-#: Try-on model types: (weights task, checkpoint name, mask variant, DensePose render name).
-TRYON_MODELS: dict[str, tuple[str, str, str, str]] = {
-    "viton_hd": ("virtual_tryon", "virtual_tryon", "viton_hd", "segmentation"),
-    "dress_code": ("virtual_tryon_dc", "virtual_tryon_dc", "dress_code", "dresscode"),
-}
-POSE_MODEL = "pose_transfer"
 #: Reports loading progress to the caller (e.g. the app's progress bar).
 StatusCallback = Callable[[str], None]
 
@@ -63,38 +58,38 @@ def no_preprocessing_message(ckpt_dir: str | Path = "ckpts") -> str:
 class ModelStore:
     """Lazily loaded models shared by the services; each is loaded at most once.
 
-    ``leffa_models`` pre-seeds Leffa models by key (``viton_hd``, ``dress_code``, ``pose_transfer``), e.g.
-    the built-in demo model; other keys load the released weights from ``ckpt_dir`` (downloaded there on
-    first use when ``download`` is true). ``offload`` keeps the Leffa models on the CPU between calls and
-    moves the one in use to ``device`` for the length of a generation (for devices short of memory). ``speed``
-    is applied to each Leffa model loaded from ``ckpt_dir`` (:mod:`leffa.core.speed`). ``preprocessing=False``
-    (the built-in demo model) has no parsing, OpenPose or DensePose models: asking for one raises
-    :class:`PreprocessingUnavailableError` instead of looking for weights.
+    ``models`` is the registry of servable models (:mod:`leffa.app.models`; default the released ones);
+    ``loaded`` pre-seeds Leffa models by model type (the built-in demo models, test models), others load
+    from their entry's weights in ``ckpt_dir`` (downloaded there on first use when ``download`` is true).
+    ``offload`` keeps the Leffa models on the CPU between calls and moves the one in use to ``device`` for
+    the length of a generation (for devices short of memory). ``speed`` is applied to each Leffa model loaded
+    from ``ckpt_dir`` (:mod:`leffa.core.speed`). ``preprocessing=False`` (the built-in demo model) has no
+    parsing, OpenPose or DensePose models: asking for one raises :class:`PreprocessingUnavailableError`
+    instead of looking for weights.
     """
 
     def __init__(
         self,
         ckpt_dir: str | Path | None = None,
         *,
+        models: Mapping[str, ModelSpec] = RELEASED_MODELS,
         device: str | None = "auto",
         dtype: str | None = None,
         download: bool = False,
-        leffa_models: dict[str, LeffaModel] | None = None,
-        sizes: dict[str, tuple[int, int]] | None = None,
+        loaded: Mapping[str, LeffaModel] | None = None,
         offload: bool = False,
         speed: SpeedOptions | None = None,
         preprocessing: bool = True,
     ) -> None:
         self.ckpt_dir = ckpt_dir
+        self.models = dict(models)
         self.preprocessing = preprocessing
         self.speed = speed
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.download = download
         self.offload = offload
-        self.sizes = dict(sizes or {})
-        self._pipelines = {key: LeffaPipeline(model) for key, model in (leffa_models or {}).items()}
-        self._models: dict[str, Any] = {}
+        self._loaded: dict[str, Any] = {f"leffa:{key}": LeffaPipeline(model) for key, model in (loaded or {}).items()}
         self._lock = threading.Lock()
 
     def _preprocessor(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
@@ -104,32 +99,36 @@ class ModelStore:
 
     def _get(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
         with self._lock:
-            if key not in self._models:
+            if key not in self._loaded:
                 if status is not None:
                     status(f"loading {key} on {self.device}")
-                self._models[key] = build()
-            return self._models[key]
+                self._loaded[key] = build()
+            return self._loaded[key]
 
-    def size(self, key: str) -> tuple[int, int]:
-        """Model resolution (width, height) for a Leffa model key."""
-        return self.sizes.get(key, DEFAULT_SIZE)
+    def spec(self, model_type: str) -> ModelSpec:
+        """The registry entry of ``model_type`` (a ``ValueError`` naming the choices for an unknown one)."""
+        return model_spec(self.models, model_type)
 
-    def pipeline(self, key: str, status: StatusCallback | None = None) -> LeffaPipeline:
-        if key in self._pipelines:
-            return self._pipelines[key]
-        task, name = (POSE_MODEL, POSE_MODEL) if key == POSE_MODEL else TRYON_MODELS[key][:2]
+    def size(self, model_type: str) -> tuple[int, int]:
+        """The frame (width, height) of ``model_type``."""
+        return self.spec(model_type).size
+
+    def pipeline(self, model_type: str, status: StatusCallback | None = None) -> LeffaPipeline:
+        """The loaded pipeline of ``model_type`` (loading it from its entry's weights on first use)."""
+        spec = self.spec(model_type)
 
         def build() -> LeffaPipeline:
-            path = ensure_files(task, self.ckpt_dir, download=self.download)[name]
+            if isinstance(spec.weights, Path):
+                path = spec.weights
+            else:
+                path = ensure_files(spec.weights, self.ckpt_dir, download=self.download)[spec.weights]
             device = torch.device("cpu") if self.offload else self.device
             model = LeffaModel.from_pretrained(path, device=device, dtype=self.dtype)
             if self.speed is not None:
                 apply_speed_options(model, self.speed, device=self.device)
             return LeffaPipeline(model)
 
-        pipe = self._get(f"leffa:{key}", build, status)
-        self._pipelines[key] = pipe
-        return pipe
+        return self._get(f"leffa:{model_type}", build, status)
 
     @contextmanager
     def placed(self, pipe: LeffaPipeline) -> Iterator[LeffaPipeline]:
@@ -174,7 +173,7 @@ class ModelStore:
 
     def describe(self) -> str:
         """Which models are loaded, and where (for the app's status note)."""
-        names = sorted(set(self._models) | {f"leffa:{key}" for key in self._pipelines})
+        names = sorted(self._loaded)
         loaded = ", ".join(names) if names else "none yet (models load on first use)"
         offload = " (Leffa models wait on the CPU between runs)" if self.offload else ""
         return f"device {self.device}{offload}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
@@ -189,7 +188,7 @@ class Prepared:
     mask: Image.Image
     densepose: Image.Image
     box: Letterbox
-    model_key: str
+    model_type: str
     parse: np.ndarray | None = None
     keypoints: np.ndarray | None = None
     previews: dict[str, Image.Image] = field(default_factory=dict)
@@ -241,7 +240,7 @@ class _Generator:
     ) -> Generation:
         """Sample an image with ``settings``; ``settings.record_attention`` also records attention and flows
         for the inspector."""
-        pipe = self.store.pipeline(prepared.model_key, status)
+        pipe = self.store.pipeline(prepared.model_type, status)
         inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
         recorded = None
         with self.store.placed(pipe):
@@ -273,11 +272,10 @@ class TryOn(_Generator):
     ) -> Prepared:
         """Letterbox both photos to the model size (or ``size``, width × height) and make the mask and
         DensePose (unless supplied)."""
-        if model_type not in TRYON_MODELS:
-            raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(TRYON_MODELS)}")
+        spec = model_spec(self.store.models, model_type, TRYON_MODEL_TYPES)
         if category not in CATEGORIES:
             raise ValueError(f"unknown garment category {category!r}; choose one of {', '.join(CATEGORIES)}")
-        _, _, variant, render = TRYON_MODELS[model_type]
+        variant, render = spec.mask_variant, spec.densepose_render
         size = size or self.store.size(model_type)
         person_image, box = letterbox(load_image(person), size)
         garment_source = open_image(garment)
