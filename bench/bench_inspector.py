@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from leffa.app.callbacks import AppCallbacks, TryOnInputs
-from leffa.app.demo import DEMO_MODEL_DIR
+from leffa.assets import DEMO_MODEL_DIR
 from leffa.app.inspector import layer_labels
 from leffa.app.runtime import tiny_runtime
 from leffa.app.service import Generation

@@ -1,7 +1,7 @@
 """Leffa: learning flow fields in attention for controllable person image generation.
 
 ``from leffa import LeffaModel, LeffaPipeline``; heavy modules are imported on first use so that light
-submodules (``leffa.core.flow``, ``leffa.app.checkpoints``) import quickly.
+submodules (``leffa.core.flow``, ``leffa.weights``) import quickly.
 """
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ from leffa.app.inspector import (
     mark_looked_at, marked_result, scale_top, sharpness,
 )
 from leffa.inspect.spread import attention_spread, sink_mask
-from leffa.app.demo import EXAMPLE_PARTS
+from leffa.assets import EXAMPLE_PARTS
 from leffa.app.previews import MASK_COLOR, previews
 from leffa.core.settings import SamplingSettings
 from leffa.app.models import RELEASED_MODELS, served_at
 from leffa.core.validation import MAX_SEED
 from leffa.app.demo import pose_transfer_trained
 from leffa.app.examples import TryOnExample, crossed
-from leffa.app.checkpoints import MissingWeightsError
+from leffa.weights import MissingWeightsError
 from leffa.app.service import ModelStore
 from tests.fake_preprocessing import FakeOpenPose, FakeParser
 

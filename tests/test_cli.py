@@ -12,7 +12,7 @@ from PIL import Image
 from leffa.app import cli
 from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
 from leffa.app.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
-from leffa.app.demo import DEMO_MODEL_DIR
+from leffa.assets import DEMO_MODEL_DIR
 from leffa.app.runtime import single_model_runtime
 from tests.conftest import read_run_log, write_block_image
 
@@ -237,7 +237,7 @@ def test_download_check_list_and_fetch(tmp_path, monkeypatch, capsys):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"weights")
 
-    monkeypatch.setattr("leffa.app.checkpoints.snapshot_download", fake_snapshot)
+    monkeypatch.setattr("leffa.weights.snapshot_download", fake_snapshot)
     assert main(["download", "openpose", "--ckpt-dir", str(root)]) == EXIT_OK
     assert f"openpose: ready in {root}" in capsys.readouterr().out
     assert main(["download", "openpose", "--check", "--ckpt-dir", str(root)]) == EXIT_OK

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from leffa.app.callbacks import AppCallbacks
-from leffa.app.demo import (
-    DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS, demo_examples, demo_pose_examples, load_demo_model,
-)
+from leffa.app.demo import demo_examples, demo_pose_examples, load_demo_model
+from leffa.assets import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, DEMO_TASKS
 from leffa.app.examples import demo_pose_example_files
 from leffa.app.models import POSE_MODEL, RELEASED_MODELS, served_at
 from leffa.app.service import ModelStore, PoseTransfer
@@ -85,13 +84,17 @@ def test_metadata_says_trained_and_how(task: str) -> None:
 
 
 def test_missing_assets_give_clear_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing unet.json, vae.json, scheduler.json, model.safetensors"):
+    with pytest.raises(FileNotFoundError, match="model incomplete in .*: missing model.safetensors .*; restore assets/demo-model"):
         load_demo_model("cpu", path=tmp_path)
+    (tmp_path / "unet.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing vae.json, scheduler.json, model.safetensors"):
+        load_demo_model("cpu", path=tmp_path)
+    (tmp_path / "unet.json").unlink()
     with pytest.raises(ValueError, match=r"task must be one of \('virtual_tryon', 'pose_transfer'\), got 'tryon'"):
         load_demo_model("cpu", task="tryon")
     from train.synthetic.experiment import load_run
 
-    with pytest.raises(FileNotFoundError, match="missing unet.json.*; train it first"):
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors.*; train it first"):
         load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no example inputs"):
         demo_examples(tmp_path)

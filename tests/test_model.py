@@ -288,7 +288,7 @@ def test_bad_device_and_dtype_names():
 
 
 def test_base_is_detected_from_keys(tiny_model, tmp_path):
-    from leffa.core.model import detect_base
+    from leffa.core.serialization import detect_base
 
     path = save_state_dict(tiny_model.state_dict(), tmp_path / "tiny.safetensors")
     assert LeffaModel.from_pretrained(path, device="cpu").base == "tiny"

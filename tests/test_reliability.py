@@ -19,7 +19,8 @@ from PIL import Image
 from leffa.app import cli
 from leffa.app.batch import BatchInputError, jobs_from_pairs_file, jobs_from_paths
 from leffa.app.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
-from leffa.app.demo import DEMO_MODEL_DIR, DEMO_TASKS, load_demo_model
+from leffa.app.demo import load_demo_model
+from leffa.assets import DEMO_MODEL_DIR, DEMO_TASKS
 from leffa.app.runtime import single_model_runtime
 from leffa.core.configs import BaseConfigs, load_base_configs
 from leffa.core.model import LeffaModel

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leffa.app.checkpoints import MissingWeightsError
+from leffa.weights import MissingWeightsError
 from leffa.core.settings import SamplingSettings
 from leffa.app.models import RELEASED_MODELS, served_at
 from leffa.app.service import ModelStore, PoseTransfer, TryOn

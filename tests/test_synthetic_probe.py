@@ -79,7 +79,7 @@ def test_check_run_measures_on_the_tasks_shipped_check_batch(tmp_path: Path, mon
     import shutil
 
     import train.synthetic.ship as ship
-    from leffa.app.demo import DEMO_MODEL_DIR
+    from leffa.assets import DEMO_MODEL_DIR
     from train.synthetic.probe import check_run
 
     seen = {}
@@ -103,7 +103,7 @@ def test_probe_run_of_a_model_folder_without_checkpoints_probes_its_model(tmp_pa
     import shutil
 
     import train.synthetic.probe as probe
-    from leffa.app.demo import DEMO_MODEL_DIR
+    from leffa.assets import DEMO_MODEL_DIR
 
     monkeypatch.setattr(probe, "probe_split", lambda task, cache_dir=None: {"task": task})
     monkeypatch.setattr(probe, "flow_probe", lambda model, split: {"t100/epe/layer_mean": 2.5, "task": split["task"]})

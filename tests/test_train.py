@@ -15,7 +15,6 @@ from PIL import Image
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 
-from leffa.app.demo import load_model_folder
 from leffa.core.configs import load_base_configs
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
@@ -493,7 +492,7 @@ def test_jsonl_logging_writes_every_logged_step_and_a_model_folder(tmp_path):
     custom = tiny_config(tmp_path / "c", "train.max_steps=1", "model.vae_config={scaling_factor: 0.3}")
     Trainer(custom).fit()
     assert json.loads((tmp_path / "c" / "run" / "vae.json").read_text())["scaling_factor"] == 0.3
-    loaded = load_model_folder(tmp_path / "c" / "run", "cpu", base="custom", hint="")
+    loaded = LeffaModel.from_pretrained(tmp_path / "c" / "run", device="cpu")
     assert loaded.vae.config.scaling_factor == 0.3
 
 

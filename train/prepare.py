@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from leffa.app.checkpoints import ensure_files
+from leffa.weights import ensure_files
 from preprocess.masks import agnostic_mask
 from leffa.common import IMAGE_SUFFIXES, NoPersonError
 from preprocess.openpose import OpenPoseDetector

@@ -22,7 +22,7 @@ from PIL import Image
 from leffa.app.callbacks import AppCallbacks, TryOnInputs
 from leffa.app.inspector import TRAINED, InspectorView
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
-from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.weights import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.runtime import (
     DEVICES, DTYPES, Runtime, missing_weights, released_runtime, tiny_runtime,
 )
@@ -46,50 +46,21 @@ _TINY_EXTRAS = (
 )
 
 
+_DEFAULT_OUT = Path("outputs")
+
+
 class UsageError(ValueError):
     """The command cannot run as asked (found before any model loads); exit code 2, like bad arguments."""
-_DEFAULT_OUT = Path("outputs")
 
 
 # ------------------------------------------------------------------------------------------- convert
 def _convert(args: argparse.Namespace) -> int:
-    """Check strictly, then copy; the model configs go into a ``.safetensors`` header so the copy loads alone."""
-    import torch
+    """Check strictly, then copy (``leffa.core.serialization.convert_checkpoint``)."""
+    from leffa.core.serialization import convert_checkpoint
 
-    from leffa.core.model import LeffaModel, checkpoint_configs
-    from leffa.common import check_state_dict
-    from leffa.core.serialization import SAFETENSORS_SUFFIX, read_state_dict, save_state_dict
-
-    source, out = Path(args.input), Path(args.output)
-    if out.exists() and out.resolve() == source.resolve():
-        raise ValueError(f"output {out} is the input checkpoint; write the copy to another file")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; {_OVERWRITE_HINT}")
-    state = read_state_dict(source)
-    configs = checkpoint_configs(source, state, args.base)
-    expected = {name: t.shape for name, t in LeffaModel.from_base(configs, device="meta").state_dict().items()}
-    check_state_dict(expected, state, hint=f"model base: {configs.name}")
-    stored = configs if out.suffix == SAFETENSORS_SUFFIX else None
-    if stored is None and not _detected_as(state, configs):
-        raise ValueError(
-            f"{source} has model configs of its own, which a {out.suffix} file cannot hold; write a "
-            f"{SAFETENSORS_SUFFIX} file (its header keeps them)"
-        )
-    save_state_dict(state, out, dtype=torch.float16 if args.fp16 else None, configs=stored)
-    print(f"wrote {out} ({configs.name}, {len(state)} tensors{', fp16' if args.fp16 else ''})")
+    configs = convert_checkpoint(args.input, args.output, fp16=args.fp16, base=args.base, overwrite=args.overwrite)
+    print(f"wrote {args.output} ({configs.name}{', fp16' if args.fp16 else ''})")
     return EXIT_OK
-
-
-def _detected_as(state: dict, configs) -> bool:
-    """Whether a file holding only ``state`` (a ``.pth``) would load as ``configs`` by base detection."""
-    from leffa.core.configs import load_base_configs
-    from leffa.core.model import detect_base
-
-    try:
-        shipped = load_base_configs(detect_base(state))
-    except ValueError:
-        return False
-    return (shipped.unet, shipped.vae, shipped.scheduler) == (configs.unet, configs.vae, configs.scheduler)
 
 
 # ------------------------------------------------------------------------------------------ download

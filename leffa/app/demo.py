@@ -18,23 +18,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from leffa.core.configs import BaseConfigs
+from leffa.assets import (
+    DEMO_MODEL_DIR, DEMO_TASKS, EXAMPLE_PARTS, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, pose_example_name,
+)
 from leffa.core.model import LeffaModel
-from leffa.core.serialization import CONFIG_PARTS, MODEL_FILE, read_config_files
-
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
-DEMO_MODEL_DIR = ASSETS_DIR / "demo-model"
-EXAMPLES_DIR = ASSETS_DIR / "examples"
-#: (height, width) the demo model was trained at; its examples have this size.
-DEMO_IMAGE_SIZE: tuple[int, int] = (128, 96)
-#: The files of a model folder: a config per part (``<part>.json``) and the weights.
-DEMO_FILES = (*(f"{part}.json" for part in CONFIG_PARTS), MODEL_FILE)
-EXAMPLE_PARTS = ("person", "garment", "mask", "densepose")
-#: Parts of a pose example ``pose_KK_<part>.png``: the person (appearance, pose A), the target photo (pose B)
-#: and the target's DensePose (the synthetic grey part render the pose demo model was trained on).
-POSE_EXAMPLE_PARTS = ("person", "target", "densepose")
-#: One demo model per task, each in ``assets/demo-model/<task>/`` with its ``metadata.json`` and check batch.
-DEMO_TASKS = ("virtual_tryon", "pose_transfer")
 _EXAMPLE_NAME = re.compile(r"^person_(\d+)\.png$")
 _POSE_EXAMPLE_NAME = re.compile(r"^pose_(\d+)_person\.png$")
 
@@ -57,31 +44,13 @@ def load_demo_model(
     """
     if task not in DEMO_TASKS:
         raise ValueError(f"task must be one of {DEMO_TASKS}, got {task!r}")
-    return load_model_folder(
-        path if path is not None else DEMO_MODEL_DIR / task,
-        device,
-        dtype,
-        base="demo",
-        hint="restore assets/demo-model from the repository or rebuild it (docs/synthetic-benchmark.md)",
-    )
-
-
-def load_model_folder(
-    folder: str | os.PathLike,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    *,
-    base: str,
-    hint: str,
-) -> LeffaModel:
-    """A model folder (configs + ``model.safetensors`` in the released key format), loaded strictly by
-    ``LeffaModel.from_pretrained``; ``base`` labels the model, ``hint`` ends the error that names missing files."""
-    folder = Path(folder)
-    missing = _missing(folder, DEMO_FILES)
-    if missing:
-        raise FileNotFoundError(f"model incomplete in {folder}: missing {', '.join(missing)}; {hint}")
-    configs = BaseConfigs(**read_config_files(folder), name=base)
-    return LeffaModel.from_pretrained(folder / MODEL_FILE, configs, device=device, dtype=dtype).eval()
+    try:
+        model = LeffaModel.from_pretrained(path if path is not None else DEMO_MODEL_DIR / task, device=device, dtype=dtype)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}; restore assets/demo-model from the repository or rebuild it (docs/synthetic-benchmark.md)"
+        ) from None
+    return model.eval()
 
 
 def demo_examples(path: str | os.PathLike | None = None) -> list[dict[str, Image.Image]]:
@@ -105,13 +74,6 @@ def demo_examples(path: str | os.PathLike | None = None) -> list[dict[str, Image
                 example[part] = image.convert("L" if part == "mask" else "RGB")
         examples.append(example)
     return examples
-
-
-def pose_example_name(index: str, part: str) -> str:
-    """File name of one part of pose example ``index`` (e.g. ``"00"``): ``pose_<index>_<part>.png``."""
-    if part not in POSE_EXAMPLE_PARTS:
-        raise ValueError(f"part must be one of {POSE_EXAMPLE_PARTS}, got {part!r}")
-    return f"pose_{index}_{part}.png"
 
 
 def pose_example_indices(path: str | os.PathLike | None = None) -> list[str]:

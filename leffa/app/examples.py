@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from leffa.app.demo import (
-    EXAMPLE_PARTS, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, demo_examples, pose_example_indices, pose_example_name,
-)
+from leffa.app.demo import demo_examples, pose_example_indices
+from leffa.assets import EXAMPLE_PARTS, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, pose_example_name
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The models the app and the command line serve: one named entry (:class:`ModelSpec`) each.
 
 An entry says what a model is for and how to feed it: its task, the weights it loads (a download task of
-:mod:`leffa.app.checkpoints`, or a model folder for the demo models), the agnostic-mask variant and DensePose
+:mod:`leffa.weights`, or a model folder for the demo models), the agnostic-mask variant and DensePose
 render its inputs need, its frame size and its base. ``ModelStore`` reads these entries; the page, the HTTP
 API and the command line name an entry by its ``model_type`` (``--model-type``, ``model_type``).
 """

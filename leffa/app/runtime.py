@@ -13,8 +13,9 @@ from pathlib import Path
 from huggingface_hub import constants as hub_constants
 
 from leffa.app.batch import images_in
-from leffa.app.checkpoints import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
-from leffa.app.demo import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLES_DIR, load_demo_model, pose_transfer_trained
+from leffa.weights import FILES, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa.app.demo import load_demo_model, pose_transfer_trained
+from leffa.assets import DEMO_IMAGE_SIZE, DEMO_MODEL_DIR, EXAMPLES_DIR
 from leffa.app.examples import (
     PoseExample, TryOnExample, crossed, demo_example_files, poses_of, project_poses,
 )

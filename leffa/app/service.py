@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.app.checkpoints import MissingWeightsError, download_command, ensure_files
+from leffa.weights import MissingWeightsError, download_command, ensure_files
 from leffa.app.models import POSE_MODEL, RELEASED_MODELS, TRYON_MODEL_TYPES, ModelSpec, model_spec
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype

@@ -27,7 +27,7 @@ from leffa.core.attention import (
 )
 from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
 from leffa.common import CheckpointMismatchError, check_state_dict, resolve_device
-from leffa.core.serialization import MODEL_FILE, read_state_dict, stored_configs, trained_size
+from leffa.core.serialization import checkpoint_configs, model_folder_weights, read_state_dict, trained_size
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,33 +43,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def detect_base(state: Mapping[str, torch.Tensor]) -> str:
-    """Which shipped base a released-format state dict belongs to (by its keys and widths)."""
-    conv_in = state.get("unet.conv_in.weight")
-    if conv_in is None:
-        raise ValueError("not a Leffa checkpoint: it has no 'unet.conv_in.weight' (expected vae.*, unet_encoder.*, unet.*)")
-    if conv_in.shape[0] == 32:
-        return "tiny"
-    return "sdxl-inpainting" if "unet.add_embedding.linear_1.weight" in state else "sd15-inpainting"
-
-
-def checkpoint_configs(
-    path: str | os.PathLike, state: Mapping[str, torch.Tensor], base: str | BaseConfigs = "auto"
-) -> BaseConfigs:
-    """What to build the model of checkpoint ``path`` (weights ``state``) from: ``base`` when given, else the
-    configs stored with the file (:func:`~leffa.core.serialization.stored_configs`), else the shipped base
-    its keys match (:func:`detect_base`)."""
-    if base != "auto":
-        return load_base_configs(base) if isinstance(base, str) else base
-    stored = stored_configs(path)
-    if stored is not None:
-        return stored
-    try:
-        return load_base_configs(detect_base(state))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
 
 
 def _build_unet(config: Mapping[str, Any], in_channels: int) -> UNet2DConditionModel:
@@ -161,7 +134,7 @@ class LeffaModel(nn.Module):
         """
         path = Path(path)
         if path.is_dir():
-            path = path / MODEL_FILE
+            path = model_folder_weights(path)
         size = trained_size(path)
         state = read_state_dict(path)
         model = cls.from_base(checkpoint_configs(path, state, base), device="meta")

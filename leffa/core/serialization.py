@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from leffa.core.configs import BaseConfigs
+from leffa.common import check_state_dict
+from leffa.core.configs import BaseConfigs, load_base_configs
 
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -139,6 +140,24 @@ def write_config_files(configs: BaseConfigs, folder: str | os.PathLike) -> None:
         (folder / f"{part}.json").write_text(json.dumps(getattr(configs, part), indent=2) + "\n")
 
 
+def model_folder_weights(folder: str | os.PathLike) -> Path:
+    """The weights of a model folder (``model.safetensors``, with ``unet.json``, ``vae.json`` and
+    ``scheduler.json`` beside it unless its header carries them); a ``FileNotFoundError`` naming what is
+    missing otherwise (some config files without the others, or no weights)."""
+    folder = Path(folder)
+    configs = [f"{part}.json" for part in CONFIG_PARTS]
+    present = [name for name in configs if (folder / name).is_file()]
+    missing = [name for name in configs if present and name not in present]
+    if not (folder / MODEL_FILE).is_file():
+        missing.append(MODEL_FILE)
+    if missing:
+        raise FileNotFoundError(
+            f"model incomplete in {folder}: missing {', '.join(missing)} (a model folder holds {MODEL_FILE} and, "
+            f"unless its header carries them, {', '.join(configs)})"
+        )
+    return folder / MODEL_FILE
+
+
 def trained_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """The (height, width) a model was trained at, from the ``image_size`` of the ``metadata.json`` beside
     its weights; ``None`` when there is no such file or entry (the released checkpoints)."""
@@ -179,3 +198,70 @@ def stored_configs(path: str | os.PathLike) -> BaseConfigs | None:
     if all((path.parent / f"{part}.json").is_file() for part in CONFIG_PARTS):
         return BaseConfigs(**read_config_files(path.parent), name=name)
     return None
+
+
+def detect_base(state: Mapping[str, torch.Tensor]) -> str:
+    """Which shipped base a released-format state dict belongs to (by its keys and widths)."""
+    conv_in = state.get("unet.conv_in.weight")
+    if conv_in is None:
+        raise ValueError("not a Leffa checkpoint: it has no 'unet.conv_in.weight' (expected vae.*, unet_encoder.*, unet.*)")
+    if conv_in.shape[0] == 32:
+        return "tiny"
+    return "sdxl-inpainting" if "unet.add_embedding.linear_1.weight" in state else "sd15-inpainting"
+
+
+def checkpoint_configs(
+    path: str | os.PathLike, state: Mapping[str, torch.Tensor], base: str | BaseConfigs = "auto"
+) -> BaseConfigs:
+    """What to build the model of checkpoint ``path`` (weights ``state``) from: ``base`` when given, else the
+    configs stored with the file (:func:`stored_configs`), else the shipped base
+    its keys match (:func:`detect_base`)."""
+    if base != "auto":
+        return load_base_configs(base) if isinstance(base, str) else base
+    stored = stored_configs(path)
+    if stored is not None:
+        return stored
+    try:
+        return load_base_configs(detect_base(state))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def convert_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False, base: str | BaseConfigs = "auto",
+    overwrite: bool = False,
+) -> BaseConfigs:
+    """Check a checkpoint strictly against the model it is for, then write a copy (optionally fp16); a
+    ``.safetensors`` copy keeps the model configs in its header, so it loads alone. Returns those configs.
+
+    A ``.pth`` copy cannot hold configs: it is refused for a model other than the shipped base its keys
+    detect as. The model is built on the meta device only to know every key's shape.
+    """
+    from leffa.core.model import LeffaModel  # the model module imports this one
+
+    source, out = Path(source), Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"output {out} is the input checkpoint; write the copy to another file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another output")
+    state = read_state_dict(source)
+    configs = checkpoint_configs(source, state, base)
+    expected = {name: t.shape for name, t in LeffaModel.from_base(configs, device="meta").state_dict().items()}
+    check_state_dict(expected, state, hint=f"model base: {configs.name}")
+    stored = configs if out.suffix == SAFETENSORS_SUFFIX else None
+    if stored is None and not _detected_as(state, configs):
+        raise ValueError(
+            f"{source} has model configs of its own, which a {out.suffix} file cannot hold; write a "
+            f"{SAFETENSORS_SUFFIX} file (its header keeps them)"
+        )
+    save_state_dict(state, out, dtype=torch.float16 if fp16 else None, configs=stored)
+    return configs
+
+
+def _detected_as(state: Mapping[str, torch.Tensor], configs: BaseConfigs) -> bool:
+    """Whether a file holding only ``state`` (a ``.pth``) would load as ``configs`` by base detection."""
+    try:
+        shipped = load_base_configs(detect_base(state))
+    except ValueError:
+        return False
+    return (shipped.unet, shipped.vae, shipped.scheduler) == (configs.unet, configs.vae, configs.scheduler)

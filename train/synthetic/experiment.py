@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leffa.app.demo import load_model_folder
 from leffa.core.serialization import read_config_files
 from leffa.core.flow import upsample_flow, warp
 from leffa.core.model import LeffaModel
@@ -77,9 +76,11 @@ TRAIN_INFO_FILE = "train_info.json"
 
 def load_run(run: str | Path) -> LeffaModel:
     """A run folder (the trainer's ``model.safetensors`` and model configs), loaded strictly, fp32 on the CPU."""
-    return load_model_folder(
-        run, "cpu", torch.float32, base="synthetic", hint="train it first: python -m train.synthetic.experiment train"
-    )
+    try:
+        model = LeffaModel.from_pretrained(run, device="cpu", dtype=torch.float32)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; train it first: python -m train.synthetic.experiment train") from None
+    return model.eval()
 
 
 def read_train_info(run: str | Path) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leffa.app.demo import DEMO_MODEL_DIR, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, pose_example_name
+from leffa.assets import DEMO_MODEL_DIR, EXAMPLES_DIR, POSE_EXAMPLE_PARTS, pose_example_name
 
 #: Check-batch array of each example file: the target (pose B) is the batch's ``person``.
 BATCH_ARRAYS = {"person": "reference", "target": "person", "densepose": "densepose"}

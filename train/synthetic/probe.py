@@ -138,7 +138,7 @@ def probe_run(run: str | Path, task: str, cache_dir: str | Path | None = None) -
 def check_run(run: str | Path, task: str, check_batch: str | Path | None = None) -> dict[str, float]:
     """The run's final model on the check batch (``ship.check_numbers``; by default the shipped demo model's
     batch of ``task``), written to ``check_numbers.json``."""
-    from leffa.app.demo import DEMO_MODEL_DIR
+    from leffa.assets import DEMO_MODEL_DIR
     from train.synthetic.experiment import load_run
     from train.synthetic.ship import BATCH_FILE, TASKS as DEMO_TASKS, check_numbers, read_check_batch
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from leffa.app import checkpoints
-from leffa.app.checkpoints import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
+from leffa import weights
+from leffa.weights import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 
 TRYON_PREPROCESSING_FILES = [
     "humanparsing/parsing_atr.onnx",
@@ -59,7 +59,7 @@ def fake_hub(tmp_path, monkeypatch):
                 shutil.copyfile(hub / name, target)
         return str(local_dir)
 
-    monkeypatch.setattr(checkpoints, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(weights, "snapshot_download", fake_snapshot_download)
     return calls
 
 
@@ -126,7 +126,7 @@ def test_hub_error_becomes_missing_weights_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("Got: ConnectError: Name or service not known")
 
-    monkeypatch.setattr(checkpoints, "snapshot_download", offline)
+    monkeypatch.setattr(weights, "snapshot_download", offline)
     with pytest.raises(MissingWeightsError, match="Name or service not known") as raised:
         ensure_files("virtual_tryon_dc", tmp_path, download=True)
     message = str(raised.value)
@@ -137,7 +137,7 @@ def test_hub_error_becomes_missing_weights_error(tmp_path, monkeypatch):
 
 
 def test_download_that_leaves_files_missing_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "snapshot_download", lambda *args, **kwargs: str(tmp_path))
+    monkeypatch.setattr(weights, "snapshot_download", lambda *args, **kwargs: str(tmp_path))
     with pytest.raises(MissingWeightsError, match=r"pose_transfer\.pth"):
         ensure_files("pose_transfer", tmp_path, download=True)
 
