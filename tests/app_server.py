@@ -31,7 +31,7 @@ def served_app() -> Iterator[tuple[str, object]]:
     from leffa.core.model import LeffaModel
     from leffa.app.examples import TryOnExample
     from leffa.app.runtime import single_model_runtime
-    from train.synthetic.data import make_examples
+    from train.synthetic.export import make_examples
 
     torch.manual_seed(0)
     model = LeffaModel.from_base("tiny").eval()

@@ -21,7 +21,8 @@ from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.serialization import read_state_dict
 from leffa.core.settings import SamplingSettings
-from train.synthetic.data import make_sample, render_split, sample_seed, to_batch
+from train.synthetic.data import render_split, sample_seed, to_batch
+from train.synthetic.people import make_sample
 from train.synthetic.eval import masked_l1
 from train.synthetic.experiment import untrained_model
 from train.synthetic.pose import render_pose_split

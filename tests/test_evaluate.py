@@ -13,7 +13,7 @@ from PIL import Image
 from leffa.eval.metrics import LPIPS
 from leffa.core.serialization import save_state_dict
 from train.evaluate import EvalOptions, evaluate, main, shard
-from train.synthetic.data import write_vitonhd_layout
+from train.synthetic.export import write_vitonhd_layout
 
 SIZE = (64, 48)
 

@@ -11,21 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.synthetic.data import (
-    AGNOSTIC_GREY,
-    DENSEPOSE_PARTS,
-    PATTERNS,
-    SyntheticSample,
-    SyntheticTryOnDataset,
-    check_size,
-    make_examples,
-    make_sample,
-    render_densepose,
-    sample_at_flow,
-    sample_seed,
-    thin_plate_spline,
-    write_vitonhd_layout,
-)
+from train.synthetic.data import SyntheticTryOnDataset, sample_seed
+from train.synthetic.export import make_examples, write_vitonhd_layout
+from train.synthetic.garments import PATTERNS
+from train.synthetic.people import AGNOSTIC_GREY, DENSEPOSE_PARTS, SyntheticSample, check_size, make_sample, render_densepose
+from train.synthetic.warping import sample_at_flow, thin_plate_spline
 
 SEEDS = range(12)
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from leffa.eval.metrics import ssim
-from train.synthetic.data import SyntheticTryOnDataset, make_sample, render_split, sample_seed
+from train.synthetic.data import SyntheticTryOnDataset, render_split, sample_seed
+from train.synthetic.people import make_sample
 from train.synthetic.eval import (
     STUDY_INITS,
     EvalSettings,
@@ -217,7 +218,7 @@ def test_reconstruction_loss_matches_naive_formula() -> None:
 
 
 def test_vae_config_is_checked(tmp_path) -> None:
-    shipped = load_config("train/configs/synthetic-vae.yaml", schema=VaeTrainConfig)
+    shipped = load_config("train/configs/synthetic/vae.yaml", schema=VaeTrainConfig)
     vae = build_vae(shipped.vae_config)
     latent = vae.encode(torch.zeros(1, 3, *shipped.data.size)).latent_dist.mode()
     factor = 2 ** (len(shipped.vae_config["block_out_channels"]) - 1)
@@ -233,7 +234,7 @@ def test_vae_config_is_checked(tmp_path) -> None:
         "missing required config key train.gradient_weight",
     ]
     with pytest.raises(ConfigError, match=r"data\.type must be one of 'synthetic'; got 'vitonhd'"):
-        load_config("train/configs/synthetic-vae.yaml", ["data.type=vitonhd"], schema=VaeTrainConfig)
+        load_config("train/configs/synthetic/vae.yaml", ["data.type=vitonhd"], schema=VaeTrainConfig)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", schema=VaeTrainConfig)
 
@@ -265,8 +266,8 @@ def test_benchmark_stage_configs_share_one_model_and_the_vae_stage() -> None:
     the comparison varies (init, seed, steps, leffa); its VAE section is the VAE stage's architecture."""
     from train.synthetic.experiment import CONFIG_DIR, STAGES
 
-    vae_stage = load_config(CONFIG_DIR / "synthetic-vae.yaml", schema=VaeTrainConfig)
-    configs = {name: load_config(CONFIG_DIR / f"synthetic-{name}.yaml") for name in STAGES}
+    vae_stage = load_config(CONFIG_DIR / "vae.yaml", schema=VaeTrainConfig)
+    configs = {name: load_config(CONFIG_DIR / f"{name}.yaml") for name in STAGES}
     for name, config in configs.items():
         assert config.output_dir == f"runs/synthetic/{name}"
         assert config.data.type == "synthetic" and config.data.cache_dir == vae_stage.data.cache_dir, name
@@ -301,7 +302,7 @@ def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
 
     small = ("data.size=[64, 48]", f"data.cache_dir={tmp_path / 'cache'}", "data.length=8")
     vae_config = load_config(
-        CONFIG_DIR / "synthetic-vae.yaml",
+        CONFIG_DIR / "vae.yaml",
         (f"output_dir={tmp_path / 'vae'}", *small, "train.max_steps=2", "train.batch_size=2",
          "train.crop=[32, 24]", "train.eval_count=2", "optim.warmup_steps=1"),
         schema=VaeTrainConfig,
@@ -312,7 +313,7 @@ def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
 
     stage = (*small, f"model.vae_path={tmp_path / 'vae' / 'vae.safetensors'}", "train.max_steps=2",
              "train.batch_size=2", "logging.log_every=1", "logging.progress_bar=false")
-    base = load_config(CONFIG_DIR / "synthetic-base.yaml",
+    base = load_config(CONFIG_DIR / "base.yaml",
                        (f"output_dir={tmp_path / 'base'}", *stage, f"model.vae_config.scaling_factor={scale}"))
     info = train_stage(base, log=lambda line: None)
     assert info["steps"] == 2 and math.isfinite(info["final_diffusion_loss"]) and info["final_leffa_loss"] is None
@@ -325,7 +326,7 @@ def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     leffa = load_config(
-        CONFIG_DIR / "synthetic-leffa-w1-tau1.yaml",
+        CONFIG_DIR / "leffa-w1-tau1.yaml",
         (f"output_dir={tmp_path / 'leffa'}", *stage, f"model.vae_config.scaling_factor={scale}",
          f"model.init_path={tmp_path / 'base' / 'model.safetensors'}"),
     )
@@ -334,4 +335,4 @@ def test_vae_then_stages_train_through_the_one_trainer(tmp_path) -> None:
     assert set(tuned.state_dict()) == set(model.state_dict())
     assert not torch.equal(tuned.state_dict()["unet.conv_in.weight"], model.state_dict()["unet.conv_in.weight"])
     with pytest.raises(ValueError, match="data.type must be synthetic"):
-        train_stage(load_config(CONFIG_DIR / "vitonhd-512.yaml"), log=lambda line: None)
+        train_stage(load_config(CONFIG_DIR.parent / "vitonhd-512.yaml"), log=lambda line: None)

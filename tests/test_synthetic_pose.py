@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.synthetic.data import DENSEPOSE_PARTS, make_sample, render_densepose, sample_seed
+from train.synthetic.data import sample_seed
+from train.synthetic.people import DENSEPOSE_PARTS, make_sample, render_densepose
 from train.synthetic.pose import PoseSample, SyntheticPoseDataset, make_pose_sample
 from train.synthetic.pose_examples import write_pose_examples
 

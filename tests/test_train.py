@@ -29,14 +29,14 @@ from train.train import Trainer, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "train" / "configs"
-SYNTHETIC = CONFIGS / "synthetic-tiny.yaml"
+SYNTHETIC = CONFIGS / "synthetic" / "tiny.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 
 def tiny_config(tmp_path: Path, *overrides: str):
-    """The shipped synthetic-tiny config, shrunk for tests (no trackers, samples or progress bar)."""
+    """The shipped synthetic/tiny config, shrunk for tests (no trackers, samples or progress bar)."""
     base = (
         f"output_dir={tmp_path / 'run'}",
         "data.length=16",
@@ -64,7 +64,7 @@ def changed(before: dict[str, torch.Tensor], model: LeffaModel, prefix: str) -> 
 
 
 TRAINING_CONFIGS = (
-    "synthetic-tiny",
+    "synthetic/tiny",
     "vitonhd-512",
     "vitonhd-1024",
     "vitonhd-leffa",
@@ -77,7 +77,9 @@ TRAINING_CONFIGS = (
 )
 
 
-SHIPPED_CONFIGS = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+SHIPPED_CONFIGS = sorted(
+    path.relative_to(CONFIGS).with_suffix("").as_posix() for path in (*CONFIGS.glob("*.yaml"), *CONFIGS.glob("synthetic/*.yaml"))
+)
 
 
 def test_the_paper_stages_are_shipped():
@@ -86,7 +88,7 @@ def test_the_paper_stages_are_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_every_shipped_config_validates_and_round_trips(name):
-    schema = VaeTrainConfig if name == "synthetic-vae" else TrainConfig
+    schema = VaeTrainConfig if name == "synthetic/vae" else TrainConfig
     config = load_config(CONFIGS / f"{name}.yaml", schema=schema)
     assert config.optim.learning_rate > 0 and config.output_dir
     assert config_from_dict(config_to_dict(config), schema=schema) == config

@@ -17,8 +17,8 @@ from train.synthetic.probe import flow_probe, mean_entropy
 from train.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = ROOT / "train" / "configs" / "synthetic-tiny.yaml"
-GRID = ROOT / "train" / "configs" / "synthetic-leffa-grid.yaml"
+SYNTHETIC = ROOT / "train" / "configs" / "synthetic" / "tiny.yaml"
+GRID = ROOT / "train" / "configs" / "synthetic" / "leffa-grid.yaml"
 #: The benchmark's strong warm start (``docs/synthetic-benchmark.md``), fp16 in the released key format.
 WARM_START = ROOT / "assets" / "benchmark" / "tryon-warm-start.safetensors"
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")

@@ -1,7 +1,7 @@
 """Leffa trainer: the same script on CPU, one GPU, several GPUs or nodes (accelerate), plus checkpoint export.
 
     accelerate launch train/train.py --config train/configs/vitonhd-512.yaml [--override key=value ...]
-    python train/train.py --config train/configs/synthetic-tiny.yaml --resume latest
+    python train/train.py --config train/configs/synthetic/tiny.yaml --resume latest
     python train/train.py export --checkpoint runs/x/checkpoints/step-00001000 --output model.safetensors
 
 The objective is :func:`leffa.core.training.training_losses`; this script adds data loading, AdamW, the LR

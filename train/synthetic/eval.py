@@ -1,7 +1,7 @@
 """Metrics of the synthetic try-on benchmark: attention-flow error against the true flow, and image quality.
 
 Why a separate module: the synthetic task knows, for every garment pixel of the target, where it comes from
-in the garment image (``train/synthetic/data.py``), so the flow read out of attention (``leffa.core.flow``) can be
+in the garment image (``train/synthetic/people.py``), so the flow read out of attention (``leffa.core.flow``) can be
 scored directly in pixels instead of through FID. Everything here is deterministic for a given seed.
 
 Conventions: images are float (B, 3, H, W) in [0, 1] for the image metrics; regions are (B, 1, H, W) or

@@ -8,7 +8,7 @@ at the ``vae.safetensors`` written by ``train/synthetic/vae.py`` (the trainer ch
 
 Commands (see ``docs/synthetic-benchmark.md`` for the full sequence and the measured results)::
 
-    python -m train.synthetic.experiment train train/configs/synthetic-base.yaml
+    python -m train.synthetic.experiment train train/configs/synthetic/base.yaml
     python -m train.synthetic.experiment evaluate runs/synthetic/finetune runs/synthetic/leffa
     python -m train.synthetic.experiment evaluate runs/synthetic/untrained --untrained-from runs/synthetic/base
     python -m train.synthetic.experiment report runs/synthetic/untrained runs/synthetic/finetune ...
@@ -53,7 +53,7 @@ from train.synthetic.vae import VaeTrainConfig, train_vae
 from train.trackers import JSONL_FILE, read_jsonl_log
 from train.train import Trainer
 
-CONFIG_DIR = Path("train/configs")
+CONFIG_DIR = Path("train/configs/synthetic")
 RUN_DIR = Path("runs/synthetic")
 CACHE_DIR = RUN_DIR / "cache"
 #: Samples of the test split every model is scored on.
@@ -344,9 +344,9 @@ def _log(line: str) -> None:
 
 def run_all(log: Log) -> None:
     """Every stage in order, as reported in docs/synthetic-benchmark.md."""
-    train_vae(load_config(CONFIG_DIR / "synthetic-vae.yaml", schema=VaeTrainConfig), log)
+    train_vae(load_config(CONFIG_DIR / "vae.yaml", schema=VaeTrainConfig), log)
     for stage in STAGES:
-        train_stage(load_config(CONFIG_DIR / f"synthetic-{stage}.yaml"), log)
+        train_stage(load_config(CONFIG_DIR / f"{stage}.yaml"), log)
     runs = [RUN_DIR / stage for stage in STAGES]
     evaluate_run(RUN_DIR / "untrained", log, untrained_from=runs[0])
     for run in runs:

@@ -1,10 +1,10 @@
 """Synthetic pose transfer: one rendered person in two poses, with the exact flow between them.
 
-Why: like the try-on task of :mod:`train.synthetic.data`, pose transfer has no ground-truth correspondence on
+Why: like the try-on task of :mod:`train.synthetic.people`, pose transfer has no ground-truth correspondence on
 real data; here every target pixel is a sample of the source image at a known position, so attention flows
 can be scored in pixels.
 
-How: pose A is a try-on person of :func:`train.synthetic.data.make_sample` (wearing the garment). Pose B moves
+How: pose A is a try-on person of :func:`train.synthetic.people.make_sample` (wearing the garment). Pose B moves
 its DensePose parts as an articulated body: each upper arm rotates about its shoulder, the forearm and hand
 about the elbow as well, each thigh about its hip, the shin and foot about the knee, the head about the
 neck, and the whole body by one similarity (scale about the hips, shift). A target pixel belongs to the
@@ -14,7 +14,7 @@ background, which is re-rendered from the sample's seed. Person pixels without a
 sleeve tips beyond the arm) move with the nearest part and keep part 0 in the target's DensePose. Body pixels are bilinear samples of the source at
 the flow positions, so ``grid_sample(source, flow)`` reproduces them up to rounding.
 
-Conventions (as in :mod:`train.synthetic.data`): images uint8 ``(H, W, 3)``; ``flow`` (H, W, 2) absolute
+Conventions (as in :mod:`train.synthetic.people`): images uint8 ``(H, W, 3)``; ``flow`` (H, W, 2) absolute
 ``grid_sample`` positions in the source (x first, ``align_corners=True``), zero where ``flow_valid`` is False.
 """
 
@@ -29,22 +29,10 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from torch.utils.data import Dataset
 
-from train.synthetic.data import (
-    DENSEPOSE_PARTS,
-    SPLITS,
-    Size,
-    _background,
-    _make_garment,
-    _sample_bilinear,
-    _to_flow,
-    cached_split,
-    check_size,
-    make_sample,
-    render_densepose,
-    sample_seed,
-    stack_split,
-    to_batch,
-)
+from train.synthetic.data import SPLITS, cached_split, sample_seed, stack_split, to_batch
+from train.synthetic.garments import make_garment
+from train.synthetic.people import DENSEPOSE_PARTS, Size, background, check_size, make_sample, render_densepose
+from train.synthetic.warping import sample_bilinear, to_flow
 
 #: Parts in drawing order, front to back, each with the joint chain that moves it.
 _FRONT_TO_BACK: tuple[str, ...] = (
@@ -153,9 +141,9 @@ def _nearest_part_labels(parts: np.ndarray, person: np.ndarray) -> np.ndarray:
 def _background_of(seed: int, h: int, w: int, b: float) -> np.ndarray:
     """The sample's background, re-rendered by replaying its random stream up to the background draw."""
     rng = np.random.default_rng(seed)
-    _make_garment(rng, h, w, b)
+    make_garment(rng, h, w, b)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    return _background(rng, xx, yy)
+    return background(rng, xx, yy)
 
 
 def make_pose_sample(seed: int, size: Size = (128, 96)) -> PoseSample:
@@ -183,8 +171,8 @@ def make_pose_sample(seed: int, size: Size = (128, 96)) -> PoseSample:
         target_labels[hits] = np.where(unlabelled[yi, xi], 0, part)[hits]
         hit_any[hits] = True
     flow_valid = hit_any
-    flow = np.where(flow_valid[..., None], _to_flow(source_xy, h, w), 0.0).astype(np.float32)
-    sampled = _sample_bilinear(first.person.astype(np.float32), source_xy[..., 0], source_xy[..., 1])
+    flow = np.where(flow_valid[..., None], to_flow(source_xy, h, w), 0.0).astype(np.float32)
+    sampled = sample_bilinear(first.person.astype(np.float32), source_xy[..., 0], source_xy[..., 1])
     target = np.where(flow_valid[..., None], sampled, background)
     return PoseSample(
         source=first.person,

@@ -6,7 +6,7 @@ differences (keeps the stripe and glyph edges that plain L1 blurs; LPIPS needs p
 offline project does not have) + ``kl_weight`` x KL, as in latent diffusion. The latent scaling factor is
 measured after training (1 / std of the latents), as Stable Diffusion's 0.18215 was.
 
-Usage: ``python -m train.synthetic.vae train/configs/synthetic-vae.yaml [--override key=value ...]`` writes
+Usage: ``python -m train.synthetic.vae train/configs/synthetic/vae.yaml [--override key=value ...]`` writes
 ``vae.safetensors``, ``vae.json`` (config with the measured scaling factor) and ``metrics.json`` to the
 config's output_dir.
 
@@ -205,7 +205,7 @@ def train_vae(config: VaeTrainConfig, log=print) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the synthetic benchmark's tiny VAE")
-    parser.add_argument("config", help="YAML config, e.g. train/configs/synthetic-vae.yaml")
+    parser.add_argument("config", help="YAML config, e.g. train/configs/synthetic/vae.yaml")
     parser.add_argument(
         "--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="replace config values"
     )
