@@ -30,11 +30,12 @@ from leffa.app.callbacks import (
 from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
 from leffa.app.runtime import (
-    DEVICES, DTYPES, Runtime, downloads_possible, missing_weights, released_runtime, tiny_runtime,
+    DEVICES, DTYPES, Runtime, downloads_possible, memory_choice, missing_weights, released_runtime, tiny_runtime,
 )
 from leffa.app.models import POSE_MODEL
 from leffa.app.service import Generation
-from leffa.core.settings import SamplingSettings
+from leffa.core.memory import MEMORY_CHOICES
+from leffa.core.settings import MAX_IMAGES, SamplingSettings
 from preprocess.masks import CATEGORIES
 
 #: Errors raised by the library for bad input, missing weights or a device that ran out of memory.
@@ -75,6 +76,12 @@ FLOW_HELP = (
     "arranged around the middle) and a warped reference that is one flat average colour."
 )
 RESULT_BUTTONS = ["download", "fullscreen"]
+MEMORY_LABELS = [
+    ("auto (fastest that fits)", "auto"), ("none: all on the GPU", "none"),
+    ("model offload: one part at a time", "model_offload"), ("group offload: block by block", "group_offload"),
+    ("fp8 weights (layerwise casting)", "layerwise_fp8"), ("int8 weights (torchao)", "int8"),
+]
+MEMORY_INFO = "the level used shows under Model status"
 #: Pictures fill their box (``fill-box``); the tiny model's are enlarged with whole pixels (``pixelated``).
 CSS = """
 .fill-box img, .fill-box .image-frame { width: 100% !important; height: 100% !important; }
@@ -135,8 +142,9 @@ def _reporter(progress: gr.Progress) -> Callable[[float, str], None]:
     return lambda fraction, text: progress(fraction, desc=text)
 
 
-def _settings_controls(prefix: str) -> list[gr.components.Component]:
-    """Sampling controls of one tab: steps, guidance, seed, reference acceleration, recording."""
+def _settings_controls(prefix: str, runtime: Runtime) -> list[gr.components.Component]:
+    """Sampling controls of one tab: steps, guidance, seed, reference acceleration, recording, images per
+    run and the memory level (default: the runtime's, ``--memory``)."""
     with gr.Row():
         steps = raw_slider("steps", 1, 100, value=30, step=1, label="Steps", elem_id=f"{prefix}-steps")
         guidance = raw_slider("guidance", 0.0, 10.0, value=2.5, step=0.1, label="Guidance scale")
@@ -144,15 +152,32 @@ def _settings_controls(prefix: str) -> list[gr.components.Component]:
     with gr.Row():
         acceleration = gr.Checkbox(False, label="Reference acceleration (≈30% faster)")
         inspect = gr.Checkbox(False, label="Record attention for the inspector", elem_id=f"{prefix}-record")
-    return [steps, guidance, seed, acceleration, inspect]
+        count = raw_slider(
+            "num_images", 1, MAX_IMAGES, value=1, step=1, label="Images (seeds s, s+1, …)",
+            elem_id=f"{prefix}-num-images",
+        )
+        memory = gr.Dropdown(
+            MEMORY_LABELS, value=runtime.memory, label="GPU memory", info=MEMORY_INFO, elem_id=f"{prefix}-memory",
+        )
+    return [steps, guidance, seed, acceleration, inspect, count, memory]
 
 
-def _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint=False) -> SamplingSettings:
-    """The page's and the API's sampling controls (public names ``steps``, ``guidance``) as the settings object."""
+def _settings(
+    steps, guidance, seed, ref_acceleration, record_attention, num_images=1, memory="auto", repaint=False
+) -> SamplingSettings:
+    """The page's and the API's sampling controls (public names ``steps``, ``guidance``) as the settings
+    object (an API client that leaves out ``num_images`` or ``memory`` gets one image at ``auto``)."""
     return SamplingSettings(
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, ref_acceleration=ref_acceleration,
-        repaint=repaint, record_attention=record_attention,
+        repaint=repaint, record_attention=record_attention, num_images=1 if num_images is None else num_images,
+        memory=memory or "auto",
     )
+
+
+def _several(generation: Generation) -> gr.Gallery:
+    """Every image of a run with its seed, shown when there are several."""
+    pictures = [(image, f"seed {seed}") for image, seed in zip(generation.images, generation.seeds)]
+    return gr.Gallery(pictures if len(pictures) > 1 else None, visible=len(pictures) > 1)
 
 
 def _display_classes(runtime: Runtime) -> list[str]:
@@ -176,6 +201,11 @@ def _gallery(label: str, runtime: Runtime, columns: int, **options: Any) -> gr.G
     return gr.Gallery(
         label=label, columns=columns, object_fit="contain", format="png", elem_classes=classes, **options
     )
+
+
+def _results_gallery(runtime: Runtime, elem_id: str) -> gr.Gallery:
+    """All images of a run of several (hidden until there are)."""
+    return _gallery("All images of the run", runtime, MAX_IMAGES, height="auto", elem_id=elem_id, visible=False)
 
 
 def _paths(*paths: Path | None) -> list[str | None]:
@@ -210,7 +240,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             category_note, [ui.model_type, ui.category], ui.category_note, queue=False, show_progress="hidden",
             api_visibility="private",
         )
-    ui.controls = _settings_controls("tryon")
+    ui.controls = _settings_controls("tryon", runtime)
     with gr.Accordion("Your own mask / DensePose (optional)", open=runtime.tiny):
         with gr.Row():
             ui.mask = _upload("Mask (white = replace)", "tryon-mask", runtime)
@@ -233,11 +263,14 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         with gr.Column():
             ui.result = _picture("Result", runtime, elem_id="tryon-result", height=480, buttons=RESULT_BUTTONS)
             ui.seed = _seed_used("tryon-seed")
+    ui.gallery = _results_gallery(runtime, "tryon-images")
     with gr.Accordion("Previews: parse map, keypoints, mask, DensePose", open=False):
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="tryon-previews")
     rows = [_paths(e.person, e.garment, e.mask, e.densepose) for e in runtime.tryon_examples]
     _examples(rows, [ui.person, ui.garment, ui.mask, ui.densepose])
-    _forget_on_new_inputs([ui.person, ui.garment, ui.mask, ui.densepose], [ui.editor, ui.result, ui.previews], ui.seed)
+    _forget_on_new_inputs(
+        [ui.person, ui.garment, ui.mask, ui.densepose], [ui.editor, ui.result, ui.previews, ui.gallery], ui.seed
+    )
     return ui
 
 
@@ -272,17 +305,18 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         label = "Result (untrained model: noise)" if untrained else "Result"
         ui.result = _picture(label, runtime, elem_id="pose-result", height=400, buttons=RESULT_BUTTONS)
     ui.resolution = _resolution(actions, runtime, POSE_MODEL)
-    ui.controls = _settings_controls("pose")
+    ui.controls = _settings_controls("pose", runtime)
     with gr.Accordion("Your own DensePose of the target (optional)", open=runtime.tiny):
         ui.densepose = _upload("DensePose (IUV) of the target", "pose-densepose", runtime)
     with gr.Row():
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
         ui.seed = _seed_used("pose-seed")
+    ui.gallery = _results_gallery(runtime, "pose-images")
     with gr.Accordion("Preview: DensePose", open=False):
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="pose-previews")
     rows = [_paths(e.person, e.target, e.densepose) for e in runtime.pose_examples]
     _examples(rows, [ui.person, ui.target, ui.densepose])
-    _forget_on_new_inputs([ui.person, ui.target, ui.densepose], [ui.result, ui.previews], ui.seed)
+    _forget_on_new_inputs([ui.person, ui.target, ui.densepose], [ui.result, ui.previews, ui.gallery], ui.seed)
     return ui
 
 
@@ -356,7 +390,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             """Outputs shared by both generating tabs. The inspector moves to a recorded run; after a run
             without recording it keeps the last recorded one and says so."""
             common = [
-                generation.image, str(generation.seed), previews(generation.prepared),
+                generation.image, ", ".join(map(str, generation.seeds)), previews(generation.prepared),
                 actions.status(),
             ]
             if generation.trace is None:
@@ -387,32 +421,32 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         @_shown
         def try_on(person=None, garment=None, model_type=None, category=None, resolution=None,
                    garment_png=None, mask=None, densepose=None, repaint=None, steps=None, guidance=None,
-                   seed=None, ref_acceleration=None, record_attention=None, mask_step=None, edited_mask=None,
-                   recorded=None, progress=gr.Progress()):
+                   seed=None, ref_acceleration=None, record_attention=None, num_images=None, memory=None,
+                   mask_step=None, edited_mask=None, recorded=None, progress=gr.Progress()):
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, checked_flag(garment_png, "garment_png"),
                 resolution,
             )
-            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, repaint)
+            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, num_images, memory, repaint)
             generation = actions.try_on(
                 inputs, settings, mask_step=mask_step, edited_mask=mask_from_editor(edited_mask),
                 progress=_reporter(progress),
             )
             used = MaskStep(generation.prepared, inputs.fingerprint())
             editable = editor_value(generation.prepared, tryon.editor_size)
-            return [used, editable, *after_generation(generation, recorded)]
+            return [used, editable, *after_generation(generation, recorded), _several(generation)]
 
         @_on_device
         @_shown
         def pose_transfer(person=None, target=None, resolution=None, densepose=None, steps=None, guidance=None,
-                          seed=None, ref_acceleration=None, record_attention=None, recorded=None,
-                          progress=gr.Progress()):
-            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention)
+                          seed=None, ref_acceleration=None, record_attention=None, num_images=None, memory=None,
+                          recorded=None, progress=gr.Progress()):
+            settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, num_images, memory)
             generation = actions.pose_transfer(
                 person, target, densepose=densepose, resolution=resolution, settings=settings,
                 progress=_reporter(progress),
             )
-            return after_generation(generation, recorded)
+            return [*after_generation(generation, recorded), _several(generation)]
 
         @_shown
         def inspect_click(generation, layer, timestep, event: gr.SelectData):
@@ -444,13 +478,17 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         # Progress shows on the result only: the editor keeps the mask visible while the model runs.
         tryon.run.click(
             try_on, [*tryon_inputs, tryon.repaint, *tryon.controls, mask_state, tryon.editor, recorded_state],
-            [mask_state, tryon.editor, tryon.result, tryon.seed, tryon.previews, status, *generation_outputs],
+            [
+                mask_state, tryon.editor, tryon.result, tryon.seed, tryon.previews, status, *generation_outputs,
+                tryon.gallery,
+            ],
             api_name="try_on", show_progress_on=[tryon.result], **DEVICE_QUEUE,
         )
         pose.run.click(
             pose_transfer,
             [pose.person, pose.target, pose.resolution, pose.densepose, *pose.controls, recorded_state],
-            [pose.result, pose.seed, pose.previews, status, *generation_outputs], api_name="pose_transfer",
+            [pose.result, pose.seed, pose.previews, status, *generation_outputs, pose.gallery],
+            api_name="pose_transfer",
             show_progress_on=[pose.result], **DEVICE_QUEUE,
         )
         inspector.image.select(
@@ -483,7 +521,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ckpt-dir", help="released weights (default: $LEFFA_CKPT_DIR or ./ckpts)")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the models run")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: fp16 on CUDA, else fp32")
-    parser.add_argument("--offload", action="store_true", help="keep Leffa models on the CPU between runs")
+    parser.add_argument(
+        "--memory", default="auto", choices=MEMORY_CHOICES,
+        help="the page's default GPU memory level (default auto: the fastest that fits the free memory)",
+    )
+    parser.add_argument("--offload", action="store_true", help="same as --memory model_offload")
     parser.add_argument(
         "--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="address to listen on (default: 127.0.0.1, or $GRADIO_SERVER_NAME as Spaces set it)",
@@ -496,18 +538,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_runtime(args: argparse.Namespace) -> Runtime:
-    """The released weights; the tiny model when asked, or when weights are missing and cannot be fetched."""
+    """The released weights; the tiny model when asked, or when weights are missing and cannot be fetched.
+    ``--memory`` (or ``--offload``) becomes the page's default memory level."""
+    options = dict(device=args.device, dtype=args.dtype, memory=memory_choice(args.memory, args.offload))
     if args.tiny:
-        return tiny_runtime(device=args.device, dtype=args.dtype)
+        return tiny_runtime(**options)
     if not downloads_possible(not args.no_download):
         missing = missing_weights("virtual_tryon", args.ckpt_dir)
         if missing is not None:
-            notice = f"{missing}\n\nUntil then the app runs the built-in tiny demo model."
-            return tiny_runtime(device=args.device, dtype=args.dtype, notice=notice)
-    return released_runtime(
-        args.ckpt_dir, device=args.device, dtype=args.dtype, offload=args.offload,
-        download=not args.no_download,
-    )
+            return tiny_runtime(**options, notice=f"{missing}\n\nUntil then the app runs the built-in tiny demo model.")
+    return released_runtime(args.ckpt_dir, **options, download=not args.no_download)
 
 
 def listen_problem(host: str, port: int) -> str | None:

@@ -1,5 +1,6 @@
 """One prepared GPU benchmark: the CUDA test lane, SD1.5 try-on and SDXL pose transfer at 1024×768, the
-stock-UNet floor, every speed option, VAE tiling/slicing, CPU offload, DensePose and human parsing.
+stock-UNet floor, every speed option, VAE tiling/slicing, every memory level (the README's "GPU memory
+needed" table), DensePose and human parsing.
 
 Usage: ``python -m bench.gpu`` (or ``make bench-gpu``) on a CUDA machine; about 6–8 minutes on one
 H100/H200, writing ``bench/RESULTS-gpu.md`` after every section (a run cut short keeps what it measured;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import platform
 import statistics
@@ -40,8 +42,10 @@ from diffusers import UNet2DConditionModel
 
 from bench.bench_exactness import Inputs, bf16_parts, ours_parts, released_parts, run_step
 from bench.common import sync, timed
+from bench.memory_table import MEASUREMENT, render, update_readme
 from bench.released import ReleasedStep
 from leffa.core.configs import load_base_configs
+from leffa.core.memory import LASTING_LEVELS, MEMORY_LEVELS, apply_memory_level, remove_memory_level
 from leffa.core.model import LeffaModel
 from leffa.core.pipeline import LeffaPipeline
 from leffa.core.speed import SpeedOptions, apply_speed_options
@@ -49,7 +53,10 @@ from leffa.core.speed import SpeedOptions, apply_speed_options
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "RESULTS-gpu.md"
 QUICK_OUT = REPO / "outputs" / "RESULTS-gpu-quick.md"
-TARGETS = "try-on ≤ 3 s per image, Leffa step ≤ 1.3× the stock UNet forward (batch 2), ≤ 6 GB peak (SD1.5 fp16)"
+TARGETS = (
+    "try-on ≤ 3 s per image, Leffa step ≤ 1.3× the stock UNet forward (batch 2), ≤ 6 GB peak (SD1.5 fp16), "
+    "≤ 3.5 GB with group offloading at ≤ 1.5× the time"
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ def image_inputs(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, 
 
 
 @dataclass
-class Generation:
+class Timing:
     seconds: float
     step_seconds: float
     peak: float | str
@@ -172,7 +179,7 @@ def warm_up(model: LeffaModel, inputs, **kwargs) -> None:
     LeffaPipeline(model)(*inputs, num_inference_steps=1, seed=0, output_type="pt", **kwargs)
 
 
-def generate(pipe: LeffaPipeline, plan: Plan, inputs, **kwargs) -> Generation:
+def generate(pipe: LeffaPipeline, plan: Plan, inputs, **kwargs) -> Timing:
     """One image; seconds per step are the median interval between step callbacks."""
     stamps: list[float] = []
 
@@ -186,7 +193,7 @@ def generate(pipe: LeffaPipeline, plan: Plan, inputs, **kwargs) -> Generation:
         plan.device,
     )
     steps = [b - a for a, b in zip(stamps, stamps[1:])] or [seconds / plan.steps]
-    return Generation(seconds, statistics.median(steps), peak_gib(plan.device))
+    return Timing(seconds, statistics.median(steps), peak_gib(plan.device))
 
 
 def release() -> None:
@@ -363,32 +370,60 @@ def section_vae(plan: Plan) -> list[str]:
     return [f"VAE decode, {plan.tryon_base} VAE in {dtype}.", "", *table(["work", "option", "s", "peak GiB"], rows)]
 
 
-def section_offload(plan: Plan) -> list[str]:
-    """``--offload``: the model lives in CPU memory and moves to the GPU for each run (cache cold)."""
-    from leffa.app.service import ModelStore
+def _level_model(base: str, plan: Plan, level: str, reuse: LeffaModel | None) -> LeffaModel:
+    """A model of ``base`` at ``level`` for the GPU: ``reuse`` when its level can be left in place (a lasting
+    level changes the weights, so it gets a fresh model)."""
+    if reuse is not None and level not in LASTING_LEVELS:
+        remove_memory_level(reuse)
+        model = reuse
+    else:
+        model = random_model(base, plan.device, plan.dtype(plan.dtypes[0]))
+    apply_memory_level(model, level, plan.device)
+    return model
 
-    name = plan.dtypes[0]
-    inputs = image_inputs(plan.height, plan.width)
-    model = random_model(plan.tryon_base, plan.device, plan.dtype(name))
-    resident = LeffaPipeline(model)
-    generate(resident, plan, inputs)
-    warm = generate(resident, plan, inputs)
-    model.to("cpu")
-    store = ModelStore(None, device=plan.device, dtype=name, loaded={"viton_hd": model}, offload=True)
-    pipe = store.pipeline("viton_hd")
-    reset_peak(plan.device)
 
-    def offloaded() -> None:
-        with store.placed(pipe):
-            pipe(*inputs, num_inference_steps=plan.steps, seed=0, output_type="pt")
+def memory_rows(plan: Plan, task: str, base: str, counts: tuple[int, ...] = (1, 4)) -> list[dict]:
+    """Per memory level and ``num_images``: peak GPU memory and seconds per image at ``plan``'s size."""
+    inputs = image_inputs(plan.height, plan.width, seed=2)
+    options = {"densepose_format": "iuv"} if task == "pose" else {}
+    rows, model = [], None
+    for level in MEMORY_LEVELS:
+        try:
+            model = _level_model(base, plan, level, model)
+            pipe = LeffaPipeline(model)
+            pipe(*inputs, num_inference_steps=1, seed=0, output_type="pt", **options)  # warm-up
+            for count in counts:
+                reset_peak(plan.device)
+                seconds = timed(lambda: pipe(*inputs, num_inference_steps=plan.steps, seed=0, num_images=count,
+                                             output_type="pt", **options), plan.device)
+                rows.append(dict(task=task, level=level, num_images=count, seconds_per_image=seconds / count,
+                                 peak_gib=peak_gib(plan.device)))
+                print(f"  {task} {level} x{count}: {seconds / count:.2f} s / image, {rows[-1]['peak_gib']} GiB", flush=True)
+        except Exception as error:  # one level failing must not hide the others
+            message = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            rows += [dict(task=task, level=level, num_images=count, error=message) for count in counts]
+            model = None
+        pipe = None
+        if model is not None and model.memory_level in LASTING_LEVELS:
+            model = None
+        release()
+    return rows
 
-    seconds = timed(offloaded, plan.device)
-    peak = peak_gib(plan.device)
-    pipe = model = store = resident = None
-    release()
-    rows = [["resident on the GPU, cache warm", warm.seconds, warm.peak], ["offloaded (move in, run, move out)", seconds, peak]]
-    return [f"{plan.tryon_base} {name}, {plan.width}×{plan.height}, {plan.steps} steps.", "",
-            *table(["run", "s / image", "peak GiB"], rows)]
+
+def section_memory(plan: Plan) -> list[str]:
+    """Every memory level (``--memory``) for try-on and pose transfer, 1 and 4 images; the rows go to
+    ``bench/gpu-memory.json`` and the README's table (``bench.memory_table``), --quick rows to outputs/."""
+    rows = memory_rows(plan, "tryon", plan.tryon_base) + memory_rows(plan, "pose", plan.pose_base)
+    gpu = torch.cuda.get_device_properties(plan.device).name if plan.device.type == "cuda" else "the CPU (--quick)"
+    measurement = dict(gpu=gpu, date=f"{datetime.now():%Y-%m-%d}", width=plan.width, height=plan.height,
+                       steps=plan.steps, dtype=plan.dtypes[0], rows=rows)
+    path = QUICK_OUT.with_name("gpu-memory-quick.json") if plan.quick else MEASUREMENT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(measurement, indent=1) + "\n")
+    if not plan.quick:
+        update_readme(measurement)
+    return [f"Rows saved to `{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`"
+            f"{'' if plan.quick else ' and the README table'}.", "", render(measurement)]
 
 
 def section_pose(plan: Plan) -> list[str]:
@@ -507,7 +542,7 @@ SECTIONS: list[tuple[str, Callable[[Plan], list[str]], float]] = [
     ("CUDA test lane", section_test_lane, 90),
     ("Speed options", section_speed_options, 45),
     ("VAE tiling and slicing", section_vae, 20),
-    ("CPU offload", section_offload, 30),
+    ("Memory levels", section_memory, 300),
     ("Human parsing", section_parsing, 40),
     ("CPU bf16 autocast", section_cpu_autocast, 60),
     ("torch.compile", section_compile, 150),

@@ -209,12 +209,25 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     assert layer_captions and all(re.match(r"(down \d+|mid|up \d+)(\.\d+)? · \d+×\d+: peak ", c) for c in layer_captions)
     assert all("entropy" in c and "…" not in c for c in layer_captions)
 
-    # A run without recording: the inspector keeps the recorded run and says the latest one is not it.
+    # A run of three images without recording: a gallery shows them with their seeds; the inspector keeps
+    # the recorded run and says the latest one is not it.
     _open_tab(browser, "Virtual try-on")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#tryon-images img")  # hidden for one image
     browser.find_element(By.CSS_SELECTOR, "#tryon-record input[type=checkbox]").click()
+    count = browser.find_element(By.CSS_SELECTOR, "#tryon-num-images input[type=number]")
+    count.send_keys(Keys.CONTROL, "a")
+    count.send_keys("3", Keys.TAB)
     browser.find_element(By.ID, "tryon-run").click()
-    wait.until(lambda driver: _text(driver, "tryon-seed") != seed or "denoising" in _text(driver, "tryon-result"))
-    wait.until(lambda driver: "denoising" not in _text(driver, "tryon-result"))
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#tryon-images img")) == 3)
+    seeds = browser.find_element(By.CSS_SELECTOR, "#tryon-seed textarea, #tryon-seed input").get_attribute("value")
+    first = int(seeds.split(",")[0])
+    assert seeds == f"{first}, {first + 1}, {first + 2}"
+    captions = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#tryon-images .caption-label")]
+    assert captions == [f"seed {first + index}" for index in range(3)]
+    assert all(_shown_size(browser, f"#tryon-images .gallery-item:nth-child({k}) img")[1] > 150 for k in (1, 2, 3))
+    assert "(memory: none)" in _text(browser, "model-status")  # what auto chose on the CPU
+    browser.execute_script("arguments[0].scrollIntoView();", browser.find_element(By.ID, "tryon-images"))
+    _shot(browser, "5a-three-images")
     _open_tab(browser, "inspector")
     wait.until(lambda driver: "without recording attention" in _text(driver, "inspect-run"))
     _shot(browser, "5-unrecorded")
@@ -226,6 +239,7 @@ def test_upload_edit_mask_try_on_and_inspect_a_point(browser, served, monkeypatc
     assert _image_source(browser, "#tryon-result img")
     _upload(browser, "tryon-garment", runtime.tryon_examples[1].garment)
     wait.until(lambda driver: not driver.find_elements(By.CSS_SELECTOR, "#tryon-result img"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#tryon-images img")
     seed_field = browser.find_element(By.CSS_SELECTOR, "#tryon-seed textarea, #tryon-seed input")
     assert seed_field.get_attribute("value") == ""
     _shot(browser, "5b-new-garment")

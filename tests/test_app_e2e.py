@@ -101,12 +101,15 @@ def test_api_endpoints_and_outputs_have_meaningful_names(client):
     assert returns["/make_mask"] == ["Mask editor: brush adds, eraser removes; then press Try on", "Previews", "Model status"]
     assert returns["/try_on"] == [
         "Mask editor: brush adds, eraser removes; then press Try on", "Result", "Seed used", "Previews",
-        "Model status", "Layer", "Timestep", *inspector,
+        "Model status", "Layer", "Timestep", *inspector, "All images of the run",
     ]
     assert returns["/pose_transfer"][0] == "Result (untrained model: noise)"
     assert returns["/inspect"] == inspector[1:]
     parameters = [item["parameter_name"] for item in endpoints["/try_on"]["parameters"]]
-    assert parameters[-6:] == ["steps", "guidance", "seed", "ref_acceleration", "record_attention", "edited_mask"]
+    assert parameters[-8:] == [
+        "steps", "guidance", "seed", "ref_acceleration", "record_attention", "num_images", "memory", "edited_mask",
+    ]
+    assert returns["/pose_transfer"][-1] == "All images of the run"
 
 
 def test_the_mask_brush_covers_a_sleeve_in_a_few_strokes(client):
@@ -132,10 +135,11 @@ def test_try_on_then_inspect(client, server):
         **_example(server), steps=2, seed=11, record_attention=True, edited_mask=None, api_name="/try_on"
     )
     editor, result, seed, previews, status, layers, timesteps, run = outputs[:8]
-    inspected, heatmap, scale, per_layer, flow, warped, caption = outputs[8:]
+    inspected, heatmap, scale, per_layer, flow, warped, caption, several = outputs[8:]
     assert _size(editor["background"]) == (width, height)  # the mask used, ready for editing
     assert _size(result) == Image.open(example.person).size  # cropped back to the photo's framing
     assert seed == "11" and heatmap is None and scale == "" and "click the result" in caption
+    assert several == {"__type__": "update", "visible": False, "value": []}  # the gallery shows for several only
     assert run.startswith("Showing the try-on result of ") and run.endswith("(seed 11).")
     factor = -(-512 // _size(result)[1])  # the clickable result is enlarged to at least 512 pixels tall
     assert _size(inspected) == (_size(result)[0] * factor, _size(result)[1] * factor)
@@ -184,6 +188,25 @@ def test_pose_transfer(client, server):
     result, seed, previews = outputs[:3]
     assert _size(result) == Image.open(target.target).size and seed == "3"
     assert [item["caption"] for item in previews] == ["DensePose"]
+
+
+@pytest.mark.slow
+def test_several_images_come_back_in_the_gallery_with_their_seeds(client, server):
+    outputs = client.predict(
+        **_example(server), steps=1, seed=20, num_images=3, memory="model_offload", record_attention=True,
+        edited_mask=None, api_name="/try_on",
+    )
+    result, seed, status, run, update = outputs[1], outputs[2], outputs[4], outputs[7], outputs[-1]
+    several = update["value"]
+    assert update["visible"] and seed == "20, 21, 22"
+    assert [item["caption"] for item in several] == ["seed 20", "seed 21", "seed 22"]
+    assert all(_size(item["image"]) == _size(result) for item in several)
+    assert Image.open(several[0]["image"]).tobytes() == Image.open(result).tobytes()
+    assert "(memory: model_offload)" in status and run.endswith("(seed 20).")  # the inspector shows the first
+    with pytest.raises(AppError, match="num_images must be between 1 and 4, got 5"):
+        client.predict(**_example(server), steps=1, num_images=5, edited_mask=None, api_name="/try_on")
+    with pytest.raises(AppError, match=r"fp4 is not in the list of choices: \['auto', 'none', 'model_offload'"):
+        client.predict(**_example(server), steps=1, memory="fp4", edited_mask=None, api_name="/try_on")
 
 
 @pytest.mark.slow
@@ -281,8 +304,9 @@ def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, 
     assert "virtual_tryon.pth" in options["notice"]
     assert "python -m leffa download virtual_tryon" in options["notice"]
     assert app.make_runtime(app.parse_args(["--tiny"]))[0] == "tiny"
-    released = app.make_runtime(argparse.Namespace(**{**vars(args), "no_download": False, "offload": True}))
-    assert not released.tiny and released.store.offload and released.store.download
+    assert options["memory"] == "auto" and app.make_runtime(app.parse_args(["--tiny", "--offload"]))[1]["memory"] == "model_offload"
+    released = app.make_runtime(argparse.Namespace(**{**vars(args), "no_download": False, "memory": "int8"}))
+    assert not released.tiny and released.memory == "int8" and released.store.download
     assert "downloaded on first use" in released.notice
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     defaults = app.parse_args([])
@@ -293,6 +317,8 @@ def test_missing_weights_without_download_fall_back_to_the_tiny_model(tmp_path, 
     with pytest.raises(SystemExit) as info:
         app.parse_args(["--device", "tpu"])
     assert info.value.code == 2
+    with pytest.raises(ValueError, match="--offload means --memory model_offload, but --memory int8 was given too"):
+        app.make_runtime(app.parse_args(["--tiny", "--offload", "--memory", "int8"]))
 
 
 def _components(runtime) -> list[dict]:

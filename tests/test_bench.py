@@ -36,3 +36,30 @@ def test_released_step_shares_the_weights_and_leaves_the_model_alone(tiny_model)
     assert released.generative_unet.conv_in.weight.data_ptr() == tiny_model.unet.conv_in.weight.data_ptr()
     assert released.reference_unet.conv_in.weight.data_ptr() == tiny_model.unet_encoder.conv_in.weight.data_ptr()
     assert dict(tiny_model.unet.attn_processors) == processors
+
+
+def test_the_readme_memory_table_is_the_saved_measurement():
+    from bench.memory_table import README, load, render, section
+
+    assert section(README.read_text()) == render(load())
+
+
+def test_the_memory_section_measures_every_level_and_writes_the_table(tmp_path):
+    from bench import gpu, memory_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{memory_table.START}\nold\n{memory_table.END}\nrest\n")
+    rows = gpu.memory_rows(gpu.Plan.make(quick=True), "tryon", "tiny", counts=(1, 2))
+    assert [(row["level"], row["num_images"]) for row in rows] == [
+        (level, count) for level in gpu.MEMORY_LEVELS for count in (1, 2)
+    ]
+    assert all("error" not in row and row["seconds_per_image"] > 0 for row in rows), rows
+    measurement = dict(gpu="H100", date="2026-12-07", width=768, height=1024, steps=30, dtype="fp16", rows=[
+        dict(task="tryon", level="none", num_images=1, seconds_per_image=2.5, peak_gib=5.25),
+        dict(task="tryon", level="none", num_images=4, error="OutOfMemoryError: CUDA out of memory"),
+    ])
+    memory_table.update_readme(measurement, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    assert "| try-on (SD1.5 size) | none | 5.25 | 2.50 | failed | failed |" in text
+    assert "Measured by `make bench-gpu` on H100 (2026-12-07): 768×1024, 30 steps, fp16" in text

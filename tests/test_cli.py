@@ -53,6 +53,28 @@ def test_tryon_one_pair(tiny, tmp_path, capsys):
     assert "1 of 1 done, 0 failed" in capsys.readouterr().out
 
 
+def test_several_images_per_pair_are_numbered_and_logged_with_their_seeds(tiny, tmp_path, capsys):
+    person = write_block_image(tmp_path / "in" / "anna.png", size=(90, 150))
+    garment = write_block_image(tmp_path / "in" / "shirt.png", colour=(0, 0, 255))
+    mask = write_block_image(tmp_path / "in" / "mask.png", size=(90, 150), mode="L")
+    out = tmp_path / "out"
+    arguments = [
+        "tryon", str(person), str(garment), "--mask", str(mask), "--densepose", str(person), "--tiny",
+        "-o", str(out), "--steps", "2",
+    ]
+    assert main([*arguments, "--seed", "5", "--num-images", "3", "--memory", "group_offload"]) == EXIT_OK
+    names = ["anna__shirt.png", "anna__shirt_2.png", "anna__shirt_3.png"]
+    (entry,) = read_run_log(out)
+    assert entry["outputs"] == [str(out / name) for name in names] and entry["seeds"] == [5, 6, 7]
+    assert entry["memory"] == "group_offload" and entry["output"] == str(out / names[0])
+    assert main([*arguments, "--seed", "6", "--overwrite"]) == EXIT_OK  # the second image, alone
+    assert Image.open(out / "anna__shirt.png").tobytes() == Image.open(out / names[1]).tobytes()
+    (out / "anna__shirt.png").unlink()
+    assert main([*arguments, "--seed", "5", "--num-images", "2"]) == EXIT_ERROR  # anna__shirt_2.png is there
+    assert "1 of the results already exist in" in capsys.readouterr().err
+    assert not (out / "anna__shirt.png").exists()  # refused before anything was written
+
+
 def test_tryon_folder_of_persons_with_matching_masks(tiny, tmp_path):
     for name in ("a", "b"):
         write_block_image(tmp_path / "persons" / f"{name}.png")
@@ -208,6 +230,10 @@ def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, caps
         (["download"], "name at least one TASK"),
         (["download", "everything"], "unknown task 'everything'"),
         (["pose-transfer", "a.png", "b.png", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["tryon", "a.png", "b.png", "--num-images", "5"], "argument --num-images: invalid choice: 5 (choose from 1, 2, 3, 4)"),
+        (["tryon", "a.png", "b.png", "--memory", "fp4"], "argument --memory: invalid choice: 'fp4'"),
+        (["tryon", "a.png", "b.png", "--offload", "--memory", "int8"], "--offload means --memory model_offload"),
+        (["trace", "a.png", "b.png", "--num-images", "2"], "unrecognized arguments: --num-images 2"),
     ],
 )
 def test_bad_arguments_exit_with_2(arguments, message, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from leffa.app.examples import TryOnExample, demo_example_files, demo_pose_examp
 from leffa.app.runtime import downloads_possible, pick_dtype, released_runtime, single_model_runtime, tiny_runtime
 from leffa.app.service import ModelStore, PreprocessingUnavailableError
 from leffa.app.models import RELEASED_MODELS, frame_size, served_at
+from leffa.core.serialization import save_state_dict
 
 
 def _image(path):
@@ -62,8 +65,8 @@ def test_released_runtime_lists_missing_weights_and_the_examples(tmp_path, monke
     for name in ("person1/a.jpg", "person1/b.jpg", "person2/c.jpg", "person2/d.png", "garment/x.jpg"):
         _image(tmp_path / "ckpts" / "examples" / name)
     (tmp_path / "ckpts" / "examples" / "garment" / "notes.txt").write_text("not an image")
-    runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False, offload=True)
-    assert not runtime.tiny and runtime.store.offload and not runtime.store.download
+    runtime = released_runtime(tmp_path / "ckpts", device="cpu", download=False)
+    assert not runtime.tiny and not runtime.store.download and runtime.memory == "auto"
     assert "virtual_tryon.pth" in runtime.notice
     assert "python -m leffa download virtual_tryon" in runtime.notice
     tryon = [(e.person.name, e.garment.name, e.mask) for e in runtime.tryon_examples]
@@ -140,21 +143,38 @@ def test_demo_pose_example_files_name_each_part(tmp_path):
         demo_pose_example_files(tmp_path)
 
 
-def test_offload_moves_the_model_to_the_device_only_during_a_run(tiny_model, monkeypatch):
-    store = ModelStore(None, device="meta", loaded={"viton_hd": tiny_model}, offload=True)
-    pipe = store.pipeline("viton_hd")
-    moves, cleared = [], []
-    monkeypatch.setattr(pipe.model, "to", lambda device: moves.append(str(device)))
-    monkeypatch.setattr(pipe, "clear_cache", lambda: cleared.append(True))
-    with pytest.raises(RuntimeError, match="out of memory"), store.placed(pipe):
-        assert moves == ["meta"]  # on the store's device for the run
-        raise RuntimeError("out of memory")
-    assert moves == ["meta", "cpu"] and cleared == [True]  # back on the CPU even after an error
-    assert "wait on the CPU" in store.describe()
-    plain = ModelStore(None, device="cpu", loaded={"viton_hd": tiny_model})
-    with plain.placed(plain.pipeline("viton_hd")):
-        pass
-    assert "wait on the CPU" not in plain.describe()
+def test_the_store_changes_a_memory_level_only_between_calls(tiny_model):
+    store = ModelStore(None, device="cpu", loaded={"viton_hd": copy.deepcopy(tiny_model)})
+    changed = threading.Event()
+
+    def ask_for_offloading() -> None:
+        store.pipeline("viton_hd", memory="model_offload")
+        changed.set()
+
+    with store.serving("viton_hd", memory="none") as pipe:
+        assert pipe.model.memory_level == "none"
+        with store.serving("viton_hd", memory="none") as same:  # calls at one level share the model
+            assert same is pipe
+        waiting = threading.Thread(target=ask_for_offloading)
+        waiting.start()
+        assert not changed.wait(0.3) and pipe.model.memory_level == "none"  # not under a running call
+    assert changed.wait(30) and pipe.model.memory_level == "model_offload"
+    waiting.join()
+    assert "leffa:viton_hd (memory: model_offload)" in store.describe()
+
+
+def test_the_store_loads_the_weights_again_to_leave_a_lasting_level(tiny_model, tmp_path):
+    path = save_state_dict(tiny_model.state_dict(), tmp_path / "tiny.safetensors")
+    models = {"viton_hd": replace(RELEASED_MODELS["viton_hd"], weights=path, base="tiny")}
+    store = ModelStore(None, models=models, device="cpu", dtype="fp32")
+    statuses: list[str] = []
+    quantised = store.pipeline("viton_hd", statuses.append, memory="int8")
+    assert quantised.model.memory_level == "int8"
+    plain = store.pipeline("viton_hd", statuses.append, memory="none")
+    assert plain is not quantised and plain.model.memory_level == "none"
+    assert torch.equal(plain.model.unet.conv_in.weight, tiny_model.unet.conv_in.weight)
+    assert statuses[-1] == "loading leffa:viton_hd again to leave memory level int8"
+    assert store.pipeline("viton_hd", memory="auto").model.memory_level == "none"  # auto on the CPU
 
 
 def test_tiny_runtime_serves_the_demo_models_with_their_examples(tiny_model, tmp_path, monkeypatch):

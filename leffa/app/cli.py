@@ -24,11 +24,12 @@ from leffa.app.inspector import TRAINED, InspectorView
 from leffa.app.batch import LOG_NAME, Job, jobs_from_pairs_file, jobs_from_paths, run_jobs
 from leffa.weights import FILES, TASKS, MissingWeightsError, ensure_files, resolve_ckpt_dir
 from leffa.app.runtime import (
-    DEVICES, DTYPES, Runtime, missing_weights, released_runtime, tiny_runtime,
+    DEVICES, DTYPES, Runtime, memory_choice, missing_weights, released_runtime, tiny_runtime,
 )
 from leffa.app.models import RESOLUTIONS, TRYON_MODEL_TYPES
 from leffa.app.service import Generation
-from leffa.core.settings import SamplingSettings
+from leffa.core.memory import MEMORY_CHOICES
+from leffa.core.settings import MAX_IMAGES, SamplingSettings
 from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
 from leffa.inspect.visualize import side_by_side
 from preprocess.images import load_image
@@ -100,8 +101,7 @@ def _runtime(args: argparse.Namespace) -> Runtime:
     if args.tiny:
         return tiny_runtime(device=args.device, dtype=args.dtype, speed=_speed(args))
     return released_runtime(
-        args.ckpt_dir, device=args.device, dtype=args.dtype, offload=args.offload,
-        download=not args.no_download, speed=_speed(args),
+        args.ckpt_dir, device=args.device, dtype=args.dtype, download=not args.no_download, speed=_speed(args),
     )
 
 
@@ -115,6 +115,7 @@ def _settings(args: argparse.Namespace, record_attention: bool = False) -> Sampl
     return SamplingSettings(
         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
         ref_acceleration=args.ref_acceleration, repaint=args.repaint, record_attention=record_attention,
+        num_images=getattr(args, "num_images", 1), memory=memory_choice(args.memory, args.offload),
     )
 
 
@@ -139,9 +140,16 @@ def _output(args: argparse.Namespace, job: Job) -> Path:
     return args.out_dir / (job.name if args.command == "trace" else f"{job.name}.png")
 
 
+def _outputs(args: argparse.Namespace, job: Job) -> list[Path]:
+    """Every file or folder a job writes: ``NAME.png``, then ``NAME_2.png``, ... for ``--num-images``."""
+    first = _output(args, job)
+    count = getattr(args, "num_images", 1)
+    return [first] + [first.with_name(f"{job.name}_{index}.png") for index in range(2, count + 1)]
+
+
 def _refuse_existing_outputs(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
     """Before any model loads: results the user already has are replaced only with ``--overwrite``."""
-    existing = [_output(args, job).name for job in jobs if _output(args, job).exists()]
+    existing = [path.name for job in jobs for path in _outputs(args, job) if path.exists()]
     if existing and not args.overwrite:
         shown = ", ".join(existing[:5]) + (f" (and {len(existing) - 5} more)" if len(existing) > 5 else "")
         raise FileExistsError(
@@ -219,9 +227,13 @@ def _generation(args: argparse.Namespace) -> int:
 
     def work(actions: AppCallbacks, job: Job) -> dict[str, Any]:
         generation = _generate(args, actions, job)
-        out = _output(args, job)
-        _save_new(generation.image, out, args.overwrite)
-        return {"output": str(out), "seed": generation.seed, "size": list(generation.image.size)}
+        outputs = _outputs(args, job)
+        for image, out in zip(generation.images, outputs):
+            _save_new(image, out, args.overwrite)
+        record = {"output": str(outputs[0]), "seed": generation.seed, "size": list(generation.image.size)}
+        if len(outputs) > 1:
+            record.update(outputs=[str(out) for out in outputs], seeds=generation.seeds)
+        return {**record, "memory": generation.memory_level}
 
     return _run_batch(args, work)
 
@@ -330,7 +342,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ckpt-dir", type=Path, help="released weights (default: $LEFFA_CKPT_DIR or ./ckpts)")
     group.add_argument("--device", default="auto", choices=DEVICES)
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: fp16 on CUDA, else fp32")
-    group.add_argument("--offload", action="store_true", help="keep Leffa models on the CPU between runs")
+    group.add_argument(
+        "--memory", default="auto", choices=MEMORY_CHOICES,
+        help="GPU memory level (default auto: the fastest that fits the free memory; see README)",
+    )
+    group.add_argument("--offload", action="store_true", help="same as --memory model_offload")
     group.add_argument("--no-download", action="store_true", help="fail rather than download missing weights")
     group.add_argument("--tiny", action="store_true", help="built-in demo model (needs --mask, --densepose)")
     speed = parser.add_argument_group("speed (each off by default: it may change results in the last bits)")
@@ -341,8 +357,14 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--vae-tiling", action="store_true", help="tiled VAE: less memory for large images")
 
 
-def _generation_options(parser: argparse.ArgumentParser) -> None:
+def _generation_options(parser: argparse.ArgumentParser, several: bool = True) -> None:
+    """Sampling options; ``several``: also ``--num-images`` (``trace`` records one image)."""
     group = parser.add_argument_group("generation")
+    if several:
+        group.add_argument(
+            "--num-images", type=int, default=1, choices=range(1, MAX_IMAGES + 1), metavar=f"{{1..{MAX_IMAGES}}}",
+            help="images per pair in one batched pass, seeds SEED, SEED+1, ... (NAME.png, NAME_2.png, ...)",
+        )
     group.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     group.add_argument("--guidance", type=float, default=2.5, help="guidance scale (default 2.5)")
     group.add_argument("--seed", type=int, default=-1, help="-1 (default) picks one at random; it is logged")
@@ -441,7 +463,7 @@ def _add_generation_commands(commands) -> None:
         "--point", type=_point, action="append", help="X,Y in result pixels (repeatable; default: the centre)"
     )
     _tryon_options(trace)
-    _generation_options(trace)
+    _generation_options(trace, several=False)
     _model_options(trace)
     trace.set_defaults(handler=_trace)
 

@@ -22,6 +22,7 @@ from leffa.app.examples import (
 from leffa.app.models import POSE_MODEL, POSE_TASK, RELEASED_MODELS, TRYON_TASK, served_at
 from leffa.app.service import ModelStore
 from leffa.common import resolve_device
+from leffa.core.memory import check_memory_choice
 from leffa.core.model import LeffaModel
 from leffa.core.speed import SpeedOptions, apply_speed_options
 
@@ -37,7 +38,8 @@ DEMO_WEIGHTS = {TRYON_TASK: DEMO_MODEL_DIR / TRYON_TASK, POSE_TASK: DEMO_MODEL_D
 @dataclass
 class Runtime:
     """The model store plus what the user should see about it (examples, missing weights, and the tasks
-    whose model has not been trained for them, e.g. pose transfer on the built-in try-on model)."""
+    whose model has not been trained for them, e.g. pose transfer on the built-in try-on model), and the
+    memory level the page offers first."""
 
     store: ModelStore
     tiny: bool
@@ -45,6 +47,8 @@ class Runtime:
     pose_examples: list[PoseExample]
     notice: str = ""
     untrained: frozenset[str] = field(default_factory=frozenset)
+    #: The memory level the page offers first (``--memory``; :mod:`leffa.core.memory`).
+    memory: str = "auto"
 
 
 def pick_dtype(dtype: str, device: str) -> str:
@@ -54,6 +58,17 @@ def pick_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "fp16" if resolve_device(device).type == "cuda" else "fp32"
+
+
+def memory_choice(memory: str, offload: bool = False) -> str:
+    """The memory level asked for by ``--memory`` and its older alias ``--offload`` (= ``model_offload``);
+    a ``ValueError`` when the two disagree."""
+    check_memory_choice(memory)
+    if not offload:
+        return memory
+    if memory not in ("auto", "model_offload"):
+        raise ValueError(f"--offload means --memory model_offload, but --memory {memory} was given too: pass one")
+    return "model_offload"
 
 
 def missing_weights(task: str, ckpt_dir: str | Path | None) -> str | None:
@@ -95,9 +110,11 @@ def single_model_runtime(
 
 
 def tiny_runtime(
-    *, device: str = "auto", dtype: str = "auto", notice: str = "", speed: SpeedOptions | None = None
+    *, device: str = "auto", dtype: str = "auto", notice: str = "", speed: SpeedOptions | None = None,
+    memory: str = "auto",
 ) -> Runtime:
-    """The built-in demo model (``leffa.app.demo``) serving every task, with the shipped example inputs."""
+    """The built-in demo model (``leffa.app.demo``) serving every task, with the shipped example inputs;
+    ``memory`` is the level the page offers first."""
     model = load_demo_model(device, pick_dtype(dtype, device))
     trained = pose_transfer_trained()
     pose_model = load_demo_model(device, pick_dtype(dtype, device), task=POSE_MODEL) if trained else None
@@ -108,7 +125,9 @@ def tiny_runtime(
     untrained = frozenset() if trained else frozenset({POSE_MODEL})
     examples = demo_example_files(EXAMPLES_DIR)
     poses = project_poses(EXAMPLES_DIR, examples)
-    return single_model_runtime(model, (width, height), examples, notice, untrained, pose_model, poses)
+    runtime = single_model_runtime(model, (width, height), examples, notice, untrained, pose_model, poses)
+    runtime.memory = check_memory_choice(memory)
+    return runtime
 
 
 def released_runtime(
@@ -116,18 +135,18 @@ def released_runtime(
     *,
     device: str = "auto",
     dtype: str = "auto",
-    offload: bool = False,
     download: bool = True,
     speed: SpeedOptions | None = None,
+    memory: str = "auto",
 ) -> Runtime:
     """The released weights from ``ckpt_dir``, loaded lazily (and downloaded on first use if allowed).
 
-    ``speed`` (see :mod:`leffa.core.speed`) is applied to each Leffa model as it loads.
+    ``speed`` (see :mod:`leffa.core.speed`) is applied to each Leffa model as it loads; ``memory`` is the
+    level the page offers first (each call names its own: ``SamplingSettings.memory``).
     """
     root = resolve_ckpt_dir(ckpt_dir)
     store = ModelStore(
-        root, device=device, dtype=pick_dtype(dtype, device), download=downloads_possible(download),
-        offload=offload, speed=speed,
+        root, device=device, dtype=pick_dtype(dtype, device), download=downloads_possible(download), speed=speed,
     )
     missing = missing_weights("virtual_tryon", root)
     notice = ""
@@ -146,5 +165,5 @@ def released_runtime(
     # the released DensePose model computes its own from the photo (the masks are format-free and stay).
     project_tryon = [TryOnExample(e.person, e.garment, e.mask) for e in crossed(project)]
     project_pose_pairs = [PoseExample(e.person, e.target) for e in project_poses(EXAMPLES_DIR, project)]
-    return Runtime(store, False, project_tryon + tryon, project_pose_pairs + poses, notice)
+    return Runtime(store, False, project_tryon + tryon, project_pose_pairs + poses, notice, memory=check_memory_choice(memory))
 

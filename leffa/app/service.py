@@ -11,13 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from leffa.weights import MissingWeightsError, download_command, ensure_files
@@ -25,6 +24,7 @@ from leffa.app.models import POSE_MODEL, RELEASED_MODELS, TRYON_MODEL_TYPES, Mod
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
 from leffa.core.pipeline import LeffaPipeline, StepCallback
+from leffa.core.memory import LASTING_LEVELS, OFFLOADING_LEVELS, apply_memory_level, choose_memory_level
 from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings
 from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.inspect.trace import Trace, trace
@@ -61,11 +61,12 @@ class ModelStore:
     ``models`` is the registry of servable models (:mod:`leffa.app.models`; default the released ones);
     ``loaded`` pre-seeds Leffa models by model type (the built-in demo models, test models), others load
     from their entry's weights in ``ckpt_dir`` (downloaded there on first use when ``download`` is true).
-    ``offload`` keeps the Leffa models on the CPU between calls and moves the one in use to ``device`` for
-    the length of a generation (for devices short of memory). ``speed`` is applied to each Leffa model loaded
-    from ``ckpt_dir`` (:mod:`leffa.core.speed`). ``preprocessing=False`` (the built-in demo model) has no
-    parsing, OpenPose or DensePose models: asking for one raises :class:`PreprocessingUnavailableError`
-    instead of looking for weights.
+    Each call asks for a memory level (:mod:`leffa.core.memory`, ``SamplingSettings.memory``); the store puts
+    the model at it, loading the weights again to leave a level that changed them, and never while a call
+    runs on the model. ``speed`` is applied to each Leffa model loaded from ``ckpt_dir``
+    (:mod:`leffa.core.speed`). ``preprocessing=False`` (the built-in demo model) has no parsing, OpenPose or
+    DensePose models: asking for one raises :class:`PreprocessingUnavailableError` instead of looking for
+    weights.
     """
 
     def __init__(
@@ -77,7 +78,6 @@ class ModelStore:
         dtype: str | None = None,
         download: bool = False,
         loaded: Mapping[str, LeffaModel] | None = None,
-        offload: bool = False,
         speed: SpeedOptions | None = None,
         preprocessing: bool = True,
     ) -> None:
@@ -88,9 +88,10 @@ class ModelStore:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.download = download
-        self.offload = offload
         self._loaded: dict[str, Any] = {f"leffa:{key}": LeffaPipeline(model) for key, model in (loaded or {}).items()}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_use: dict[int, int] = {}
 
     def _preprocessor(self, key: str, build: Callable[[], Any], status: StatusCallback | None) -> Any:
         if not self.preprocessing:
@@ -113,35 +114,71 @@ class ModelStore:
         """The frame (width, height) of ``model_type``."""
         return self.spec(model_type).size
 
-    def pipeline(self, model_type: str, status: StatusCallback | None = None) -> LeffaPipeline:
-        """The loaded pipeline of ``model_type`` (loading it from its entry's weights on first use)."""
+    def _load(self, spec: ModelSpec) -> LeffaPipeline:
+        """The model of ``spec`` from its weights, on the CPU (a memory level places it)."""
+        if isinstance(spec.weights, Path):
+            path = spec.weights
+        else:
+            path = ensure_files(spec.weights, self.ckpt_dir, download=self.download)[spec.weights]
+        model = LeffaModel.from_pretrained(path, device="cpu", dtype=self.dtype)
+        if self.speed is not None:
+            apply_speed_options(model, self.speed, device=self.device)
+        return LeffaPipeline(model)
+
+    def pipeline(
+        self, model_type: str, status: StatusCallback | None = None, *, memory: str = "none",
+        image_size: tuple[int, int] | None = None, batch: int = 1,
+    ) -> LeffaPipeline:
+        """The pipeline of ``model_type`` at memory level ``memory`` on the store's device (``auto``: chosen
+        for ``batch`` images of ``image_size``, width × height, default the model's frame), loading the model
+        from its entry's weights on first use. It waits for calls running on the model to end before it
+        changes the level (a call holds the model through :meth:`serving`)."""
         spec = self.spec(model_type)
-
-        def build() -> LeffaPipeline:
-            if isinstance(spec.weights, Path):
-                path = spec.weights
-            else:
-                path = ensure_files(spec.weights, self.ckpt_dir, download=self.download)[spec.weights]
-            device = torch.device("cpu") if self.offload else self.device
-            model = LeffaModel.from_pretrained(path, device=device, dtype=self.dtype)
-            if self.speed is not None:
-                apply_speed_options(model, self.speed, device=self.device)
-            return LeffaPipeline(model)
-
-        return self._get(f"leffa:{model_type}", build, status)
+        key = f"leffa:{model_type}"
+        self._get(key, lambda: self._load(spec), status)
+        with self._idle:
+            return self._at_level(key, spec, status, memory, image_size, batch)
 
     @contextmanager
-    def placed(self, pipe: LeffaPipeline) -> Iterator[LeffaPipeline]:
-        """The pipeline with its model on ``device``; with ``offload`` it goes back to the CPU afterwards."""
-        if not self.offload:
-            yield pipe
-            return
-        pipe.model.to(self.device)
+    def serving(
+        self, model_type: str, status: StatusCallback | None = None, *, memory: str = "none",
+        image_size: tuple[int, int] | None = None, batch: int = 1,
+    ) -> Iterator[LeffaPipeline]:
+        """One call's use of :meth:`pipeline`: the model is put at ``memory`` and kept there until the call
+        ends (other calls asking for another level wait; calls at the same level share the model)."""
+        spec = self.spec(model_type)
+        key = f"leffa:{model_type}"
+        self._get(key, lambda: self._load(spec), status)
+        with self._idle:
+            pipe = self._at_level(key, spec, status, memory, image_size, batch)
+            self._in_use[id(pipe.model)] = self._in_use.get(id(pipe.model), 0) + 1
         try:
             yield pipe
         finally:
-            pipe.model.to("cpu")
-            pipe.clear_cache()
+            with self._idle:
+                self._in_use[id(pipe.model)] -= 1
+                self._idle.notify_all()
+
+    def _at_level(
+        self, key: str, spec: ModelSpec, status: StatusCallback | None, memory: str,
+        image_size: tuple[int, int] | None, batch: int,
+    ) -> LeffaPipeline:
+        """Under the store's lock: the pipeline of ``key`` at ``memory`` (resolving ``auto``)."""
+        pipe = self._loaded[key]
+        if memory == "auto":
+            width, height = image_size or spec.size
+            factor = pipe.model.vae_scale_factor
+            memory = choose_memory_level(pipe.model, self.device, (height // factor) * (width // factor), 2 * batch)
+        if pipe.model.memory_level == memory and (memory in OFFLOADING_LEVELS or pipe.model.device == self.device):
+            return pipe
+        self._idle.wait_for(lambda: not self._in_use.get(id(self._loaded[key].model), 0))
+        pipe = self._loaded[key]
+        if pipe.model.memory_level in LASTING_LEVELS and pipe.model.memory_level != memory:
+            if status is not None:
+                status(f"loading {key} again to leave memory level {pipe.model.memory_level}")
+            pipe = self._loaded[key] = self._load(spec)
+        apply_memory_level(pipe.model, memory, self.device)
+        return pipe
 
     def parser(self, status: StatusCallback | None = None):
         from preprocess.parsing import HumanParser
@@ -172,11 +209,14 @@ class ModelStore:
         return self._preprocessor("densepose", build, status)
 
     def describe(self) -> str:
-        """Which models are loaded, and where (for the app's status note)."""
-        names = sorted(self._loaded)
+        """Which models are loaded, and where (for the app's status note), with each Leffa model's memory
+        level (so ``auto``'s choice shows)."""
+        names = [
+            f"{name} (memory: {item.model.memory_level})" if isinstance(item, LeffaPipeline) else name
+            for name, item in sorted(self._loaded.items())
+        ]
         loaded = ", ".join(names) if names else "none yet (models load on first use)"
-        offload = " (Leffa models wait on the CPU between runs)" if self.offload else ""
-        return f"device {self.device}{offload}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
+        return f"device {self.device}, {str(self.dtype).removeprefix('torch.')}; loaded: {loaded}"
 
 
 @dataclass
@@ -202,16 +242,31 @@ class Prepared:
 
 @dataclass
 class Generation:
-    """A result cropped back to the photo's framing, the raw model-size image, and how to reproduce it.
+    """Results cropped back to the photo's framing (``images``; one per ``num_images``), the raw model-size
+    images, each one's seed and how to reproduce them; ``image``, ``raw`` and ``seed`` are the first's.
 
-    ``made_at`` (local time) tells the user which run the inspector shows."""
+    ``made_at`` (local time) tells the user which run the inspector shows; ``memory_level`` is the level it
+    ran at (what ``auto`` chose)."""
 
-    image: Image.Image
-    raw: Image.Image
-    seed: int
+    images: list[Image.Image]
+    raws: list[Image.Image]
+    seeds: list[int]
     prepared: Prepared
     trace: Trace | None = None
     made_at: datetime = field(default_factory=datetime.now)
+    memory_level: str = "none"
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+    @property
+    def raw(self) -> Image.Image:
+        return self.raws[0]
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
 
 
 def _as_mask_input(mask: ImageSource) -> Image.Image | np.ndarray:
@@ -238,19 +293,28 @@ class _Generator:
         callback: StepCallback | None = None,
         status: StatusCallback | None = None,
     ) -> Generation:
-        """Sample an image with ``settings``; ``settings.record_attention`` also records attention and flows
-        for the inspector."""
-        pipe = self.store.pipeline(prepared.model_type, status)
+        """Sample ``settings.num_images`` images with ``settings``; ``settings.record_attention`` also records
+        attention and flows of the first for the inspector (the others follow in one batched pass)."""
         inputs = (prepared.person, prepared.reference, prepared.mask, prepared.densepose)
         recorded = None
-        with self.store.placed(pipe):
+        with self.store.serving(
+            prepared.model_type, status, memory=settings.memory, image_size=prepared.person.size,
+            batch=settings.num_images,
+        ) as pipe:
             if settings.record_attention:
-                recorded = trace(pipe, *inputs, settings, callback=callback, output_type="pil")
-                output = recorded.output
+                recorded = trace(pipe, *inputs, replace(settings, num_images=1), callback=callback, output_type="pil")
+                raws, seeds = list(recorded.output.images), list(recorded.output.seeds)
+                if settings.num_images > 1:
+                    rest = replace(settings, num_images=settings.num_images - 1, seed=seeds[0] + 1)
+                    output = pipe.sample(*inputs, rest, callback=callback, output_type="pil")
+                    raws, seeds = raws + list(output.images), seeds + list(output.seeds)
             else:
                 output = pipe.sample(*inputs, settings, callback=callback, output_type="pil")
-        raw = output[0]
-        return Generation(crop_back(raw, prepared.box), raw, output.seed, prepared, recorded)
+                raws, seeds = list(output.images), list(output.seeds)
+        return Generation(
+            [crop_back(raw, prepared.box) for raw in raws], raws, seeds, prepared, recorded,
+            memory_level=pipe.model.memory_level,
+        )
 
 
 class TryOn(_Generator):

@@ -8,9 +8,11 @@ the attention processors need through the UNet call, so one model can serve conc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from leffa.core.attention import (
 )
 from leffa.core.configs import GENERATIVE_IN_CHANNELS, REFERENCE_IN_CHANNELS, BaseConfigs, load_base_configs
 from leffa.common import CheckpointMismatchError, check_state_dict, resolve_device
+from leffa.core.memory import OFFLOADING_LEVELS, offload_all
 from leffa.core.serialization import checkpoint_configs, model_folder_weights, read_state_dict, trained_size
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -76,6 +79,12 @@ class LeffaModel(nn.Module):
         #: (height, width) the model was trained at, when known (``from_pretrained`` reads it from the
         #: ``metadata.json`` beside the weights); the pipeline refuses other sizes. ``None``: any size.
         self.trained_size: tuple[int, int] | None = None
+        #: The memory level (:mod:`leffa.core.memory`) and what it runs on; set by ``apply_memory_level``.
+        self.memory_level = "none"
+        self.offload_hooks: list = []
+        self._execution_device: torch.device | None = None
+        self._compute_dtype: torch.dtype | None = None
+        self._running = threading.Lock()
         self._layers = tuple(install_processors(unet_encoder, unet))
 
     # ----------------------------------------------------------------------------------------- building
@@ -130,7 +139,8 @@ class LeffaModel(nn.Module):
         ``base="auto"`` uses the configs stored with the checkpoint (see
         :func:`~leffa.core.serialization.stored_configs`), else picks a shipped base by the keys
         (:func:`detect_base`). A ``metadata.json`` beside the weights with an ``image_size`` sets
-        :attr:`trained_size`. Every error names the file.
+        :attr:`trained_size`. Every error names the file. The model comes in eval mode, for inference
+        (``train()`` it to fine-tune).
         """
         path = Path(path)
         if path.is_dir():
@@ -143,10 +153,13 @@ class LeffaModel(nn.Module):
         except CheckpointMismatchError as error:
             raise CheckpointMismatchError(f"{path}: {error}") from None
         model.trained_size = size
-        return model.place(resolve_device(device), dtype)
+        return model.eval().place(resolve_device(device), dtype)
 
     def place(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> LeffaModel:
-        """Move to ``device``/``dtype``; an fp16 VAE whose config asks for upcasting stays in fp32."""
+        """Move to ``device``/``dtype``; an fp16 VAE whose config asks for upcasting stays in fp32. (At a
+        memory level, use :func:`leffa.core.memory.apply_memory_level` instead.)"""
+        if self.memory_level != "none":
+            raise ValueError(f"the model is at memory level {self.memory_level!r}: apply_memory_level moves it")
         dtype = resolve_dtype(dtype)
         self.to(device=device, dtype=dtype)
         if self.vae_force_upcast and dtype == torch.float16:
@@ -163,11 +176,43 @@ class LeffaModel(nn.Module):
     # ------------------------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
-        return self.unet.conv_in.weight.device
+        """Where the model computes: its weights' device, or the device an offloading level runs on."""
+        return self._execution_device or self.unet.conv_in.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.conv_in.weight.dtype
+        """The dtype it computes in: its weights', or the compute dtype of a storage-casting level."""
+        return self._compute_dtype or self.unet.conv_in.weight.dtype
+
+    def set_memory_level(self, level: str, device: torch.device | None, dtype: torch.dtype | None) -> None:
+        """Record the memory level :func:`leffa.core.memory.apply_memory_level` put the model at (``device``
+        and ``dtype``: where and in what it computes, when that is not where its weights are)."""
+        self.memory_level = level
+        self._execution_device = device if level in OFFLOADING_LEVELS else None
+        self._compute_dtype = dtype if level == "layerwise_fp8" else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles get a lock of their own (a lock cannot be copied)."""
+        state = super().__getstate__()
+        state.pop("_running", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._running = threading.Lock()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LeffaModel]:
+        """One call's use of the model. At an offloading level calls take turns (two calls must not move
+        weights under each other) and every part goes back to the CPU afterwards; else nothing happens."""
+        if self.memory_level not in OFFLOADING_LEVELS:
+            yield self
+            return
+        with self._running:
+            try:
+                yield self
+            finally:
+                offload_all(self)
 
     @property
     def latent_scale(self) -> float:

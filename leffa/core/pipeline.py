@@ -24,8 +24,9 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 from leffa.core.attention import AttentionObserver
+from leffa.core.memory import apply_memory_level, encoding_done
 from leffa.core.model import LeffaModel
-from leffa.core.settings import SamplingSettings
+from leffa.core.settings import SamplingSettings, check_num_images
 from leffa.core.transforms import DensePoseFormat, densepose_to_tensor, image_to_tensor, mask_to_tensor, tensor_to_uint8
 from leffa.core.validation import check_finite, check_generated, check_sampling_settings, check_seed
 
@@ -44,6 +45,8 @@ class LeffaOutput:
     images: Any
     seed: int | None
     timesteps: list[int] = field(default_factory=list)
+    #: Each image's seed (``num_images`` > 1: ``seed``, ``seed + 1``, ...; image i is what a run with seed i makes).
+    seeds: list[int] = field(default_factory=list)
 
     def __getitem__(self, index):
         return self.images[index]
@@ -66,6 +69,13 @@ def rescale_noise_cfg(guided: torch.Tensor, conditional: torch.Tensor, factor: f
     std_cond = conditional.std(dim=dims, keepdim=True)
     std_guided = guided.std(dim=dims, keepdim=True)
     return factor * guided * (std_cond / std_guided) + (1.0 - factor) * guided
+
+
+def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """float32 noise of ``shape``; with one generator per image, each image's is what a run of its own draws."""
+    if isinstance(generator, list):
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator])
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
 
 
 def repaint_images(person: torch.Tensor, result: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -142,11 +152,16 @@ class LeffaPipeline:
         """:meth:`__call__` with the sampling controls of ``settings`` (what the app, the command line and
         batches pass on whole); ``options`` are ``__call__``'s others (``callback``, ``observer``,
         ``output_type``, ``height``/``width``, ...). ``settings.record_attention`` is for the caller (see
-        :func:`leffa.inspect.trace.trace`), not the sampler."""
+        :func:`leffa.inspect.trace.trace`), not the sampler. ``settings.memory`` naming a level puts the model
+        at it first (:func:`leffa.core.memory.apply_memory_level`, on the device the model runs on); ``auto``
+        leaves the model as it is (the app's model store resolves ``auto`` for the device's free memory)."""
+        if settings.memory != "auto" and settings.memory != self.model.memory_level:
+            apply_memory_level(self.model, settings.memory, self.model.device)
         return self(
             src_image, ref_image, mask, densepose,
             num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-            seed=settings.seed, ref_acceleration=settings.ref_acceleration, repaint=settings.repaint, **options,
+            seed=settings.seed, ref_acceleration=settings.ref_acceleration, repaint=settings.repaint,
+            num_images=settings.num_images, **options,
         )
 
     def prepare_inputs(
@@ -262,8 +277,12 @@ class LeffaPipeline:
         densepose_format: DensePoseFormat | None = None,
         callback: StepCallback | None = None,
         observer: AttentionObserver | None = None,
+        num_images: int = 1,
     ) -> LeffaOutput:
         """Generate images. Tensor inputs use the released normalisation; PIL inputs are converted.
+
+        ``num_images`` (1 to 4) makes that many images of one input in one batched pass, seeded ``seed``,
+        ``seed + 1``, ...: image i is the image a run of its own with seed ``seed + i`` makes.
 
         ``generator`` (or else ``seed``; ``-1``/``None`` = random) drives the initial noise, VAE posterior
         samples and DDPM noise, so equal seeds give equal images on one device. ``guidance_rescale`` defaults
@@ -274,20 +293,46 @@ class LeffaPipeline:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         model = self.model
         check_sampling_settings(num_inference_steps, guidance_scale, guidance_rescale, model.scheduler_config)
-        device = model.device
+        check_num_images(num_images)
         src, ref, mask_t, dense = self.prepare_inputs(
             src_image, ref_image, mask, densepose, height=height, width=width, densepose_format=densepose_format
         )
+        if num_images > 1:
+            if src.shape[0] != 1:
+                raise ValueError(f"num_images={num_images} makes several images of one input; got a batch of {src.shape[0]}")
+            if generator is not None:
+                raise ValueError("num_images > 1 seeds each image itself (seed, seed + 1, ...): pass seed, not generator")
+            src, ref, mask_t, dense = (t.expand(num_images, -1, -1, -1) for t in (src, ref, mask_t, dense))
         if generator is None:
             seed = resolve_seed(seed)
-            generator = torch.Generator().manual_seed(seed)
+            seeds = [seed + index for index in range(num_images)]
+            check_seed(seeds[-1])
+            generators = [torch.Generator().manual_seed(each) for each in seeds]
+            generator = generators[0] if num_images == 1 else generators
         else:
-            seed = generator.initial_seed()
+            seeds = [generator.initial_seed()]
+        with model.running():
+            images, timesteps = self._denoise(
+                src, ref, mask_t, dense, generator, num_inference_steps, guidance_scale, guidance_rescale,
+                latents, ref_acceleration, callback, observer,
+            )
+        if repaint:
+            images = repaint_images(src.to(images.device).float(), images, mask_t.to(images.device))
+        return LeffaOutput(self._format(images, output_type), seeds[0], [int(t) for t in timesteps], seeds)
+
+    def _denoise(
+        self, src, ref, mask_t, dense, generator, num_inference_steps, guidance_scale, guidance_rescale, latents,
+        ref_acceleration, callback, observer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampling loop; images in [-1, 1] (float32) and the timesteps it took. ``generator`` is one
+        generator or one per image (each image's draws then equal a run of its own)."""
+        model = self.model
+        device = model.device
         batch, _, h, w = src.shape
         latent_hw = (h // model.vae_scale_factor, w // model.vae_scale_factor)
         shape = (batch, 4, *latent_hw)
         if latents is None:
-            latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+            latents = _initial_noise(shape, generator)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         else:
@@ -299,6 +344,7 @@ class LeffaPipeline:
         src, ref, mask_t, dense = (t.to(device) for t in (src, ref, mask_t, dense))
         masked_latents = model.encode_image(src * (mask_t < 0.5), generator)
         ref_latents = model.encode_image(ref, generator)
+        encoding_done(model)
         mask_latent = F.interpolate(mask_t, size=latent_hw, mode="nearest").to(model.dtype)
         dense_latent = F.interpolate(dense, size=latent_hw, mode="nearest").to(model.dtype)
         cfg = guidance_scale > 1.0
@@ -328,10 +374,7 @@ class LeffaPipeline:
 
         images = model.decode_latents(latents)
         check_generated(images, model.dtype)
-        images = images.clamp(-1, 1)
-        if repaint:
-            images = repaint_images(src.float(), images, mask_t)
-        return LeffaOutput(self._format(images, output_type), seed, [int(t) for t in timesteps])
+        return images.clamp(-1, 1), timesteps
 
     @staticmethod
     def _format(images: torch.Tensor, output_type: OutputType):

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from leffa.core.memory import check_memory_choice
 from leffa.core.validation import MAX_SEED
 
 #: Limits of the settings object (the pipeline itself allows as many steps as the scheduler can take): far
 #: past where more steps or stronger guidance change the result.
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
+#: Images per run (one batched pass).
+MAX_IMAGES = 4
 #: What the page, the HTTP API and the command line call a field, where that differs from its name here.
 PUBLIC_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}
 
@@ -62,14 +65,24 @@ def checked_flag(value: Any, field: str) -> bool:
     return bool(value)
 
 
+def check_num_images(value: Any) -> int:
+    """``value`` as a number of images per run, 1 to :data:`MAX_IMAGES`; a ``ValueError`` else."""
+    count = checked_whole(value, "num_images")
+    if not 1 <= count <= MAX_IMAGES:
+        raise ValueError(f"num_images must be between 1 and {MAX_IMAGES}, got {count}")
+    return count
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Sampling controls, checked when made (a ``ValueError`` naming the field and its range).
 
     ``seed`` ``-1`` picks a random seed (the result reports it); ``ref_acceleration`` runs the reference UNet
     once; ``repaint`` keeps everything outside the mask as photographed; ``record_attention`` records
-    attention and flows for the inspector (slower). Numbers may come as floats with whole values (a slider's
-    ``30.0``); they are stored as ints.
+    attention and flows for the inspector (slower; of the first image). ``num_images`` (1 to 4) makes that
+    many in one batched pass, seeded ``seed``, ``seed + 1``, ... ``memory`` is the memory level to run at
+    (:mod:`leffa.core.memory`; ``auto`` picks by the device's free memory). Numbers may come as floats with
+    whole values (a slider's ``30.0``); they are stored as ints.
     """
 
     num_inference_steps: int = 30
@@ -78,6 +91,8 @@ class SamplingSettings:
     ref_acceleration: bool = False
     repaint: bool = False
     record_attention: bool = False
+    num_images: int = 1
+    memory: str = "auto"
 
     def __post_init__(self) -> None:
         steps = checked_whole(self.num_inference_steps, "num_inference_steps")
@@ -91,7 +106,13 @@ class SamplingSettings:
         seed = checked_whole(self.seed, "seed")
         if not -1 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or a whole number from 0 to 2**64 - 1, got {seed}")
-        checked = dict(num_inference_steps=steps, guidance_scale=float(guidance), seed=seed)
+        count = check_num_images(self.num_images)
+        if seed != -1 and seed + count - 1 > MAX_SEED:
+            raise ValueError(f"seed {seed} + {count - 1} images passes 2**64 - 1; choose a smaller seed")
+        checked = dict(
+            num_inference_steps=steps, guidance_scale=float(guidance), seed=seed, num_images=count,
+            memory=check_memory_choice(self.memory),
+        )
         for field in ("ref_acceleration", "repaint", "record_attention"):
             checked[field] = checked_flag(getattr(self, field), field)
         for field, value in checked.items():

@@ -211,6 +211,8 @@ def trace(
     at most ``map_size`` (query and key grids) to bound memory; flows are kept exact.
     """
     settings = settings or SamplingSettings()
+    if settings.num_images != 1:
+        raise ValueError(f"trace records one image: pass settings with num_images=1, not {settings.num_images}")
     scheduler = pipe.model.make_scheduler()
     scheduler.set_timesteps(settings.num_inference_steps)
     schedule = [int(t) for t in scheduler.timesteps]
