@@ -67,6 +67,7 @@ def test_several_images_per_pair_are_numbered_and_logged_with_their_seeds(tiny, 
     (entry,) = read_run_log(out)
     assert entry["outputs"] == [str(out / name) for name in names] and entry["seeds"] == [5, 6, 7]
     assert entry["memory"] == "group_offload" and entry["output"] == str(out / names[0])
+    assert f"{out / names[0]} and 2 more (anna__shirt_2.png, anna__shirt_3.png)" in capsys.readouterr().out
     assert main([*arguments, "--seed", "6", "--overwrite"]) == EXIT_OK  # the second image, alone
     assert Image.open(out / "anna__shirt.png").tobytes() == Image.open(out / names[1]).tobytes()
     (out / "anna__shirt.png").unlink()

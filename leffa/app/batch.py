@@ -199,7 +199,9 @@ def run_jobs(
             log.flush()
             counter = f"[{index}/{len(jobs)}] {job.name}"
             if entry["status"] == "ok":
-                print(f"{counter}: {entry.get('output', '')} ({entry['seconds']:.1f} s)", file=stdout)
+                more = len(entry.get("outputs", [])) - 1
+                extra = f" and {more} more ({', '.join(Path(p).name for p in entry['outputs'][1:])})" if more > 0 else ""
+                print(f"{counter}: {entry.get('output', '')}{extra} ({entry['seconds']:.1f} s)", file=stdout)
             else:
                 print(f"{counter} failed: {entry['error']}", file=stderr)
             if report.stopped is not None or report.interrupted:
