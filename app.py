@@ -25,7 +25,7 @@ from gradio.utils import get_upload_folder
 from app_components import MaskEditor, RawNumber, UploadedImage, raw_slider
 from leffa.app.callbacks import (
     AppCallbacks, MaskStep, TryOnInputs, category_note, checked_flag, editor_brush_size, editor_value,
-    mask_from_editor,
+    mask_from_editor, user_painted,
 )
 from leffa.app.inspector import TRAINED, InspectorView, display_to_result, run_note
 from leffa.app.previews import MASK_COLOR, previews
@@ -36,6 +36,7 @@ from leffa.app.models import POSE_MODEL
 from leffa.app.service import Generation
 from leffa.core.memory import MEMORY_CHOICES
 from leffa.core.settings import MAX_IMAGES, SamplingSettings
+from preprocess.mask_adjust import SIDES, MaskAdjustments
 from preprocess.masks import CATEGORIES
 
 #: Errors raised by the library for bad input, missing weights or a device that ran out of memory.
@@ -82,6 +83,12 @@ MEMORY_LABELS = [
     ("fp8 weights (layerwise casting)", "layerwise_fp8"), ("int8 weights (torchao)", "int8"),
 ]
 MEMORY_INFO = "the level used shows under Model status"
+AUTO_CROP_INFO = "generate on the person cut from the photo, pasted back (auto: when the person is small)"
+ADJUST_HELP = (
+    "Change the automatic mask (pixels of the model frame) for a garment longer, shorter or wider than the one "
+    "worn; the editor shows the result at once (until you paint on it). Hands and face stay out of what the "
+    "adjustments add unless unticked."
+)
 #: Pictures fill their box (``fill-box``); the tiny model's are enlarged with whole pixels (``pixelated``).
 CSS = """
 .fill-box img, .fill-box .image-frame { width: 100% !important; height: 100% !important; }
@@ -232,6 +239,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             )
             ui.category_note = gr.Markdown(category_note("viton_hd", "upper_body"), elem_id="category-note")
             ui.resolution = _resolution(actions, runtime, "viton_hd")
+            ui.auto_crop = _auto_crop("tryon")
             ui.garment_png = gr.Checkbox(False, label="Garment is a cut-out PNG (centre it on white)")
             # The tiny model redraws the whole mask region coarsely; repaint keeps the rest of the photo.
             ui.repaint = gr.Checkbox(runtime.tiny, label="Repaint (keep everything outside the mask)")
@@ -241,6 +249,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
             api_visibility="private",
         )
     ui.controls = _settings_controls("tryon", runtime)
+    ui.adjustments = _mask_adjustments()
     with gr.Accordion("Your own mask / DensePose (optional)", open=runtime.tiny):
         with gr.Row():
             ui.mask = _upload("Mask (white = replace)", "tryon-mask", runtime)
@@ -263,6 +272,7 @@ def _tryon_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         with gr.Column():
             ui.result = _picture("Result", runtime, elem_id="tryon-result", height=480, buttons=RESULT_BUTTONS)
             ui.seed = _seed_used("tryon-seed")
+            ui.notes = gr.Markdown("", label="Notes", elem_id="tryon-notes")
     ui.gallery = _results_gallery(runtime, "tryon-images")
     with gr.Accordion("Previews: parse map, keypoints, mask, DensePose", open=False):
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="tryon-previews")
@@ -285,6 +295,44 @@ def _forget_on_new_inputs(inputs: list[gr.components.Component], pictures: list[
         component.change(forget, None, [*pictures, seed], queue=False, show_progress="hidden", api_visibility="private")
 
 
+def _auto_crop(prefix: str) -> gr.Radio:
+    return gr.Radio(
+        [("auto", "auto"), ("on", "on"), ("off", "off")], value="auto", label="Auto-crop around the person",
+        info=AUTO_CROP_INFO, elem_id=f"{prefix}-auto-crop",
+    )
+
+
+def _mask_adjustments() -> list[gr.components.Component]:
+    """Grow/shrink, extend to each side, keep hands and face, cover legs: applied to the automatic mask,
+    live on the mask editor (``MaskAdjustments``' fields, in its order)."""
+    with gr.Accordion("Adjust the mask", open=False, elem_id="mask-adjustments"):
+        gr.Markdown(ADJUST_HELP)
+        with gr.Row():
+            grow = raw_slider("grow", -200, 200, value=0, step=1, label="Grow (−: shrink), px", elem_id="adjust-grow")
+            sides = [
+                raw_slider(f"extend_{side}", 0, 1024, value=0, step=1, label=f"Extend {side}, px",
+                           elem_id=f"adjust-{side}")
+                for side in SIDES
+            ]
+        with gr.Row():
+            hands = gr.Checkbox(True, label="Keep hands", elem_id="adjust-hands")
+            face = gr.Checkbox(True, label="Keep face and hair", elem_id="adjust-face")
+            legs = gr.Checkbox(False, label="Cover the legs to the ankles (long lower garments, dresses)",
+                               elem_id="adjust-legs")
+    return [grow, *sides, hands, face, legs]
+
+
+def _adjustments(grow=None, up=None, down=None, left=None, right=None, hands=None, face=None, legs=None) -> MaskAdjustments:
+    """The page's and the API's adjustment controls (left out: unchanged) as ``MaskAdjustments``."""
+    given = dict(grow=grow, extend_up=up, extend_down=down, extend_left=left, extend_right=right,
+                 keep_hands=hands, keep_face=face, cover_legs=legs)
+    return MaskAdjustments(**{name: value for name, value in given.items() if value is not None})
+
+
+def _notes(prepared) -> str:
+    return "\n".join(f"- {note}" for note in prepared.notes)
+
+
 def _resolution(actions: AppCallbacks, runtime: Runtime, key: str) -> gr.Radio:
     """The model's own size, or half of it per side; the tiny model (trained at one size) gets its own only."""
     if runtime.tiny:
@@ -304,13 +352,16 @@ def _pose_tab(actions: AppCallbacks, runtime: Runtime) -> SimpleNamespace:
         ui.target = _upload("Target pose", "pose-target", runtime, height=400)
         label = "Result (untrained model: noise)" if untrained else "Result"
         ui.result = _picture(label, runtime, elem_id="pose-result", height=400, buttons=RESULT_BUTTONS)
-    ui.resolution = _resolution(actions, runtime, POSE_MODEL)
+    with gr.Row():
+        ui.resolution = _resolution(actions, runtime, POSE_MODEL)
+        ui.auto_crop = _auto_crop("pose")
     ui.controls = _settings_controls("pose", runtime)
     with gr.Accordion("Your own DensePose of the target (optional)", open=runtime.tiny):
         ui.densepose = _upload("DensePose (IUV) of the target", "pose-densepose", runtime)
     with gr.Row():
         ui.run = gr.Button("Transfer pose", variant="primary", elem_id="pose-run")
         ui.seed = _seed_used("pose-seed")
+    ui.notes = gr.Markdown("", label="Notes", elem_id="pose-notes")
     ui.gallery = _results_gallery(runtime, "pose-images")
     with gr.Accordion("Preview: DensePose", open=False):
         ui.previews = _gallery("Previews", runtime, 2, height="auto", elem_id="pose-previews")
@@ -408,24 +459,44 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         # Every input defaults to None, so API clients may leave out what they do not use (None is what
         # the page sends for an empty field; the callbacks name what is missing).
         def make_mask(person=None, garment=None, model_type=None, category=None, resolution=None,
-                      garment_png=None, mask=None, densepose=None, progress=gr.Progress()):
+                      garment_png=None, mask=None, densepose=None, auto_crop=None, grow=None, extend_up=None,
+                      extend_down=None, extend_left=None, extend_right=None, keep_hands=None, keep_face=None,
+                      cover_legs=None, progress=gr.Progress()):
+            adjustments = _adjustments(grow, extend_up, extend_down, extend_left, extend_right, keep_hands, keep_face,
+                                       cover_legs)
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, checked_flag(garment_png, "garment_png"),
-                resolution,
+                resolution, auto_crop or "auto", adjustments,
             )
             step = actions.make_mask(inputs, _reporter(progress))
             editable = editor_value(step.prepared, tryon.editor_size)
-            return step, editable, previews(step.prepared), actions.status()
+            return step, editable, previews(step.prepared), actions.status(), _notes(step.prepared)
+
+        @_shown
+        def adjust_live(step, editor, *controls):
+            """The adjusted mask on the editor, unless the user has painted on it (their strokes are kept)."""
+            if step is None:
+                return [gr.skip()] * 4
+            if user_painted(step, mask_from_editor(editor)):
+                gr.Warning("The mask has your brush strokes, so the adjustments did not replace it: press "
+                           "'1. Make mask' to start again from the automatic mask with these adjustments.")
+                return [gr.skip()] * 4
+            step = actions.adjust(step, _adjustments(*controls))
+            return step, editor_value(step.prepared, tryon.editor_size), previews(step.prepared), _notes(step.prepared)
 
         @_on_device
         @_shown
         def try_on(person=None, garment=None, model_type=None, category=None, resolution=None,
-                   garment_png=None, mask=None, densepose=None, repaint=None, steps=None, guidance=None,
-                   seed=None, ref_acceleration=None, record_attention=None, num_images=None, memory=None,
-                   mask_step=None, edited_mask=None, recorded=None, progress=gr.Progress()):
+                   garment_png=None, mask=None, densepose=None, auto_crop=None, grow=None, extend_up=None,
+                   extend_down=None, extend_left=None, extend_right=None, keep_hands=None, keep_face=None,
+                   cover_legs=None, repaint=None, steps=None, guidance=None, seed=None, ref_acceleration=None,
+                   record_attention=None, num_images=None, memory=None, mask_step=None, edited_mask=None,
+                   recorded=None, progress=gr.Progress()):
+            adjustments = _adjustments(grow, extend_up, extend_down, extend_left, extend_right, keep_hands, keep_face,
+                                       cover_legs)
             inputs = TryOnInputs(
                 person, garment, model_type, category, mask, densepose, checked_flag(garment_png, "garment_png"),
-                resolution,
+                resolution, auto_crop or "auto", adjustments,
             )
             settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, num_images, memory, repaint)
             generation = actions.try_on(
@@ -434,19 +505,20 @@ def build_app(runtime: Runtime) -> gr.Blocks:
             )
             used = MaskStep(generation.prepared, inputs.fingerprint())
             editable = editor_value(generation.prepared, tryon.editor_size)
-            return [used, editable, *after_generation(generation, recorded), _several(generation)]
+            return [used, editable, *after_generation(generation, recorded), _several(generation),
+                    _notes(generation.prepared)]
 
         @_on_device
         @_shown
-        def pose_transfer(person=None, target=None, resolution=None, densepose=None, steps=None, guidance=None,
-                          seed=None, ref_acceleration=None, record_attention=None, num_images=None, memory=None,
-                          recorded=None, progress=gr.Progress()):
+        def pose_transfer(person=None, target=None, resolution=None, densepose=None, auto_crop=None, steps=None,
+                          guidance=None, seed=None, ref_acceleration=None, record_attention=None, num_images=None,
+                          memory=None, recorded=None, progress=gr.Progress()):
             settings = _settings(steps, guidance, seed, ref_acceleration, record_attention, num_images, memory)
             generation = actions.pose_transfer(
-                person, target, densepose=densepose, resolution=resolution, settings=settings,
-                progress=_reporter(progress),
+                person, target, densepose=densepose, resolution=resolution, auto_crop=auto_crop or "auto",
+                settings=settings, progress=_reporter(progress),
             )
-            return [*after_generation(generation, recorded), _several(generation)]
+            return [*after_generation(generation, recorded), _several(generation), _notes(generation.prepared)]
 
         @_shown
         def inspect_click(generation, layer, timestep, event: gr.SelectData):
@@ -467,27 +539,33 @@ def build_app(runtime: Runtime) -> gr.Blocks:
 
         tryon_inputs = [
             tryon.person, tryon.garment, tryon.model_type, tryon.category, tryon.resolution,
-            tryon.garment_png, tryon.mask, tryon.densepose,
+            tryon.garment_png, tryon.mask, tryon.densepose, tryon.auto_crop, *tryon.adjustments,
         ]
         selection = [inspector.layer, inspector.timestep]
         generation_outputs = [recorded_state, point_state, *selection, inspector.run, *inspector.outputs]
         tryon.make_mask.click(
-            make_mask, tryon_inputs, [mask_state, tryon.editor, tryon.previews, status], api_name="make_mask",
-            **DEVICE_QUEUE,
+            make_mask, tryon_inputs, [mask_state, tryon.editor, tryon.previews, status, tryon.notes],
+            api_name="make_mask", **DEVICE_QUEUE,
         )
+        for control in tryon.adjustments:
+            control.input(
+                adjust_live, [mask_state, tryon.editor, *tryon.adjustments],
+                [mask_state, tryon.editor, tryon.previews, tryon.notes], api_visibility="private",
+                trigger_mode="always_last", show_progress="hidden",
+            )
         # Progress shows on the result only: the editor keeps the mask visible while the model runs.
         tryon.run.click(
             try_on, [*tryon_inputs, tryon.repaint, *tryon.controls, mask_state, tryon.editor, recorded_state],
             [
                 mask_state, tryon.editor, tryon.result, tryon.seed, tryon.previews, status, *generation_outputs,
-                tryon.gallery,
+                tryon.gallery, tryon.notes,
             ],
             api_name="try_on", show_progress_on=[tryon.result], **DEVICE_QUEUE,
         )
         pose.run.click(
             pose_transfer,
-            [pose.person, pose.target, pose.resolution, pose.densepose, *pose.controls, recorded_state],
-            [pose.result, pose.seed, pose.previews, status, *generation_outputs, pose.gallery],
+            [pose.person, pose.target, pose.resolution, pose.densepose, pose.auto_crop, *pose.controls, recorded_state],
+            [pose.result, pose.seed, pose.previews, status, *generation_outputs, pose.gallery, pose.notes],
             api_name="pose_transfer",
             show_progress_on=[pose.result], **DEVICE_QUEUE,
         )

@@ -267,3 +267,68 @@ def test_error_messages_read_as_plain_text(browser, served, tmp_path):
     lines = toast.text.splitlines()
     assert lines[0].startswith("the built-in demo model cannot preprocess photos") and len(lines) == 5
     assert lines[3].strip().startswith("python -m leffa download virtual_tryon") and "<br>" not in toast.text
+
+
+def _small_person_scene(example, folder: Path) -> dict[str, Path]:
+    """The example's person (with its mask and DensePose) small in a wide grey photo: auto-crop's case."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, source, background in (("person", example.person, (150, 150, 140)), ("mask", example.mask, 0),
+                                     ("densepose", example.densepose, (0, 0, 0))):
+        with Image.open(source) as image:
+            mode = "L" if name == "mask" else "RGB"
+            canvas = Image.new(mode, (400, 300), background)
+            canvas.paste(image.convert(mode), (150, 120))
+            paths[name] = folder / f"scene-{name}.png"
+            canvas.save(paths[name])
+    return paths
+
+
+def test_mask_adjustments_show_live_and_the_crop_in_the_previews(browser, served, tmp_path):
+    url, runtime = served
+    example = runtime.tryon_examples[0]
+    scene = _small_person_scene(example, tmp_path)
+    browser.get(url)
+    wait = WebDriverWait(browser, TIMEOUT)
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#tryon-person input[type=file]")))
+    for elem_id, path in (("tryon-person", scene["person"]), ("tryon-garment", example.garment),
+                          ("tryon-mask", scene["mask"]), ("tryon-densepose", scene["densepose"])):
+        _upload(browser, elem_id, path)
+    editor = browser.find_element(By.ID, "mask-editor")
+    browser.find_element(By.ID, "make-mask").click()
+    wait.until(lambda driver: _red_pixels(driver, editor) > 2000)
+    assert "auto-crop: generated on the person" in _text(browser, "tryon-notes")
+    browser.find_element(By.XPATH, "//button[contains(., 'Previews: parse map')]").click()
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#tryon-previews img")) == 3)
+    captions = [image.get_attribute("alt") for image in browser.find_elements(By.CSS_SELECTOR, "#tryon-previews img")]
+    assert captions == ["auto-crop", "mask", "DensePose"]
+    assert _natural_size(browser, "#tryon-previews .gallery-item:nth-child(1) img") == (400, 300)  # the whole photo
+    browser.execute_script("arguments[0].scrollIntoView();", browser.find_element(By.ID, "tryon-previews"))
+    _shot(browser, "7-crop-preview")
+
+    # Extend the mask down: the editor shows it at once.
+    browser.find_element(By.XPATH, "//button[contains(., 'Adjust the mask')]").click()
+    before = _red_pixels(browser, editor)
+    down = browser.find_element(By.CSS_SELECTOR, "#adjust-down input[type=number]")
+    down.send_keys(Keys.CONTROL, "a")
+    down.send_keys("12", Keys.TAB)
+    wait.until(lambda driver: _red_pixels(driver, editor) > before * 1.1)
+    browser.execute_script("arguments[0].scrollIntoView();", editor)
+    _shot(browser, "8-extended")
+    extended = _red_pixels(browser, editor)
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']")  # no stroke was mistaken
+
+    # Paint, then adjust again: the strokes are kept and the page says why the adjustment did not apply.
+    browser.find_element(By.CSS_SELECTOR, "#mask-editor button[aria-label='Brush']").click()
+    canvas = browser.find_element(By.CSS_SELECTOR, "#mask-editor canvas")
+    stroke = webdriver.ActionChains(browser).move_to_element_with_offset(canvas, -110, -170)
+    stroke.click_and_hold().move_by_offset(30, 0).release().perform()
+    painted = _red_pixels(browser, editor)
+    assert painted > extended
+    grow = browser.find_element(By.CSS_SELECTOR, "#adjust-grow input[type=number]")
+    grow.send_keys(Keys.CONTROL, "a")
+    grow.send_keys("3", Keys.TAB)
+    toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
+    assert toast.text.startswith("The mask has your brush strokes, so the adjustments did not replace it")
+    assert abs(_red_pixels(browser, editor) - painted) < 0.02 * painted
+    _shot(browser, "9-painted-kept")

@@ -13,8 +13,9 @@ from PIL import Image, ImageFile
 
 from leffa.app.callbacks import (
     MASK_ALPHA_THRESHOLD, AppCallbacks, TryOnInputs, category_note, checked_flag,
-    checked_point, editor_value, mask_from_editor,
+    checked_point, editor_value, mask_from_editor, user_painted,
 )
+from preprocess.mask_adjust import NO_ADJUSTMENTS, MaskAdjustments
 from leffa.app.inspector import (
     ALL, TRAINED, attention_row, colour_scale, display_to_model, dotted_outline, heatmap_over, layer_labels,
     mark_looked_at, marked_result, scale_top, sharpness,
@@ -178,6 +179,26 @@ def test_try_on_uses_the_edited_mask_only_for_the_same_inputs(actions):
     fresh = actions.try_on(_inputs(garment=other_garment), FAST, mask_step=step, edited_mask=edited)
     assert np.array_equal(np.asarray(fresh.prepared.mask), np.asarray(step.prepared.mask))
     assert not np.array_equal(np.asarray(fresh.prepared.reference), np.asarray(step.prepared.reference))
+
+
+def test_adjustments_apply_live_to_the_made_mask_and_a_painted_mask_is_noticed(actions):
+    step = actions.make_mask(_inputs())
+    base = np.asarray(step.prepared.mask) > 127
+    longer = actions.adjust(step, MaskAdjustments(extend_down=10))
+    mask = np.asarray(longer.prepared.mask) > 127
+    assert longer.fingerprint == step.fingerprint and mask.sum() > base.sum() and not (base & ~mask).any()
+    assert np.array_equal(np.asarray(actions.adjust(longer, NO_ADJUSTMENTS).prepared.mask) > 127, base)  # undone
+    shown = mask_from_editor(editor_value(longer.prepared, (96, 128)))
+    assert not user_painted(longer, shown)
+    lagging = mask_from_editor(editor_value(step.prepared, (96, 128)))  # the editor before the adjustment arrived
+    assert not user_painted(longer, lagging) and user_painted(step, shown)
+    shown[0:4, 0:4] = True
+    assert user_painted(longer, shown) and not user_painted(longer, None)
+    # Without an editor (the HTTP API, the command line), try-on applies the inputs' adjustments itself.
+    result = actions.try_on(_inputs(adjustments=MaskAdjustments(extend_down=10)), FAST, mask_step=step)
+    assert np.array_equal(np.asarray(result.prepared.mask) > 127, mask)
+    assert _inputs(adjustments=MaskAdjustments(grow=5)).fingerprint() == _inputs().fingerprint()
+    assert _inputs(auto_crop="off").fingerprint() != _inputs().fingerprint()
 
 
 def test_try_on_in_one_click_reports_progress_and_reproduces_with_its_seed(actions):

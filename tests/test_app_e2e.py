@@ -98,10 +98,12 @@ def test_api_endpoints_and_outputs_have_meaningful_names(client):
         "Flow (colour wheel)", "Reference warped by the flow", "What is shown",
     ]
     returns = {name: [item["label"] for item in endpoint["returns"]] for name, endpoint in endpoints.items()}
-    assert returns["/make_mask"] == ["Mask editor: brush adds, eraser removes; then press Try on", "Previews", "Model status"]
+    assert returns["/make_mask"] == [
+        "Mask editor: brush adds, eraser removes; then press Try on", "Previews", "Model status", "Notes",
+    ]
     assert returns["/try_on"] == [
         "Mask editor: brush adds, eraser removes; then press Try on", "Result", "Seed used", "Previews",
-        "Model status", "Layer", "Timestep", *inspector, "All images of the run",
+        "Model status", "Layer", "Timestep", *inspector, "All images of the run", "Notes",
     ]
     assert returns["/pose_transfer"][0] == "Result (untrained model: noise)"
     assert returns["/inspect"] == inspector[1:]
@@ -109,7 +111,12 @@ def test_api_endpoints_and_outputs_have_meaningful_names(client):
     assert parameters[-8:] == [
         "steps", "guidance", "seed", "ref_acceleration", "record_attention", "num_images", "memory", "edited_mask",
     ]
-    assert returns["/pose_transfer"][-1] == "All images of the run"
+    assert returns["/pose_transfer"][-2:] == ["All images of the run", "Notes"]
+    adjustments = ["auto_crop", "grow", "extend_up", "extend_down", "extend_left", "extend_right", "keep_hands",
+                   "keep_face", "cover_legs"]
+    assert parameters[8:17] == adjustments
+    assert [item["parameter_name"] for item in endpoints["/make_mask"]["parameters"]][8:] == adjustments
+    assert [item["parameter_name"] for item in endpoints["/pose_transfer"]["parameters"]][4] == "auto_crop"
 
 
 def test_the_mask_brush_covers_a_sleeve_in_a_few_strokes(client):
@@ -125,7 +132,7 @@ def test_the_mask_brush_covers_a_sleeve_in_a_few_strokes(client):
 def test_try_on_then_inspect(client, server):
     example = server[1].tryon_examples[0]
     width, height = SERVED_SIZE
-    editor, gallery, status = client.predict(**_example(server), api_name="/make_mask")
+    editor, gallery, status, notes = client.predict(**_example(server), api_name="/make_mask")
     assert _size(editor["background"]) == (width, height)
     assert [_size(layer) for layer in editor["layers"]] == [(width, height)]
     assert [item["caption"] for item in gallery] == ["mask", "DensePose"]
@@ -135,7 +142,7 @@ def test_try_on_then_inspect(client, server):
         **_example(server), steps=2, seed=11, record_attention=True, edited_mask=None, api_name="/try_on"
     )
     editor, result, seed, previews, status, layers, timesteps, run = outputs[:8]
-    inspected, heatmap, scale, per_layer, flow, warped, caption, several = outputs[8:]
+    inspected, heatmap, scale, per_layer, flow, warped, caption, several, notes = outputs[8:]
     assert _size(editor["background"]) == (width, height)  # the mask used, ready for editing
     assert _size(result) == Image.open(example.person).size  # cropped back to the photo's framing
     assert seed == "11" and heatmap is None and scale == "" and "click the result" in caption
@@ -196,7 +203,7 @@ def test_several_images_come_back_in_the_gallery_with_their_seeds(client, server
         **_example(server), steps=1, seed=20, num_images=3, memory="model_offload", record_attention=True,
         edited_mask=None, api_name="/try_on",
     )
-    result, seed, status, run, update = outputs[1], outputs[2], outputs[4], outputs[7], outputs[-1]
+    result, seed, status, run, update = outputs[1], outputs[2], outputs[4], outputs[7], outputs[-2]
     several = update["value"]
     assert update["visible"] and seed == "20, 21, 22"
     assert [item["caption"] for item in several] == ["seed 20", "seed 21", "seed 22"]

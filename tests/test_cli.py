@@ -76,6 +76,33 @@ def test_several_images_per_pair_are_numbered_and_logged_with_their_seeds(tiny, 
     assert not (out / "anna__shirt.png").exists()  # refused before anything was written
 
 
+def test_mask_adjustments_and_auto_crop_reach_the_mask(tiny, tiny_model, tmp_path, capsys, monkeypatch):
+    from leffa.app.service import TryOn
+
+    seen = []
+    prepare = TryOn.prepare
+    monkeypatch.setattr(TryOn, "prepare", lambda self, *a, **k: seen.append(k) or prepare(self, *a, **k))
+    person = write_block_image(tmp_path / "in" / "anna.png", size=(90, 150))
+    mask = write_block_image(tmp_path / "in" / "mask.png", size=(90, 150), mode="L")
+    out = tmp_path / "out"
+    code = main([
+        "tryon", str(person), str(person), "--mask", str(mask), "--densepose", str(person), "--tiny", "-o", str(out),
+        *FAST, "--grow", "3", "--extend-down", "9000", "--no-keep-face", "--cover-legs", "--auto-crop", "off",
+        "--category", "dresses",
+    ])
+    assert code == EXIT_OK
+    adjustments = seen[-1]["adjustments"]
+    assert (adjustments.grow, adjustments.extend_down, adjustments.keep_hands, adjustments.keep_face) == (3, 9000, True, False)
+    assert adjustments.cover_legs and seen[-1]["auto_crop"] == "off"
+    (entry,) = read_run_log(out)
+    assert entry["notes"] == [
+        "cover legs needs the parse map of the photo; ignored for a supplied mask",
+        "extend down 9000 px is outside 0..64 for this image; 64 px used",
+        "keeping hands needs the parse map of the photo; not done for a supplied mask",
+    ]
+    assert "  note: extend down 9000 px is outside 0..64" in capsys.readouterr().out
+
+
 def test_tryon_folder_of_persons_with_matching_masks(tiny, tmp_path):
     for name in ("a", "b"):
         write_block_image(tmp_path / "persons" / f"{name}.png")
@@ -235,6 +262,8 @@ def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, caps
         (["tryon", "a.png", "b.png", "--memory", "fp4"], "argument --memory: invalid choice: 'fp4'"),
         (["tryon", "a.png", "b.png", "--offload", "--memory", "int8"], "--offload means --memory model_offload"),
         (["trace", "a.png", "b.png", "--num-images", "2"], "unrecognized arguments: --num-images 2"),
+        (["tryon", "a.png", "b.png", "--auto-crop", "yes"], "argument --auto-crop: invalid choice: 'yes'"),
+        (["tryon", "a.png", "b.png", "--grow", "2.5"], "argument --grow: invalid int value: '2.5'"),
     ],
 )
 def test_bad_arguments_exit_with_2(arguments, message, capsys):

@@ -202,6 +202,8 @@ def run_jobs(
                 more = len(entry.get("outputs", [])) - 1
                 extra = f" and {more} more ({', '.join(Path(p).name for p in entry['outputs'][1:])})" if more > 0 else ""
                 print(f"{counter}: {entry.get('output', '')}{extra} ({entry['seconds']:.1f} s)", file=stdout)
+                for note in entry.get("notes", []):
+                    print(f"  note: {note}", file=stdout)
             else:
                 print(f"{counter} failed: {entry['error']}", file=stderr)
             if report.stopped is not None or report.interrupted:

@@ -23,6 +23,7 @@ from leffa.app.previews import mask_layer
 from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings, checked_flag, checked_number
 from leffa.inspect.visualize import color_wheel_legend
 from preprocess.images import ImageSource, open_image
+from preprocess.mask_adjust import NO_ADJUSTMENTS, MaskAdjustments
 
 #: Reports progress: (fraction done in [0, 1], what is happening).
 ProgressCallback = Callable[[float, str], None]
@@ -36,7 +37,8 @@ _NO_TRACE = (
 
 @dataclass(frozen=True)
 class TryOnInputs:
-    """Everything the try-on preparation depends on: photos, optional uploads and options."""
+    """Everything the try-on preparation depends on: photos, optional uploads and options; ``adjustments``
+    change the mask made from them (live on the page, so they are not part of the fingerprint)."""
 
     person: ImageSource | None
     garment: ImageSource | None
@@ -46,18 +48,26 @@ class TryOnInputs:
     densepose: ImageSource | None = None
     prepare_garment_png: bool = False
     resolution: str = "full"
+    auto_crop: str = "auto"
+    adjustments: MaskAdjustments = NO_ADJUSTMENTS
 
     def fingerprint(self) -> str:
-        """A digest of all of it, to tell whether a prepared mask still belongs to these inputs."""
-        return _fingerprint(*(getattr(self, item.name) for item in fields(self)))
+        """A digest of all but the adjustments, to tell whether a prepared mask still belongs to these inputs."""
+        return _fingerprint(*(getattr(self, item.name) for item in fields(self) if item.name != "adjustments"))
 
 
 @dataclass(frozen=True)
 class MaskStep:
-    """Inputs prepared by "Make mask", with a fingerprint of what they were made from."""
+    """Inputs prepared by "Make mask", with a fingerprint of what they were made from, and digests of the
+    masks shown for them so far (the automatic one and each adjustment of it), to tell the user's strokes
+    from an editor that has not caught up with the latest adjustment yet."""
 
     prepared: Prepared
     fingerprint: str
+    shown: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shown", (*self.shown, _mask_digest(np.asarray(self.prepared.mask) > 127))[-16:])
 
 
 def checked_point(point: Any, names: tuple[str, str] = ("x", "y")) -> tuple[float, float]:
@@ -120,6 +130,18 @@ def editor_value(prepared: Prepared, size: tuple[int, int] | None = None) -> dic
     size = size or prepared.person.size
     person = np.asarray(prepared.person.convert("RGB").resize(size, Image.Resampling.BICUBIC))
     return {"background": person, "layers": [mask_layer(prepared.mask, size)], "composite": None}
+
+
+def user_painted(step: MaskStep, edited: np.ndarray | None) -> bool:
+    """Whether the editor's mask (``edited``) is none of the masks shown for ``step``: the user has painted."""
+    if edited is None:
+        return False
+    mask = Image.fromarray(edited.astype(np.uint8) * 255).resize(step.prepared.mask.size, Image.Resampling.NEAREST)
+    return _mask_digest(np.asarray(mask) > 127) not in step.shown
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
 
 
 def editor_brush_size(size: tuple[int, int]) -> int:
@@ -200,11 +222,17 @@ class AppCallbacks:
         prepared = self.tryon.prepare(
             person, garment, model_type=inputs.model_type, category=inputs.category, mask=inputs.mask,
             densepose=inputs.densepose, prepare_garment_png=inputs.prepare_garment_png,
+            adjustments=inputs.adjustments, auto_crop=inputs.auto_crop,
             size=frame_size(self.store.spec(inputs.model_type), inputs.resolution), status=tracker.status,
         )
         _require_masked(prepared.mask)
         tracker(0.0, "inputs ready")
         return MaskStep(prepared, inputs.fingerprint())
+
+    @staticmethod
+    def adjust(step: MaskStep, adjustments: MaskAdjustments) -> MaskStep:
+        """The prepared mask made again from its automatic one with ``adjustments`` (no model runs)."""
+        return MaskStep(step.prepared.adjusted(adjustments), step.fingerprint, step.shown)
 
     def try_on(
         self,
@@ -225,6 +253,8 @@ class AppCallbacks:
             if edited_mask is not None:
                 _require_masked(edited_mask)
                 prepared = prepared.with_mask(edited_mask)
+            elif prepared.adjustments != inputs.adjustments:
+                prepared = prepared.adjusted(inputs.adjustments)
         else:
             prepared = self.make_mask(inputs, progress).prepared
         return self._generate(prepared, settings, _Progress(progress))
@@ -237,17 +267,19 @@ class AppCallbacks:
         *,
         densepose: ImageSource | None = None,
         resolution: str = "full",
+        auto_crop: str = "auto",
         settings: SamplingSettings = DEFAULT_SAMPLING,
         progress: ProgressCallback | None = None,
     ) -> Generation:
-        """Generate the person of the first photo in the pose of the second."""
+        """Generate the person of the first photo in the pose of the second (the second cut to its person
+        when ``auto_crop`` says so)."""
         person = _require(person, "person photo")
         target = _require(target, "target-pose photo")
         tracker = _Progress(progress)
         tracker(0.0, "preprocessing: DensePose of the target pose")
         prepared = self.poses.prepare(
-            person, target, densepose=densepose, size=frame_size(self.store.spec(POSE_MODEL), resolution),
-            status=tracker.status,
+            person, target, densepose=densepose, auto_crop=auto_crop,
+            size=frame_size(self.store.spec(POSE_MODEL), resolution), status=tracker.status,
         )
         return self._generate(prepared, settings, tracker)
 

@@ -33,6 +33,8 @@ from leffa.core.settings import MAX_IMAGES, SamplingSettings
 from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
 from leffa.inspect.visualize import side_by_side
 from preprocess.images import load_image
+from preprocess.crop import AUTO_CROP_CHOICES
+from preprocess.mask_adjust import MaskAdjustments
 from preprocess.masks import CATEGORIES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -126,11 +128,12 @@ def _generate(
     densepose = job.extras.get("densepose")
     if args.task == "pose-transfer":
         return actions.pose_transfer(
-            job.first, job.second, densepose=densepose, resolution=args.resolution, settings=settings
+            job.first, job.second, densepose=densepose, resolution=args.resolution, auto_crop=args.auto_crop,
+            settings=settings,
         )
     inputs = TryOnInputs(
         job.first, job.second, args.model_type, args.category, job.extras.get("mask"), densepose,
-        args.prepare_garment_png, args.resolution,
+        args.prepare_garment_png, args.resolution, args.auto_crop, _adjustments(args),
     )
     return actions.try_on(inputs, settings)
 
@@ -233,7 +236,8 @@ def _generation(args: argparse.Namespace) -> int:
         record = {"output": str(outputs[0]), "seed": generation.seed, "size": list(generation.image.size)}
         if len(outputs) > 1:
             record.update(outputs=[str(out) for out in outputs], seeds=generation.seeds)
-        return {**record, "memory": generation.memory_level}
+        notes = {"notes": generation.prepared.notes} if generation.prepared.notes else {}
+        return {**record, "memory": generation.memory_level, **notes}
 
     return _run_batch(args, work)
 
@@ -372,6 +376,10 @@ def _generation_options(parser: argparse.ArgumentParser, several: bool = True) -
     group.add_argument(
         "--resolution", default="full", choices=RESOLUTIONS, help="the model's size, or half of it for speed"
     )
+    group.add_argument(
+        "--auto-crop", default="auto", choices=AUTO_CROP_CHOICES,
+        help="generate on the person cut from the photo (auto: when the person is small in the photo)",
+    )
 
 
 def _input_options(parser: argparse.ArgumentParser, first: str, second: str, extras: dict[str, str]) -> None:
@@ -400,6 +408,23 @@ def _tryon_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--category", default="upper_body", choices=list(CATEGORIES))
     group.add_argument("--prepare-garment-png", action="store_true", help="centre a cut-out PNG on white")
     group.add_argument("--repaint", action="store_true", help="keep all outside the mask as photographed")
+    mask = parser.add_argument_group("mask adjustments (pixels of the model frame; README: Mask adjustments)")
+    mask.add_argument("--grow", type=int, default=0, metavar="PX", help="grow the mask (negative: shrink)")
+    for side, use in (("up", "a higher neckline"), ("down", "a longer garment"), ("left", "a wider cut"),
+                      ("right", "a wider cut")):
+        mask.add_argument(f"--extend-{side}", type=int, default=0, metavar="PX", help=f"stretch it {side} ({use})")
+    mask.add_argument("--no-keep-hands", dest="keep_hands", action="store_false", help="adjustments may cover hands")
+    mask.add_argument("--no-keep-face", dest="keep_face", action="store_false",
+                      help="adjustments may cover face and hair")
+    mask.add_argument("--cover-legs", action="store_true", help="lower body and dresses: legs to the ankles")
+
+
+def _adjustments(args: argparse.Namespace) -> MaskAdjustments:
+    return MaskAdjustments(
+        grow=args.grow, extend_up=args.extend_up, extend_down=args.extend_down, extend_left=args.extend_left,
+        extend_right=args.extend_right, keep_hands=args.keep_hands, keep_face=args.keep_face,
+        cover_legs=args.cover_legs,
+    )
 
 
 def _add_convert(commands) -> None:

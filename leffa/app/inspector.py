@@ -284,17 +284,12 @@ def display_to_result(index: tuple[int, int], generation: Generation) -> tuple[i
 
 
 def display_to_model(point: tuple[float, float], generation: Generation) -> tuple[float, float]:
-    """A pixel ``(x, y)`` of the shown (cropped back) result in the model-size image the trace refers to."""
-    box = generation.prepared.box
-    width, height = box.original_size
-    x, y = point
-    if not (0 <= x < width and 0 <= y < height):
-        raise ValueError(f"point ({x}, {y}) lies outside the result image of {width}x{height} pixels")
-    left, top, right, bottom = box.box
-    canvas_w, canvas_h = box.canvas_size
+    """A pixel ``(x, y)`` of the shown result (cropped back, or the photo with the result pasted in after an
+    auto-crop) in the model-size image the trace refers to."""
+    framing = generation.prepared.framing
+    canvas_x, canvas_y = framing.to_frame(point, generation.image.size)
+    canvas_w, canvas_h = framing.box.canvas_size
     image_h, image_w = generation.trace.image_size if generation.trace is not None else (canvas_h, canvas_w)
-    canvas_x = left + (x + 0.5) * (right - left) / width
-    canvas_y = top + (y + 0.5) * (bottom - top) / height
     model_x = min(max(canvas_x * image_w / canvas_w - 0.5, 0.0), image_w - 1.0)
     model_y = min(max(canvas_y * image_h / canvas_h - 0.5, 0.0), image_h - 1.0)
     return model_x, model_y

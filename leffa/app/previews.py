@@ -15,7 +15,10 @@ from preprocess.parsing import PARSE_LABELS, ParseResult
 #: Colour and opacity (RGBA) of the mask drawn over the person (also the mask editor's brush).
 MASK_COLOR: tuple[int, int, int, int] = (255, 40, 40, 128)
 #: (preview key, caption) in the order they are shown.
-PREVIEWS = (("parse", "parse map"), ("keypoints", "keypoints"), ("mask", "mask"), ("densepose", "DensePose"))
+PREVIEWS = (
+    ("crop", "auto-crop"), ("parse", "parse map"), ("keypoints", "keypoints"), ("mask", "mask"),
+    ("densepose", "DensePose"),
+)
 
 
 def label_colours() -> np.ndarray:
@@ -63,7 +66,8 @@ def mask_over(person: Image.Image, mask: Image.Image) -> Image.Image:
 
 
 def previews(prepared: Prepared) -> list[tuple[Image.Image, str]]:
-    """Parse map (with legend), keypoints, mask (over the person) and DensePose, those that were made."""
+    """The auto-crop (the photo with the cut outlined), parse map (with legend), keypoints, mask (over the
+    person) and DensePose, those that were made."""
     shown = dict(prepared.previews)
     if prepared.parse is not None:
         shown["parse"] = parse_with_legend(prepared.parse)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from leffa.weights import MissingWeightsError, download_command, ensure_files
+from leffa.app.framing import Framing
 from leffa.app.models import POSE_MODEL, RELEASED_MODELS, TRYON_MODEL_TYPES, ModelSpec, model_spec
 from leffa.common import resolve_device
 from leffa.core.model import LeffaModel, resolve_dtype
@@ -28,11 +29,15 @@ from leffa.core.memory import LASTING_LEVELS, OFFLOADING_LEVELS, apply_memory_le
 from leffa.core.settings import DEFAULT_SAMPLING, SamplingSettings
 from leffa.core.speed import SpeedOptions, apply_speed_options
 from leffa.inspect.trace import Trace, trace
-from leffa.core.transforms import Letterbox, crop_back, letterbox
+from leffa.core.transforms import Letterbox, letterbox
 from preprocess.garment import prepare_garment
 from preprocess.images import ImageSource, load_image, open_image
+from preprocess.crop import Crop, check_auto_crop, choose_crop, crop_preview
+from preprocess.mask_adjust import NO_ADJUSTMENTS, MaskAdjustments, MaskRegions, adjust_mask, mask_regions
 from preprocess.masks import CATEGORIES, agnostic_mask, binarize_mask
 
+#: DensePose renders are black where there is no person (channel values at most this).
+_DENSEPOSE_BACKGROUND = 8
 #: Reports loading progress to the caller (e.g. the app's progress bar).
 StatusCallback = Callable[[str], None]
 
@@ -221,23 +226,53 @@ class ModelStore:
 
 @dataclass
 class Prepared:
-    """Model-size inputs of one generation plus what the user may want to see or edit."""
+    """Model-size inputs of one generation plus what the user may want to see or edit.
+
+    ``framing`` says how the photo became the frame (auto-crop, letterbox) and takes results back;
+    ``base_mask`` is the mask before ``adjustments`` (:mod:`preprocess.mask_adjust`), with the ``regions``
+    its keep and cover options need (from the parse; ``None`` for a supplied mask); ``notes`` tell the user
+    what was clipped, cropped or could not be done."""
 
     person: Image.Image
     reference: Image.Image
     mask: Image.Image
     densepose: Image.Image
-    box: Letterbox
+    framing: Framing
     model_type: str
     parse: np.ndarray | None = None
     keypoints: np.ndarray | None = None
     previews: dict[str, Image.Image] = field(default_factory=dict)
+    category: str = "upper_body"
+    base_mask: np.ndarray | None = None
+    regions: MaskRegions | None = None
+    adjustments: MaskAdjustments = NO_ADJUSTMENTS
+    notes: list[str] = field(default_factory=list)
+    crop_note: str = ""
+
+    @property
+    def box(self) -> Letterbox:
+        return self.framing.box
 
     def with_mask(self, mask: ImageSource) -> Prepared:
         """The same inputs with a user-edited mask (any size/mode, binarised at 0.5)."""
         array = binarize_mask(_as_mask_input(mask), self.person.size)
         edited = Image.fromarray(array.astype(np.uint8) * 255)
-        return Prepared(**{**self.__dict__, "mask": edited, "previews": {**self.previews, "mask": edited}})
+        return replace(self, mask=edited, previews={**self.previews, "mask": edited})
+
+    def adjusted(self, adjustments: MaskAdjustments) -> Prepared:
+        """The same inputs with the mask made from ``base_mask`` by ``adjustments`` (notes replaced by the
+        adjustment's)."""
+        if self.base_mask is None:
+            raise ValueError("this input has no mask to adjust (pose transfer generates the whole image)")
+        mask, notes = adjust_mask(self.base_mask, adjustments, self.regions, self.category)
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        crop = [self.crop_note] if self.crop_note else []
+        return replace(self, mask=image, adjustments=adjustments, notes=crop + notes + _cut_note(self.framing, image),
+                       previews={**self.previews, "mask": image})
+
+    def back(self, raw: Image.Image) -> Image.Image:
+        """A model-size result in the photo's framing (pasted into the photo after an auto-crop)."""
+        return self.framing.back(raw, self.mask if self.base_mask is not None else None)
 
 
 @dataclass
@@ -273,6 +308,25 @@ def _as_mask_input(mask: ImageSource) -> Image.Image | np.ndarray:
     if isinstance(mask, (str, Path)):
         return open_image(mask, min_side=1)
     return mask
+
+
+def _cut_note(framing: Framing, mask: Image.Image) -> list[str]:
+    if not framing.cut_through(mask):
+        return []
+    return ["auto-crop: the mask reaches the edge of the cut, where the result ends in a straight line; shrink "
+            "the mask there or turn auto-crop off"]
+
+
+def _mask_image(mask: ImageSource) -> Image.Image:
+    """A supplied mask (file, image or array) as a black-and-white image of its own size."""
+    source = _as_mask_input(mask)
+    size = source.size if isinstance(source, Image.Image) else (source.shape[1], source.shape[0])
+    return Image.fromarray(binarize_mask(source, size).astype(np.uint8) * 255)
+
+
+def _person_pixels(densepose: Image.Image) -> np.ndarray:
+    """Where a DensePose render shows a person (its background is black)."""
+    return np.asarray(densepose.convert("RGB")).max(axis=2) > _DENSEPOSE_BACKGROUND
 
 
 def _resize_to(image: Image.Image, size: tuple[int, int], resample=Image.Resampling.NEAREST) -> Image.Image:
@@ -312,7 +366,7 @@ class _Generator:
                 output = pipe.sample(*inputs, settings, callback=callback, output_type="pil")
                 raws, seeds = list(output.images), list(output.seeds)
         return Generation(
-            [crop_back(raw, prepared.box) for raw in raws], raws, seeds, prepared, recorded,
+            [prepared.back(raw) for raw in raws], raws, seeds, prepared, recorded,
             memory_level=pipe.model.memory_level,
         )
 
@@ -330,36 +384,79 @@ class TryOn(_Generator):
         mask: ImageSource | None = None,
         densepose: ImageSource | None = None,
         prepare_garment_png: bool = False,
-        mask_dilate: int = 0,
+        adjustments: MaskAdjustments = NO_ADJUSTMENTS,
+        auto_crop: str = "auto",
         size: tuple[int, int] | None = None,
         status: StatusCallback | None = None,
     ) -> Prepared:
-        """Letterbox both photos to the model size (or ``size``, width × height) and make the mask and
-        DensePose (unless supplied)."""
+        """Letterbox both photos to the model size (or ``size``, width × height), cut the person photo to the
+        person first when ``auto_crop`` says so (:mod:`preprocess.crop`), make the mask (adjusted by
+        ``adjustments``) and DensePose (unless supplied; a supplied one of the photo's size is framed like
+        the photo)."""
         spec = model_spec(self.store.models, model_type, TRYON_MODEL_TYPES)
         if category not in CATEGORIES:
             raise ValueError(f"unknown garment category {category!r}; choose one of {', '.join(CATEGORIES)}")
-        variant, render = spec.mask_variant, spec.densepose_render
+        check_auto_crop(auto_crop)
         size = size or self.store.size(model_type)
-        person_image, box = letterbox(load_image(person), size)
+        photo = load_image(person)
         garment_source = open_image(garment)
         if prepare_garment_png:
             garment_source = prepare_garment(garment_source, size)
         garment_image, _ = letterbox(load_image(garment_source), size)
+        supplied_mask = None if mask is None else _mask_image(mask)
+        supplied_dense = None if densepose is None else load_image(densepose, min_side=1)
+        whole = self._frame(photo, None, garment_image, spec, category, supplied_mask, supplied_dense, status)
+        crop, note = self._crop(whole, photo, size, auto_crop, supplied_mask, supplied_dense)
+        prepared = whole
+        if crop is not None:
+            prepared = self._frame(photo, crop, garment_image, spec, category, supplied_mask, supplied_dense, status)
+            prepared.previews["crop"] = crop_preview(photo, crop)
+        prepared.crop_note = note
+        prepared.notes = ([note] if note else []) + _cut_note(prepared.framing, prepared.mask)
+        return prepared if adjustments.changes_nothing else prepared.adjusted(adjustments)
+
+    def _frame(
+        self, photo: Image.Image, crop: Crop | None, garment: Image.Image, spec: ModelSpec, category: str,
+        mask: Image.Image | None, densepose: Image.Image | None, status: StatusCallback | None,
+    ) -> Prepared:
+        """The inputs of ``photo`` (cut to ``crop``) in the model frame: mask and DensePose made or framed."""
+        person_image, framing = Framing.make(photo, garment.size, crop)
         previews: dict[str, Image.Image] = {}
-        parse = keypoints = None
+        parse = keypoints = regions = None
         if mask is None:
             parse, keypoints, previews = self._parse_and_pose(person_image, status)
-            region = agnostic_mask(parse, keypoints, category, variant, dilate=mask_dilate)
-            mask_image = _resize_to(Image.fromarray(region.astype(np.uint8) * 255), size)
+            region = agnostic_mask(parse, keypoints, category, spec.mask_variant)
+            base = np.asarray(_resize_to(Image.fromarray(region.astype(np.uint8) * 255), garment.size)) > 127
+            regions = mask_regions(parse, keypoints, garment.size)
         else:
-            mask_image = Image.fromarray(binarize_mask(_as_mask_input(mask), size, dilate=mask_dilate).astype(np.uint8) * 255)
+            base = binarize_mask(framing.supplied(mask), garment.size)
         if densepose is None:
-            dense_image = self._densepose(person_image, render, status)
+            dense_image = self._densepose(person_image, spec.densepose_render, status)
         else:
-            dense_image = _resize_to(load_image(densepose, min_side=1), size)
+            dense_image = framing.supplied(densepose)
+        mask_image = Image.fromarray(base.astype(np.uint8) * 255)
         previews.update(mask=mask_image, densepose=dense_image)
-        return Prepared(person_image, garment_image, mask_image, dense_image, box, model_type, parse, keypoints, previews)
+        return Prepared(
+            person_image, garment, mask_image, dense_image, framing, spec.model_type, parse, keypoints, previews,
+            category, base, regions,
+        )
+
+    @staticmethod
+    def _crop(
+        whole: Prepared, photo: Image.Image, size: tuple[int, int], mode: str, mask: Image.Image | None,
+        densepose: Image.Image | None,
+    ) -> tuple[Crop | None, str]:
+        """The crop around the person of the whole photo's preparation (its parse, else its DensePose)."""
+        if mode == "off":
+            return None, ""
+        supplied = [image for image in (mask, densepose) if image is not None]
+        if not all(whole.framing.in_photo_frame(image) for image in supplied):
+            note = "auto-crop: off, because the supplied mask or DensePose is not of the photo's size"
+            return None, note if mode == "on" else ""
+        if whole.parse is not None:
+            person = _resize_to(Image.fromarray((whole.parse > 0).astype(np.uint8) * 255), size)
+            return choose_crop(whole.framing.photo_box(np.asarray(person) > 127), photo.size, size, mode)
+        return choose_crop(whole.framing.photo_box(_person_pixels(whole.densepose)), photo.size, size, mode)
 
     def _parse_and_pose(self, person: Image.Image, status: StatusCallback | None):
         from preprocess.openpose import draw_keypoints
@@ -379,8 +476,8 @@ class TryOn(_Generator):
     def __call__(self, person: ImageSource, garment: ImageSource, **options) -> Generation:
         """``prepare`` then ``generate`` in one call (options are split between the two)."""
         prepare_keys = {
-            "model_type", "category", "mask", "densepose", "prepare_garment_png", "mask_dilate", "size",
-            "status",
+            "model_type", "category", "mask", "densepose", "prepare_garment_png", "adjustments", "auto_crop",
+            "size", "status",
         }
         prepared = self.prepare(person, garment, **{k: v for k, v in options.items() if k in prepare_keys})
         status = options.get("status")
@@ -397,26 +494,49 @@ class PoseTransfer(_Generator):
         target_pose: ImageSource,
         *,
         densepose: ImageSource | None = None,
+        auto_crop: str = "auto",
         size: tuple[int, int] | None = None,
         status: StatusCallback | None = None,
     ) -> Prepared:
-        """Letterbox both photos (to the model size or ``size``, width × height); DensePose IUV of the target
-        pose's top-scoring person (unless supplied)."""
-        from preprocess.densepose import render_iuv
-
+        """Letterbox both photos (to the model size or ``size``, width × height), the target cut to its person
+        first when ``auto_crop`` says so (the result is then that cut); DensePose IUV of the target pose's
+        top-scoring person (unless supplied; one of the target photo's size is framed like it)."""
+        check_auto_crop(auto_crop)
         size = size or self.store.size(POSE_MODEL)
         reference, _ = letterbox(load_image(person), size)
-        target, box = letterbox(load_image(target_pose), size)
-        if densepose is None:
-            result = self.store.densepose(status).predict(target).require_person()
-            dense_image = Image.fromarray(render_iuv(result))
-        else:
-            dense_image = _resize_to(load_image(densepose, min_side=1), size)
+        photo = load_image(target_pose)
+        supplied = None if densepose is None else load_image(densepose, min_side=1)
+        target, framing = Framing.make(photo, size)
+        dense_image = self._target_densepose(target, framing, supplied, status)
+        crop, note = None, ""
+        if auto_crop != "off":
+            if supplied is not None and not framing.in_photo_frame(supplied):
+                note = "auto-crop: off, because the supplied DensePose is not of the target photo's size" if auto_crop == "on" else ""
+            else:
+                crop, note = choose_crop(framing.photo_box(_person_pixels(dense_image)), photo.size, size, auto_crop)
+        previews: dict[str, Image.Image] = {}
+        if crop is not None:
+            target, framing = Framing.make(photo, size, crop)
+            dense_image = self._target_densepose(target, framing, supplied, status)
+            previews["crop"] = crop_preview(photo, crop)
+            note = note.replace("pasted back into the photo", "the result is that cut of the target photo")
+        previews["densepose"] = dense_image
         mask = Image.new("L", size, 255)
-        return Prepared(target, reference, mask, dense_image, box, POSE_MODEL, previews={"densepose": dense_image})
+        return Prepared(target, reference, mask, dense_image, framing, POSE_MODEL, previews=previews,
+                        notes=[note] if note else [])
+
+    def _target_densepose(
+        self, target: Image.Image, framing: Framing, supplied: Image.Image | None, status: StatusCallback | None
+    ) -> Image.Image:
+        from preprocess.densepose import render_iuv
+
+        if supplied is not None:
+            return framing.supplied(supplied)
+        result = self.store.densepose(status).predict(target).require_person()
+        return Image.fromarray(render_iuv(result))
 
     def __call__(self, person: ImageSource, target_pose: ImageSource, **options) -> Generation:
-        prepare_keys = {"densepose", "size", "status"}
+        prepare_keys = {"densepose", "auto_crop", "size", "status"}
         prepared = self.prepare(person, target_pose, **{k: v for k, v in options.items() if k in prepare_keys})
         rest = {k: v for k, v in options.items() if k not in prepare_keys}
         return self.generate(prepared, status=options.get("status"), **rest)

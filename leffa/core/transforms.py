@@ -29,14 +29,21 @@ class Letterbox:
     box: tuple[int, int, int, int]
 
 
-def letterbox(image: Image.Image, size: tuple[int, int] = DEFAULT_SIZE) -> tuple[Image.Image, Letterbox]:
-    """Scale ``image`` to fit ``size`` (width, height), bicubic, centred on white, as the released demo does."""
+def letterbox(
+    image: Image.Image,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    *,
+    fill: tuple[int, int, int] = (255, 255, 255),
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> tuple[Image.Image, Letterbox]:
+    """Scale ``image`` to fit ``size`` (width, height), bicubic, centred on white, as the released demo does
+    (``fill`` and ``resample`` for masks and DensePose: black, nearest)."""
     width, height = size
     scale = min(height / image.height, width / image.width)
     new_w = max(1, min(width, round(image.width * scale)))
     new_h = max(1, min(height, round(image.height * scale)))
-    resized = image.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    resized = image.convert("RGB").resize((new_w, new_h), resample)
+    canvas = Image.new("RGB", (width, height), fill)
     left, top = (width - new_w) // 2, (height - new_h) // 2
     canvas.paste(resized, (left, top))
     return canvas, Letterbox(image.size, (width, height), (left, top, left + new_w, top + new_h))
