@@ -103,6 +103,19 @@ def test_mask_adjustments_and_auto_crop_reach_the_mask(tiny, tiny_model, tmp_pat
     assert "  note: extend down 9000 px is outside 0..64" in capsys.readouterr().out
 
 
+def test_a_launcher_splits_the_pairs_and_picks_each_process_its_gpu(monkeypatch):
+    from leffa.app import sharding
+    from leffa.app.sharding import Shard, launcher_shard, shard_device
+
+    assert launcher_shard({}) is None and launcher_shard({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    shard = launcher_shard({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert shard == Shard(3, 4, 1) and shard.take(list(range(10))) == [3, 7] and shard.label == "shard 3/4"
+    monkeypatch.setattr(sharding.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sharding.torch.cuda, "device_count", lambda: 2)
+    assert shard_device("auto", Shard(3, 4, 3)) == "cuda:1" and shard_device("cpu", shard) == "cpu"
+    assert shard_device("auto", Shard(1, 2)) == "auto"  # --shard without a launcher: the device as given
+
+
 def test_tryon_folder_of_persons_with_matching_masks(tiny, tmp_path):
     for name in ("a", "b"):
         write_block_image(tmp_path / "persons" / f"{name}.png")
@@ -264,6 +277,9 @@ def test_missing_weights_stop_the_batch_with_the_download_command(tmp_path, caps
         (["trace", "a.png", "b.png", "--num-images", "2"], "unrecognized arguments: --num-images 2"),
         (["tryon", "a.png", "b.png", "--auto-crop", "yes"], "argument --auto-crop: invalid choice: 'yes'"),
         (["tryon", "a.png", "b.png", "--grow", "2.5"], "argument --grow: invalid int value: '2.5'"),
+        (["tryon", "a.png", "b.png", "--shard", "2/2"], "argument --shard: I/N needs 0 <= I < N, got '2/2'"),
+        (["tryon", "a.png", "b.png", "--shard", "half"], "argument --shard: expected I/N"),
+        (["tryon", "a.png", "b.png", "--overwrite", "--skip-existing"], "--overwrite replaces results, --skip-existing"),
     ],
 )
 def test_bad_arguments_exit_with_2(arguments, message, capsys):

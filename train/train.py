@@ -7,9 +7,11 @@
 The objective is :func:`leffa.core.training.training_losses`; this script adds data loading, AdamW, the LR
 schedule, gradient accumulation, mixed precision, EMA (diffusers' ``EMAModel``), resumable checkpoints,
 logging and export. It also trains the synthetic benchmark's stages (``data.type: synthetic``).
-Randomness is reproducible: the data order is a seeded permutation per epoch, and every micro-batch draws
-its noise, timesteps and reference dropout from a generator seeded by (seed, process, micro-batch index),
-so a resumed run continues exactly as an uninterrupted one.
+Randomness is reproducible: the data order is a seeded permutation per epoch (process r of n takes every
+n-th item), and every micro-batch draws its noise, timesteps, reference dropout and VAE samples from a
+generator seeded by (seed, micro-batch index) for the whole global micro-batch, each process keeping its
+samples' draws. So a resumed run continues exactly as an uninterrupted one, and n processes with batch b
+train as one process with batch n × b (up to the order of floating-point sums).
 """
 
 from __future__ import annotations
@@ -86,8 +88,11 @@ class LeffaTrainingModule(nn.Module):
         registers: LeffaRegisters | None = None,
         flow_supervision: FlowSupervisionConfig | None = None,
         diffusion_weight: float = 1.0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
+        #: (process index, process count): which samples of the global micro-batch's draws are this process's.
+        self.shard = shard
         self.model = model
         self.registers = registers
         self.leffa = leffa
@@ -112,6 +117,7 @@ class LeffaTrainingModule(nn.Module):
             registers=self.registers,
             flow_supervision=self.flow_supervision,
             diffusion_weight=self.diffusion_weight,
+            shard=self.shard,
         )
 
 
@@ -200,7 +206,8 @@ class Trainer:
             registers = LeffaRegisters(model, layers, config.leffa.registers)
         supervision = config.flow_supervision.loss_config() if config.flow_supervision.enabled else None
         module = LeffaTrainingModule(
-            model, leffa, config.train.reference_dropout, registers, supervision, config.train.diffusion_weight
+            model, leffa, config.train.reference_dropout, registers, supervision, config.train.diffusion_weight,
+            shard=(self.accelerator.process_index, self.accelerator.num_processes),
         )
         garment_mask = config.leffa.enabled and config.leffa.mask == "garment"
         #: The true flow travels with the batches only for the terms that read it.
@@ -265,7 +272,9 @@ class Trainer:
             self.ema.restore(parameters)
 
     def _generator(self) -> torch.Generator:
-        seed = derived_seed(self.config.seed, self.accelerator.process_index, self.micro_step)
+        """The global micro-batch's generator, the same on every process (``training_losses`` takes this
+        process's samples of its draws); keyed (seed, 0, micro-batch) as one-process runs always were."""
+        seed = derived_seed(self.config.seed, 0, self.micro_step)
         return torch.Generator(device=self.accelerator.device).manual_seed(seed)
 
     def _next_batch(self) -> dict[str, Tensor]:
@@ -447,7 +456,9 @@ class Trainer:
         if self.ema is not None:
             ema_path = directory / EMA_FILE
             if ema_path.is_file():
-                self._load_ema(load_file(str(ema_path), device=str(self.accelerator.device)), state["ema_updates"])
+                # Read on the CPU: safetensors rejects device names such as "cpu:0" (multi-process CPU runs).
+                shadow = {name: t.to(self.accelerator.device) for name, t in load_file(str(ema_path)).items()}
+                self._load_ema(shadow, state["ema_updates"])
             else:
                 logger.warning(f"{directory} has no EMA weights; the EMA restarts from the current weights")
                 self.ema = self._new_ema(self.model)

@@ -166,19 +166,22 @@ def run_jobs(
     recoverable: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError),
     stdout: TextIO,
     stderr: TextIO,
+    logged: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Run ``work`` per job, appending one JSON line per job to ``out_dir/log.jsonl``.
 
     A ``recoverable`` error fails that job only; a ``fatal`` one (e.g. missing weights, the same for every
     job) stops the batch, and so does Ctrl-C (logged as ``interrupted``). ``work`` returns what to log
-    (output path, seed, ...).
+    (output path, seed, ...); ``logged`` goes into every line (e.g. the process's ``rank``). Several
+    processes may append to one log: each line is written whole, in one append.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
-    with (out_dir / LOG_NAME).open("a") as log:
+    with (out_dir / LOG_NAME).open("ab", buffering=0) as log:  # unbuffered: one append per line
         for index, job in enumerate(jobs, start=1):
             started = time.perf_counter()
             entry: dict[str, Any] = {"name": job.name, "first": str(job.first), "second": str(job.second)}
+            entry.update(logged or {})
             entry.update({name: str(path) for name, path in job.extras.items()})
             try:
                 entry.update(work(job))
@@ -195,8 +198,7 @@ def run_jobs(
                 entry.update(status="interrupted", error="interrupted (Ctrl-C)")
                 report.interrupted = True
             entry["seconds"] = round(time.perf_counter() - started, 3)
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+            log.write((json.dumps(entry) + "\n").encode())
             counter = f"[{index}/{len(jobs)}] {job.name}"
             if entry["status"] == "ok":
                 more = len(entry.get("outputs", [])) - 1

@@ -28,6 +28,7 @@ from leffa.app.runtime import (
 )
 from leffa.app.models import RESOLUTIONS, TRYON_MODEL_TYPES
 from leffa.app.service import Generation
+from leffa.app.sharding import Shard, launcher_shard, parse_shard, shard_device
 from leffa.core.memory import MEMORY_CHOICES
 from leffa.core.settings import MAX_IMAGES, SamplingSettings
 from leffa.core.speed import AUTOCAST_DTYPES, SDPA_BACKENDS, SpeedOptions
@@ -99,11 +100,12 @@ def _speed(args: argparse.Namespace) -> SpeedOptions:
     )
 
 
-def _runtime(args: argparse.Namespace) -> Runtime:
+def _runtime(args: argparse.Namespace, shard: Shard) -> Runtime:
+    device = shard_device(args.device, shard)
     if args.tiny:
-        return tiny_runtime(device=args.device, dtype=args.dtype, speed=_speed(args))
+        return tiny_runtime(device=device, dtype=args.dtype, speed=_speed(args))
     return released_runtime(
-        args.ckpt_dir, device=args.device, dtype=args.dtype, download=not args.no_download, speed=_speed(args),
+        args.ckpt_dir, device=device, dtype=args.dtype, download=not args.no_download, speed=_speed(args),
     )
 
 
@@ -150,10 +152,16 @@ def _outputs(args: argparse.Namespace, job: Job) -> list[Path]:
     return [first] + [first.with_name(f"{job.name}_{index}.png") for index in range(2, count + 1)]
 
 
+def _finished(args: argparse.Namespace, job: Job) -> bool:
+    """Whether every output of ``job`` is there (``--skip-existing`` leaves it out)."""
+    return all(path.exists() for path in _outputs(args, job))
+
+
 def _refuse_existing_outputs(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
-    """Before any model loads: results the user already has are replaced only with ``--overwrite``."""
+    """Before any model loads: results the user already has are replaced only with ``--overwrite`` (with
+    ``--skip-existing``, a pair left half done is made again, its own files replaced)."""
     existing = [path.name for job in jobs for path in _outputs(args, job) if path.exists()]
-    if existing and not args.overwrite:
+    if existing and not (args.overwrite or args.skip_existing):
         shown = ", ".join(existing[:5]) + (f" (and {len(existing) - 5} more)" if len(existing) > 5 else "")
         raise FileExistsError(
             f"{len(existing)} of the results already exist in {args.out_dir}: {shown}; pass --overwrite to "
@@ -192,16 +200,26 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _run_batch(args: argparse.Namespace, work: Work) -> int:
+    """The pairs of this process (all, or its shard of the whole list: names are decided on the whole list
+    first), less those already done with ``--skip-existing``, through ``work``; one shared log."""
     _check_out_dir(args.out_dir)
-    jobs = _jobs(args, _extras(args))
+    shard = args.shard or launcher_shard() or Shard()
+    jobs = shard.take(_jobs(args, _extras(args)))
+    prefix = f"[{shard.label}] " if shard.count > 1 else ""
+    if args.skip_existing:
+        done = [job for job in jobs if _finished(args, job)]
+        jobs = [job for job in jobs if not _finished(args, job)]
+        if done:
+            print(f"{prefix}{len(done)} pairs already done in {args.out_dir}: skipped", file=sys.stdout)
     _refuse_existing_outputs(args, jobs)
     _check_jobs(args, jobs)
-    actions = AppCallbacks(_runtime(args).store)
+    actions = AppCallbacks(_runtime(args, shard).store)
     report = run_jobs(
         jobs, lambda job: work(actions, job), args.out_dir, fatal=(MissingWeightsError,), stdout=sys.stdout,
-        stderr=sys.stderr,
+        stderr=sys.stderr, logged={"rank": shard.index} if shard.count > 1 else {},
     )
-    summary = f"{report.done} of {len(jobs)} done, {report.failed} failed; log: {args.out_dir / LOG_NAME}"
+    summary = (f"{prefix}{report.done} of {len(jobs)} done, {report.failed} failed; "
+               f"log: {args.out_dir / LOG_NAME}")
     if report.interrupted:
         print(f"interrupted: {summary}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -397,6 +415,15 @@ def _input_options(parser: argparse.ArgumentParser, first: str, second: str, ext
     group.add_argument(
         "--overwrite", action="store_true", help="replace results already in the output folder (default: refuse)"
     )
+    group.add_argument(
+        "--skip-existing", action="store_true",
+        help="leave out pairs whose results are already in the output folder (resume an interrupted run)",
+    )
+    group.add_argument(
+        "--shard", type=parse_shard, metavar="I/N",
+        help="process every N-th pair from the I-th (0-based); under torchrun or accelerate launch the "
+        "processes split the pairs by themselves",
+    )
     for name, text in extras.items():
         help_text = f"{text}: one file, or a folder of them named as the persons"
         group.add_argument(f"--{name}", type=Path, help=help_text)
@@ -510,6 +537,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("download: name at least one TASK (or use --list)")
     if not hasattr(args, "first"):
         return
+    if args.overwrite and args.skip_existing:
+        parser.error(f"{args.command}: --overwrite replaces results, --skip-existing keeps them: choose one")
     if args.pairs is not None and (args.first is not None or args.second is not None):
         parser.error(f"{args.command}: give either two inputs or --pairs, not both")
     if args.pairs is None and (args.first is None or args.second is None):

@@ -73,6 +73,17 @@ def _target(scheduler: DDPMScheduler, latents: Tensor, noise: Tensor, timesteps:
     raise ValueError(f"unsupported prediction_type {kind!r} (epsilon or v_prediction)")
 
 
+def _encode(model: LeffaModel, images: Tensor, generator: torch.Generator | None, drawn) -> Tensor:
+    """:meth:`LeffaModel.encode_image` with the posterior's noise drawn through ``drawn`` (for the global
+    micro-batch): the same numbers as diffusers' ``latent_dist.sample(generator)`` for one process."""
+    posterior = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
+    parameters = posterior.parameters
+    device = generator.device if generator is not None else parameters.device
+    eps = drawn(lambda shape: torch.randn(shape, generator=generator, device=device, dtype=parameters.dtype),
+                posterior.mean.shape).to(parameters.device)
+    return ((posterior.mean + posterior.std * eps) * model.latent_scale).to(model.dtype)
+
+
 def training_losses(
     model: LeffaModel,
     batch: Mapping[str, Tensor],
@@ -84,6 +95,7 @@ def training_losses(
     registers: LeffaRegisters | None = None,
     flow_supervision: FlowSupervisionConfig | None = None,
     diffusion_weight: float = 1.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> TrainingLosses:
     """Diffusion loss (+ ``leffa.weight`` × Leffa loss when ``leffa`` is given) for one batch.
 
@@ -91,6 +103,12 @@ def training_losses(
     normalisation. A sample's reference is replaced by an all-zero latent with probability
     ``reference_dropout`` (the unconditional branch used by classifier-free guidance at inference); such
     samples get no Leffa loss. The VAE is frozen (encoded without gradients).
+
+    ``shard`` = (process index, process count) of a distributed run: ``generator`` is then the same on every
+    process and draws (VAE posterior samples, reference dropout, noise, timesteps) for the whole global
+    micro-batch, of which this process keeps samples ``index, index + count, ...`` (the samples its data
+    shard holds). So a run draws the same numbers for every sample however its global batch is split over
+    processes, and one process (``(0, 1)``) draws exactly what it always has.
 
     ``flow_supervision`` adds the teacher term :func:`leffa.core.flow.flow_supervision_loss` (not in the
     paper) on the same layers; the batch must then hold the true ``flow`` (B, H, W, 2) and ``flow_valid``
@@ -119,16 +137,28 @@ def training_losses(
     factor = model.vae_scale_factor
     latent_hw = (image.shape[-2] // factor, image.shape[-1] // factor)
     draw_device = generator.device if generator is not None else torch.device("cpu")
+    rank, count = shard
+    if not 0 <= rank < count:
+        raise ValueError(f"shard must be (process index, process count) with 0 <= index < count, got {shard}")
+
+    def drawn(draw, shape: tuple[int, ...]) -> Tensor:
+        """This process's samples of a draw for the whole global micro-batch."""
+        return draw((shape[0] * count, *shape[1:]))[rank::count]
 
     with torch.no_grad():
-        latents = model.encode_image(image, generator)
-        masked_latents = model.encode_image(image * (mask < 0.5), generator)
-        ref_latents = model.encode_image(reference, generator)
-    keep = torch.rand(size, generator=generator, device=draw_device) >= reference_dropout
+        latents = _encode(model, image, generator, drawn)
+        masked_latents = _encode(model, image * (mask < 0.5), generator, drawn)
+        ref_latents = _encode(model, reference, generator, drawn)
+    keep = drawn(lambda shape: torch.rand(shape, generator=generator, device=draw_device), (size,)) >= reference_dropout
     ref_latents = ref_latents * keep.to(device, ref_latents.dtype).view(-1, 1, 1, 1)
-    noise = torch.randn(latents.shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=draw_device
+    noise = drawn(
+        lambda shape: torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32), latents.shape
+    ).to(device)
+    timesteps = drawn(
+        lambda shape: torch.randint(
+            0, scheduler.config.num_train_timesteps, shape, generator=generator, device=draw_device
+        ),
+        (size,),
     ).to(device)
     noisy = scheduler.add_noise(latents.float(), noise, timesteps)
     mask_latent = F.interpolate(mask, size=latent_hw, mode="nearest")
@@ -141,9 +171,9 @@ def training_losses(
     theta = max((term.theta_timestep for term in terms), default=0)
     active = torch.nonzero(keep.to(device) & (timesteps < theta)).squeeze(1)
     rec = None
+    theta_resolution = leffa.theta_resolution if leffa is not None else LeffaLossConfig.theta_resolution
+    layers = select_layers(model, tuple(image.shape[-2:]), theta_resolution) if terms else []
     if active.numel() > 0:
-        theta_resolution = leffa.theta_resolution if leffa is not None else LeffaLossConfig.theta_resolution
-        layers = select_layers(model, tuple(image.shape[-2:]), theta_resolution)
         rec = record_attention(
             model, layers, flows=True, temperature=terms[0].temperature, registers=registers, batch_rows=active
         )
@@ -153,6 +183,8 @@ def training_losses(
     share = active.numel() / size  # the terms are means over the whole batch, ignored samples counting 0
     if leffa is not None:
         losses.leffa = diffusion.new_zeros(())
+        # Every layer is reported even when no sample is active, so all processes log the same keys.
+        losses.leffa_per_layer = {name: diffusion.new_zeros(()) for name in layers}
         if rec is not None:
             region = mask if leffa.mask == "inpainting" else mask * batch["flow_valid"].to(device)
             result = leffa_loss(
