@@ -34,6 +34,7 @@ pytestmark = [
     ),
 ]
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (requirements-dev.txt)")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ready  # noqa: E402
@@ -99,6 +100,21 @@ def _open_tab(driver, text: str) -> None:
 
 def _text(driver, elem_id: str) -> str:
     return driver.find_element(By.ID, elem_id).text
+
+
+def _toast(driver, starts_with: str) -> str:
+    """The text of the shown message that starts with ``starts_with``.
+
+    Messages fade out and re-render, so an element found a moment ago can be gone; read the texts afresh
+    until the expected one is there."""
+    def text(driver) -> str | bool:
+        try:
+            texts = [toast.text for toast in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']")]
+        except StaleElementReferenceException:
+            return False
+        return next((found for found in texts if found.startswith(starts_with)), False)
+
+    return WebDriverWait(driver, TIMEOUT).until(text, message=f"no message starting {starts_with!r}")
 
 
 def _red_pixels(driver, element) -> int:
@@ -255,18 +271,18 @@ def test_error_messages_read_as_plain_text(browser, served, tmp_path):
     _upload(browser, "tryon-person", runtime.tryon_examples[0].person)
     browser.find_element(By.CSS_SELECTOR, "#tryon-garment input[type=file]").send_keys(str(not_an_image))
     browser.find_element(By.ID, "tryon-run").click()
-    toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
+    message = _toast(browser, "holiday.jpg")
     _shot(browser, "6-error")
-    assert toast.text == "holiday.jpg is not an image file PIL can read (PNG, JPEG, WebP, ...)"
+    assert message == "holiday.jpg is not an image file PIL can read (PNG, JPEG, WebP, ...)"
 
     # A message of several lines (the tiny model cannot preprocess a photo) keeps its lines.
     browser.find_element(By.CSS_SELECTOR, "[data-testid='toast-close']").click()
     _upload(browser, "tryon-garment", runtime.tryon_examples[0].garment)
     browser.find_element(By.ID, "make-mask").click()
-    toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
-    lines = toast.text.splitlines()
-    assert lines[0].startswith("the built-in demo model cannot preprocess photos") and len(lines) == 5
-    assert lines[3].strip().startswith("python -m leffa download virtual_tryon") and "<br>" not in toast.text
+    message = _toast(browser, "the built-in demo model cannot preprocess photos")
+    lines = message.splitlines()
+    assert len(lines) == 5
+    assert lines[3].strip().startswith("python -m leffa download virtual_tryon") and "<br>" not in message
 
 
 def _small_person_scene(example, folder: Path) -> dict[str, Path]:
@@ -328,7 +344,6 @@ def test_mask_adjustments_show_live_and_the_crop_in_the_previews(browser, served
     grow = browser.find_element(By.CSS_SELECTOR, "#adjust-grow input[type=number]")
     grow.send_keys(Keys.CONTROL, "a")
     grow.send_keys("3", Keys.TAB)
-    toast = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
-    assert toast.text.startswith("The mask has your brush strokes, so the adjustments did not replace it")
+    _toast(browser, "The mask has your brush strokes, so the adjustments did not replace it")
     assert abs(_red_pixels(browser, editor) - painted) < 0.02 * painted
     _shot(browser, "9-painted-kept")
