@@ -44,6 +44,16 @@ class Framing:
             )
         return image if image.size == self.box.canvas_size else image.resize(self.box.canvas_size, Image.Resampling.NEAREST)
 
+    def to_photo(self, image: Image.Image) -> Image.Image:
+        """A model-frame mask or DensePose at the photo's size (nearest neighbour; black outside an auto-crop):
+        the inverse of :meth:`supplied`, so a map handed back at the photo's size is framed as before."""
+        content = image.crop(self.box.box).resize(self.box.original_size, Image.Resampling.NEAREST)
+        if self.crop is None:
+            return content
+        photo = Image.new(image.mode, self.photo.size, 0)
+        photo.paste(content, self.crop.box[:2])
+        return photo
+
     def in_photo_frame(self, image: Image.Image) -> bool:
         """Whether a supplied mask or DensePose can be cut like the photo."""
         return image.size == self.photo.size
