@@ -150,3 +150,22 @@ def test_a_mask_reaching_the_cut_is_named(store):
     )
     again = stretched.adjusted(MaskAdjustments(extend_down=101))
     assert len(again.notes) == len(stretched.notes)  # notes of the adjustment before do not pile up
+
+
+def test_a_framed_mask_goes_back_to_the_photo_and_frames_again_unchanged():
+    from leffa.app.framing import Framing
+
+    photo = Image.new("RGB", (400, 300), (150, 150, 140))
+    mask = np.zeros((300, 400), bool)
+    mask[140:260, 170:230] = True
+    for crop in (None, Crop((140, 100, 260, 260), (400, 300))):
+        _, framing = Framing.make(photo, (96, 128), crop)
+        framed = framing.supplied(Image.fromarray(mask.astype(np.uint8) * 255))
+        back = framing.to_photo(framed).convert("L")
+        assert back.size == (400, 300)
+        if crop is not None:  # nothing outside the cut
+            outside = np.ones((300, 400), bool)
+            outside[100:260, 140:260] = False
+            assert not (np.asarray(back) > 127)[outside].any()
+        assert np.mean((np.asarray(back) > 127) == mask) > 0.99
+        assert np.array_equal(np.asarray(framing.supplied(back)), np.asarray(framed))
