@@ -65,8 +65,10 @@ def _input_specs(node_class) -> dict[str, tuple]:
     return {name: spec for section in ("required", "optional") for name, spec in specs.get(section, {}).items()}
 
 
+@torch.inference_mode()
 def _run_workflow(graph: dict, builtins: dict) -> dict[str, tuple]:
-    """Every node's outputs, each node run once its linked inputs are there (ComfyUI's order)."""
+    """Every node's outputs, each node run once its linked inputs are there (ComfyUI's order), under
+    ``torch.inference_mode`` as ComfyUI runs nodes."""
     outputs: dict[str, tuple] = {}
     while len(outputs) < len(graph):
         ready = [
