@@ -249,7 +249,7 @@ def test_the_demo_workflow_gives_what_the_python_api_gives(demo_runtime, monkeyp
     garment, _ = letterbox(Image.open(EXAMPLES / "garment_01.png"), size=(96, 128))
     out = LeffaPipeline(model)(
         person, garment, Image.fromarray(extended.astype(np.uint8) * 255), Image.open(EXAMPLES / "densepose_00.png"),
-        num_inference_steps=10, guidance_scale=2.5, seed=42,
+        num_inference_steps=10, guidance_scale=2.5, seed=42, repaint=True,
     )
     expected = np.asarray(crop_back(out[0], box).convert("RGB"))
     (result,) = saved.saved
