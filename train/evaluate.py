@@ -253,22 +253,30 @@ def evaluate(
     feature_extractor: FeatureExtractor | None = None,
     lpips_models: Mapping[str, LPIPS] | None = None,
 ) -> dict | None:
-    """Generate and score; the main process writes the report and returns the results (others: None)."""
+    """Generate and score; the main process writes the report and returns the results (others: None).
+
+    An accelerator made here is ended here: its process group is destroyed before the process exits, since a
+    gloo group left to the interpreter's shutdown can abort the process (SIGABRT) after the work is done."""
+    owned = accelerator is None
     accelerator = accelerator or Accelerator()
-    if model is None:
-        model = LeffaModel.from_pretrained(options.checkpoint, device=accelerator.device, dtype=options.dtype)
-    pipeline = LeffaPipeline(model)
-    generate(pipeline, build_test_dataset(options), options, accelerator)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return None
-    results = score(
-        options, device=accelerator.device, feature_extractor=feature_extractor, lpips_models=lpips_models
-    )
-    write_report(
-        results, settings_of(options, accelerator.num_processes), Path(options.output_dir) / "report"
-    )
-    return results
+    try:
+        if model is None:
+            model = LeffaModel.from_pretrained(options.checkpoint, device=accelerator.device, dtype=options.dtype)
+        pipeline = LeffaPipeline(model)
+        generate(pipeline, build_test_dataset(options), options, accelerator)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return None
+        results = score(
+            options, device=accelerator.device, feature_extractor=feature_extractor, lpips_models=lpips_models
+        )
+        write_report(
+            results, settings_of(options, accelerator.num_processes), Path(options.output_dir) / "report"
+        )
+        return results
+    finally:
+        if owned:
+            accelerator.end_training()
 
 
 def build_parser() -> argparse.ArgumentParser:
