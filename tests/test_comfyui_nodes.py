@@ -159,6 +159,16 @@ def test_the_nodes_import_without_the_apps_and_trainers_packages():
     assert result.returncode == 0 and result.stdout.strip() == "5", result.stderr[-2000:]
 
 
+def test_a_missing_requirement_is_named_with_the_command_that_installs_it():
+    code = "import sys\nsys.modules['diffusers'] = None\nimport comfyui_nodes"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and message.startswith(
+        "ModuleNotFoundError: the Leffa nodes need the package 'diffusers', which ComfyUI's Python"
+    )
+    assert message.endswith(f"-m pip install -r {REPO_ROOT / 'comfyui_nodes' / 'requirements.txt'}")
+
+
 def test_the_nodes_requirements_are_the_projects_pins():
     def pins(path: Path) -> dict[str, str]:
         lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
