@@ -296,11 +296,11 @@ class LeffaTryOn:
         mask = None if mask is None else checked_masks(mask, "mask")
         densepose = None if densepose is None else checked_images(densepose, "densepose")
         count = batch_count((person, "person"), (garment, "garment"), (mask, "mask"), (densepose, "densepose"))
+        settings = _settings(runtime, steps, guidance, seed, num_images, ref_acceleration, record_attention, repaint)
 
         def pair(index: int) -> Generation:
             inputs = _tryon_inputs(person, garment, index, model_type, category, auto_crop, mask, densepose,
                                    MaskAdjustments(), prepare_garment_png)
-            settings = _settings(runtime, steps, guidance, seed, num_images, ref_acceleration, record_attention, repaint)
             return actions.try_on(inputs, settings, progress=_comfy_progress())
 
         return _each_pair(count, pair)
@@ -344,9 +344,9 @@ class LeffaPoseTransfer:
         person, target = checked_images(person, "person"), checked_images(target, "target")
         densepose = None if densepose is None else checked_images(densepose, "densepose")
         count = batch_count((person, "person"), (target, "target"), (densepose, "densepose"))
+        settings = _settings(runtime, steps, guidance, seed, num_images, ref_acceleration, record_attention)
 
         def pair(index: int) -> Generation:
-            settings = _settings(runtime, steps, guidance, seed, num_images, ref_acceleration, record_attention)
             return actions.pose_transfer(
                 image_at(person, index), image_at(target, index),
                 densepose=None if densepose is None else image_at(densepose, index), auto_crop=auto_crop,

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from leffa.core.validation import check_finite
+
 
 def checked_images(images: object, name: str) -> torch.Tensor:
     """``images`` if it is an IMAGE batch (B, H, W, 3 or 4) of finite values; a ``ValueError`` naming the
@@ -39,8 +41,7 @@ def checked_masks(masks: object, name: str) -> torch.Tensor:
 def _check_values(values: torch.Tensor, name: str) -> None:
     if values.numel() == 0:
         raise ValueError(f"{name} is empty ({tuple(values.shape)})")
-    if not torch.isfinite(values).all():
-        raise ValueError(f"{name} has NaN or infinite values")
+    check_finite(values, name)
 
 
 def batch_count(*batches: tuple[torch.Tensor | None, str]) -> int:

@@ -26,6 +26,12 @@ def write_block_image(path: Path, size=(96, 128), colour=(200, 120, 90), mode="R
     return path
 
 
+def requirement_pins(path: Path) -> dict[str, str]:
+    """``{package: version}`` of a requirements file's ``name==version`` lines (comments left out)."""
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if "==" in line)
+
+
 def read_run_log(out: Path) -> list[dict]:
     """The records of a command-line run's ``log.jsonl`` in ``out``, in order."""
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from tests.app_server import free_port
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, requirement_pins
 
 gradio_client = pytest.importorskip("gradio_client")
 #: The app's functions that run a model on the device: each must ask ZeroGPU for the GPU.
@@ -61,14 +61,9 @@ def _front_matter() -> dict:
     return yaml.safe_load(match[1])
 
 
-def _pins() -> dict[str, str]:
-    lines = [line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
-    return dict(line.split("==") for line in lines if "==" in line)
-
-
 def test_the_front_matter_names_the_pinned_gradio_and_the_app():
     front = _front_matter()
-    assert front["sdk"] == "gradio" and front["sdk_version"] == _pins()["gradio"]
+    assert front["sdk"] == "gradio" and front["sdk_version"] == requirement_pins(REPO_ROOT / "requirements.txt")["gradio"]
     assert (REPO_ROOT / front["app_file"]).is_file() and front["app_file"] == "app.py"
     assert len(front["short_description"]) <= 60  # the Hub refuses longer ones
     required = re.search(r'requires-python = ">=(\d+)\.(\d+)"', (REPO_ROOT / "pyproject.toml").read_text())

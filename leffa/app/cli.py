@@ -207,8 +207,9 @@ def _run_batch(args: argparse.Namespace, work: Work) -> int:
     jobs = shard.take(_jobs(args, _extras(args)))
     prefix = f"[{shard.label}] " if shard.count > 1 else ""
     if args.skip_existing:
-        done = [job for job in jobs if _finished(args, job)]
-        jobs = [job for job in jobs if not _finished(args, job)]
+        finished = [_finished(args, job) for job in jobs]
+        done = [job for job, over in zip(jobs, finished) if over]
+        jobs = [job for job, over in zip(jobs, finished) if not over]
         if done:
             print(f"{prefix}{len(done)} pairs already done in {args.out_dir}: skipped", file=sys.stdout)
     _refuse_existing_outputs(args, jobs)
